@@ -1,0 +1,994 @@
+#!/usr/bin/env bun
+/**
+ * init-database.ts: wait until PostgreSQL really accepts queries, then create the schema
+ * exactly once. Made for service start-up in Docker Compose, Kubernetes and CI, where the
+ * database is often not up yet ("connection refused", "the database system is starting up").
+ *
+ * Usage:
+ *   bun run init-database.ts [--url URL] [--wait-only] [--schema FILE | --migrations DIR]
+ *                            [--create-database] [--timeout S] [--connect-timeout S]
+ *                            [--command-timeout S] [--max-retries N] [--json] [--quiet]
+ *
+ * Environment (first found wins, field by field):
+ *   --url > DATABASE_URL > PGHOST PGPORT PGUSER PGPASSWORD PGPASSWORD_FILE PGDATABASE
+ *   PGSSLMODE PGAPPNAME PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS > POSTGRES_HOST POSTGRES_PORT
+ *   POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB > localhost:5432.
+ *   NO_COLOR turns colour off.
+ *
+ * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
+ *   3 not ready before the deadline (or retries exhausted), 4 fatal connection error
+ *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
+ *
+ * Library use: `import { connect } from "./init-database.ts"` returns a ready postgres.js
+ * client made with the same configuration, timeouts and retries:
+ *   const sql = await connect({ timeout: 30 });
+ *
+ * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
+ */
+import { createHash } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { parseArgs } from "node:util";
+import postgres from "postgres";
+
+export type Sql = postgres.Sql<{}>;
+
+/** Every exit code the kit uses, in one place. */
+export const EXIT = {
+  ok: 0,
+  schemaFailed: 1,
+  usage: 2,
+  notReady: 3,
+  fatal: 4,
+  sigint: 130,
+  sigterm: 143,
+} as const;
+
+/** Every default, in one place. Times in milliseconds. */
+export const DEFAULTS = {
+  host: "localhost",
+  port: 5432,
+  user: "postgres",
+  sslmode: "prefer" as SslMode,
+  applicationName: "init-database",
+  targetSessionAttrs: "any" as TargetSessionAttrs,
+  timeoutMs: 120_000,
+  connectTimeoutMs: 10_000,
+  commandTimeoutMs: 60_000,
+  ledgerTable: "schema_migrations",
+  poolMax: 10,
+  keepAliveSeconds: 30,
+  /** Poll interval while nothing listens or the server is starting: 20 attempts a second at most. */
+  pollMs: 50,
+  /** Exponential backoff (full jitter, never below pollMs) while the server is busy. */
+  backoffBaseMs: 100,
+  backoffCapMs: 5_000,
+  /** How long past a server-side timeout the client waits before it gives a query up. */
+  graceMs: 2_000,
+} as const;
+
+const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
+const SESSION_ATTRS = ["any", "read-write", "primary", "read-only", "standby", "prefer-standby"] as const;
+const URL_PARAMETERS = ["sslmode", "application_name", "connect_timeout", "target_session_attrs"] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+export type TargetSessionAttrs = (typeof SESSION_ATTRS)[number];
+
+/** The built-in Flow-Backend schema; `--schema FILE` or `--migrations DIR` replace it. */
+export const FLOW_BACKEND_TABLES = ["users", "orders", "payments", "notifications"] as const;
+const FLOW_BACKEND_SCHEMA = `
+create table if not exists users (
+  id            bigint generated always as identity primary key,
+  email         text not null unique,
+  name          text not null,
+  password_hash text,
+  created_at    timestamptz not null default now(),
+  updated_at    timestamptz not null default now()
+);
+create table if not exists orders (
+  id          bigint generated always as identity primary key,
+  user_id     bigint not null references users (id) on delete cascade,
+  status      text not null default 'pending'
+              check (status in ('pending', 'paid', 'shipped', 'cancelled', 'refunded')),
+  total_cents bigint not null check (total_cents >= 0),
+  currency    char(3) not null default 'USD',
+  created_at  timestamptz not null default now(),
+  updated_at  timestamptz not null default now()
+);
+create index if not exists orders_user_id_idx on orders (user_id);
+create index if not exists orders_status_created_at_idx on orders (status, created_at);
+create table if not exists payments (
+  id           bigint generated always as identity primary key,
+  order_id     bigint not null references orders (id) on delete cascade,
+  amount_cents bigint not null check (amount_cents > 0),
+  currency     char(3) not null,
+  status       text not null default 'pending'
+               check (status in ('pending', 'succeeded', 'failed', 'refunded')),
+  provider     text not null,
+  provider_ref text,
+  created_at   timestamptz not null default now(),
+  unique (provider, provider_ref)
+);
+create index if not exists payments_order_id_idx on payments (order_id);
+create table if not exists notifications (
+  id         bigint generated always as identity primary key,
+  user_id    bigint not null references users (id) on delete cascade,
+  channel    text not null check (channel in ('email', 'sms', 'push')),
+  subject    text,
+  body       text not null,
+  sent_at    timestamptz,
+  read_at    timestamptz,
+  created_at timestamptz not null default now()
+);
+create index if not exists notifications_unread_idx on notifications (user_id) where read_at is null;
+`;
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+
+/** What a caller may set; the CLI's flags map onto it one to one. Times in seconds. */
+export interface Options {
+  url?: string;
+  timeout?: string | number;
+  connectTimeout?: string | number;
+  commandTimeout?: string | number;
+  maxRetries?: string | number;
+  applicationName?: string;
+  createDatabase?: boolean;
+  ledgerTable?: string;
+}
+
+export interface Target {
+  host: string;
+  port: number;
+}
+
+export interface Config {
+  targets: Target[];
+  user: string;
+  password: string | undefined;
+  database: string;
+  sslmode: SslMode;
+  applicationName: string;
+  targetSessionAttrs: TargetSessionAttrs;
+  timeoutMs: number;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+  maxRetries: number | undefined;
+  createDatabase: boolean;
+  ledgerTable: string;
+}
+
+type Env = Record<string, string | undefined>;
+type ReadFile = (path: string) => string;
+
+/** A usage or configuration error: exit 2, one line, never the password. */
+export class ConfigError extends Error {
+  readonly code = "EINVALIDCONFIG";
+}
+
+interface UrlParts {
+  hosts?: string[];
+  ports?: (number | undefined)[];
+  user?: string;
+  password?: string;
+  database?: string;
+  params: Partial<Record<(typeof URL_PARAMETERS)[number], string>>;
+}
+
+function decode(part: string, what: string, source: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new ConfigError(`${source}: the ${what} has a malformed %-escape; percent-encode special characters (e.g. @ as %40)`);
+  }
+}
+
+function parsePort(text: string, source: string): number {
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port < 1 || port > 65535) {
+    throw new ConfigError(`${source}: port "${text}" is not a number from 1 to 65535`);
+  }
+  return port;
+}
+
+/**
+ * Parse `postgres://user:password@host1:port1,host2:port2/db?param=value`, libpq style.
+ * The last `@` ends the credentials, so an unescaped `@` in a password still works.
+ */
+export function parseUrl(url: string, source: string): UrlParts {
+  const scheme = /^postgres(?:ql)?:\/\//i.exec(url);
+  if (!scheme) throw new ConfigError(`${source}: not a postgres:// or postgresql:// URL`);
+  let rest = url.slice(scheme[0].length);
+  const queryAt = rest.indexOf("?");
+  const query = queryAt === -1 ? "" : rest.slice(queryAt + 1);
+  if (queryAt !== -1) rest = rest.slice(0, queryAt);
+  const at = rest.lastIndexOf("@");
+  const credentials = at === -1 ? undefined : rest.slice(0, at);
+  rest = rest.slice(at + 1);
+  const slash = rest.indexOf("/");
+  const hostList = slash === -1 ? rest : rest.slice(0, slash);
+  const path = slash === -1 ? "" : rest.slice(slash + 1);
+
+  const parts: UrlParts = { params: {} };
+  if (credentials !== undefined) {
+    const colon = credentials.indexOf(":");
+    const user = colon === -1 ? credentials : credentials.slice(0, colon);
+    if (user) parts.user = decode(user, "user name", source);
+    if (colon !== -1) parts.password = decode(credentials.slice(colon + 1), "password", source);
+  }
+  if (hostList) {
+    const entries = hostList.split(",").map((entry) => {
+      const match = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(entry)!;
+      const host = decode(match[1]!.replace(/^\[(.*)\]$/, "$1"), "host", source);
+      if (!host && match[2] === undefined) throw new ConfigError(`${source}: empty host in the host list`);
+      return { host, port: match[2] === undefined ? undefined : parsePort(match[2], source) };
+    });
+    if (entries.some((entry) => entry.host)) parts.hosts = entries.map((entry) => entry.host || DEFAULTS.host);
+    parts.ports = entries.map((entry) => entry.port);
+  }
+  if (path) parts.database = decode(path, "database name", source);
+  for (const [key, value] of new URLSearchParams(query)) {
+    if (!(URL_PARAMETERS as readonly string[]).includes(key)) {
+      throw new ConfigError(`${source}: unsupported URL parameter "${key}"; supported: ${URL_PARAMETERS.join(", ")}`);
+    }
+    parts.params[key as (typeof URL_PARAMETERS)[number]] = value;
+  }
+  return parts;
+}
+
+/** Read a Docker-style secret file, dropping one trailing newline. */
+function readSecret(variable: string, path: string, readFile: ReadFile): string {
+  try {
+    return readFile(path).replace(/\r?\n$/, "");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "unreadable";
+    throw new ConfigError(`${variable}=${path} cannot be read (${code}); fix the path or its permissions, or unset ${variable}`);
+  }
+}
+
+/** A password from VAR or VAR_FILE; setting both is ambiguous, as in the postgres image. */
+function passwordFrom(variable: string, env: Env, readFile: ReadFile): string | undefined {
+  const file = env[`${variable}_FILE`];
+  if (env[variable] !== undefined && file) {
+    throw new ConfigError(`both ${variable} and ${variable}_FILE are set; unset one of them`);
+  }
+  return file ? readSecret(`${variable}_FILE`, file, readFile) : env[variable];
+}
+
+function seconds(name: string, value: string | number | undefined, { allowZero = false } = {}): number | undefined {
+  if (value === undefined || value === "") return undefined;
+  const number = Number(value);
+  if (!Number.isFinite(number) || number < 0 || (number === 0 && !allowZero)) {
+    throw new ConfigError(`${name} "${value}" must be a ${allowZero ? "non-negative" : "positive"} number of seconds`);
+  }
+  return Math.round(number * 1000);
+}
+
+function oneOf<T extends string>(name: string, value: string | undefined, allowed: readonly T[]): T | undefined {
+  if (value === undefined || value === "") return undefined;
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new ConfigError(`${name} "${value}" is not one of ${allowed.join(", ")}`);
+  }
+  return value as T;
+}
+
+/** The first value that is set; the order of the arguments is the precedence. */
+function first<T>(...candidates: (T | undefined)[]): T | undefined {
+  return candidates.find((candidate) => candidate !== undefined && candidate !== "");
+}
+
+/**
+ * Resolve the whole configuration once. Precedence, field by field:
+ * options (flags) > the URL (`--url`, else DATABASE_URL) > libpq PG* variables >
+ * the postgres image's POSTGRES_* variables > DEFAULTS.
+ */
+export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
+  const urlSource = options.url !== undefined ? "--url" : "DATABASE_URL";
+  const rawUrl = first(options.url, env.DATABASE_URL);
+  const url: UrlParts = rawUrl ? parseUrl(rawUrl, urlSource) : { params: {} };
+
+  const hosts = first(url.hosts, env.PGHOST?.split(","), env.POSTGRES_HOST?.split(",")) ?? [DEFAULTS.host];
+  const fallbackPort = first(
+    env.PGPORT ? parsePort(env.PGPORT, "PGPORT") : undefined,
+    env.POSTGRES_PORT ? parsePort(env.POSTGRES_PORT, "POSTGRES_PORT") : undefined,
+  ) ?? DEFAULTS.port;
+  const targets = hosts.map((host, index) => ({ host, port: url.ports?.[index] ?? fallbackPort }));
+
+  const user = first(url.user, env.PGUSER, env.POSTGRES_USER) ?? DEFAULTS.user;
+  const password = first(url.password, passwordFrom("PGPASSWORD", env, readFile), passwordFrom("POSTGRES_PASSWORD", env, readFile));
+  const database = first(url.database, env.PGDATABASE, env.POSTGRES_DB) ?? user;
+
+  const config: Config = {
+    targets,
+    user,
+    password,
+    database,
+    sslmode: oneOf("sslmode", first(url.params.sslmode, env.PGSSLMODE), SSL_MODES) ?? DEFAULTS.sslmode,
+    applicationName: first(options.applicationName, url.params.application_name, env.PGAPPNAME) ?? DEFAULTS.applicationName,
+    targetSessionAttrs:
+      oneOf("target_session_attrs", first(url.params.target_session_attrs, env.PGTARGETSESSIONATTRS), SESSION_ATTRS) ??
+      DEFAULTS.targetSessionAttrs,
+    timeoutMs: seconds("--timeout", options.timeout) ?? DEFAULTS.timeoutMs,
+    connectTimeoutMs:
+      first(
+        seconds("--connect-timeout", options.connectTimeout),
+        seconds("connect_timeout", url.params.connect_timeout),
+        seconds("PGCONNECT_TIMEOUT", env.PGCONNECT_TIMEOUT),
+      ) ?? DEFAULTS.connectTimeoutMs,
+    commandTimeoutMs: seconds("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
+    maxRetries: undefined,
+    createDatabase: options.createDatabase ?? false,
+    ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
+  };
+  if (options.maxRetries !== undefined) {
+    const retries = Number(options.maxRetries);
+    if (!Number.isInteger(retries) || retries < 1) {
+      throw new ConfigError(`--max-retries "${options.maxRetries}" must be a whole number of attempts, 1 or more`);
+    }
+    config.maxRetries = retries;
+  }
+  if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/.test(config.ledgerTable)) {
+    throw new ConfigError(`--ledger-table "${config.ledgerTable}" must be a plain table name, optionally schema-qualified`);
+  }
+  return config;
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors, retries, redaction
+
+/**
+ * not-listening: nothing answers yet (poll fast, it costs the server nothing);
+ * starting: the server answers "starting up" (poll fast, it will be ready soon);
+ * busy: the server is there but overloaded, restarting or dropping us (back off);
+ * fatal: retrying cannot help (exit 4).
+ */
+export type ErrorClass = "not-listening" | "starting" | "busy" | "fatal";
+
+const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
+const BUSY = new Set([
+  "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
+  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
+  "CLIENT_DEADLINE", "WRONG_SESSION_ATTRS",
+  "57P01", "57P02", "53300",
+]);
+
+/** Classify an error by its `.code` alone: never by message text. */
+export function classifyError(error: unknown): ErrorClass {
+  const code = errorCode(error);
+  if (NOT_LISTENING.has(code)) return "not-listening";
+  if (code === "57P03") return "starting";
+  if (BUSY.has(code) || code.startsWith("08")) return "busy";
+  return "fatal";
+}
+
+export function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" || typeof code === "number" ? String(code) : "UNKNOWN";
+}
+
+/** Milliseconds to wait before the next attempt, given the last failure and how many busy ones ran in a row. */
+export function retryDelay(errorClass: ErrorClass, busyInARow: number, random: () => number = Math.random): number {
+  if (errorClass !== "busy") return DEFAULTS.pollMs;
+  const ceiling = Math.min(DEFAULTS.backoffCapMs, DEFAULTS.backoffBaseMs * 2 ** Math.max(0, busyInARow - 1));
+  return Math.max(DEFAULTS.pollMs, Math.round(random() * ceiling));
+}
+
+/** Hide passwords: each known secret (raw and percent-encoded) and any URL's password part. */
+export function redact(text: string, secrets: (string | undefined)[] = []): string {
+  let result = text;
+  for (const secret of secrets) {
+    if (!secret) continue;
+    for (const form of new Set([secret, encodeURIComponent(secret)])) result = result.split(form).join("***");
+  }
+  return result.replace(/(postgres(?:ql)?:\/\/[^:@/\s]*:)[^\s]*@/gi, "$1***@");
+}
+
+/** The target as a URL with the password hidden, for messages. */
+export function describe(config: Config): string {
+  const credentials = config.password === undefined ? config.user : `${config.user}:***`;
+  const hosts = config.targets.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(",");
+  return `postgres://${encodeURIComponent(credentials).replace("%3A***", ":***")}@${hosts}/${config.database}`;
+}
+
+/** One line saying what to do about an error, by code. */
+export function hint(error: unknown, config: Config): string {
+  const code = errorCode(error);
+  const where = config.targets.map(({ host, port }) => `${host}:${port}`).join(", ");
+  const hints: Record<string, string> = {
+    "28P01": "check the password (PGPASSWORD, POSTGRES_PASSWORD or the URL); in Compose an old volume may hold a different password (docker compose down -v resets it)",
+    "28000": `the server refused user "${config.user}": check the user name and pg_hba.conf`,
+    "3D000": `database "${config.database}" does not exist: create it, fix the name, or pass --create-database`,
+    "42501": `user "${config.user}" lacks a privilege it needs (CONNECT on the database, CREATE on the schema)`,
+    "53300": "the server is full: raise max_connections or shrink the pools of other clients",
+    "57P03": "the server is still starting or recovering",
+    ECONNREFUSED: `nothing listens on ${where}: is the server up and the port right?`,
+    ENOTFOUND: `the host name does not resolve: in Compose use the service name, on the same network`,
+    EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,
+    CONNECT_TIMEOUT: `${where} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
+    CLIENT_DEADLINE: "the server stopped answering mid-query; the client was replaced",
+    WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
+    TLS: "TLS failed: fix the server's certificate or choose another sslmode (disable, prefer, require)",
+  };
+  return hints[code] ?? hints[code.slice(0, 2) === "08" ? "CONNECTION_CLOSED" : ""] ?? (isTlsError(error) ? hints.TLS! : "");
+}
+
+function isTlsError(error: unknown): boolean {
+  const code = errorCode(error);
+  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
+}
+
+// ---------------------------------------------------------------------------------------
+// Deadlines and clients
+
+/** Reject with code CLIENT_DEADLINE after `ms`, or with the abort reason when `signal` fires. */
+export function withDeadline<T>(work: Promise<T>, ms: number, signal?: AbortSignal): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort: (() => void) | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${ms} ms`), { code: "CLIENT_DEADLINE" })), ms);
+    onAbort = () => reject(signal!.reason);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  return Promise.race([work, limit]).finally(() => {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+  });
+}
+
+/** Sleep, but wake at once when `signal` fires. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return withDeadline(new Promise<never>(() => {}), ms, signal).catch((error) => {
+    if (errorCode(error) !== "CLIENT_DEADLINE") throw error;
+  });
+}
+
+/** Close a client without ever waiting on it for long: a broken one is dropped, not reused. */
+export async function closeClient(sql: Sql | undefined): Promise<void> {
+  if (!sql) return;
+  await withDeadline(sql.end({ timeout: 0 }), 1_000).catch(() => {});
+}
+
+function sslOption(mode: SslMode): postgres.Options<{}>["ssl"] {
+  const modes: Record<SslMode, postgres.Options<{}>["ssl"]> = {
+    disable: false, allow: "allow", prefer: "prefer", require: "require", "verify-ca": "verify-full", "verify-full": "verify-full",
+  };
+  return modes[mode];
+}
+
+/** A postgres.js client for one host, with the kit's timeouts; `overrides` come from library users. */
+export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}): Sql {
+  const socketPath = target.host.startsWith("/") ? `${target.host}/.s.PGSQL.${target.port}` : undefined;
+  return postgres({
+    host: target.host,
+    port: target.port,
+    path: socketPath,
+    user: config.user,
+    password: config.password ?? "",
+    database: config.database,
+    ssl: sslOption(config.sslmode),
+    max: DEFAULTS.poolMax,
+    connect_timeout: config.connectTimeoutMs / 1000,
+    keep_alive: DEFAULTS.keepAliveSeconds,
+    fetch_types: false,
+    onnotice: () => {},
+    target_session_attrs: undefined,
+    connection: {
+      application_name: config.applicationName,
+      statement_timeout: config.commandTimeoutMs,
+    },
+    ...overrides,
+  }) as Sql;
+}
+
+interface SessionState {
+  in_recovery: boolean;
+  read_only: string;
+  server_version: string;
+}
+
+/** Does this session satisfy target_session_attrs, libpq style (checked on the session itself)? */
+function sessionMatches(attrs: TargetSessionAttrs, state: SessionState, lastHost: boolean): boolean {
+  const writable = !state.in_recovery && state.read_only === "off";
+  switch (attrs) {
+    case "read-write": return writable;
+    case "read-only": return !writable;
+    case "primary": return !state.in_recovery;
+    case "standby": return state.in_recovery;
+    case "prefer-standby": return state.in_recovery || lastHost;
+    default: return true;
+  }
+}
+
+export interface Attempt {
+  attempt: number;
+  elapsedMs: number;
+  error: unknown;
+  errorClass: ErrorClass;
+  delayMs: number;
+}
+
+export interface Ready {
+  sql: Sql;
+  target: Target;
+  attempts: number;
+  elapsedMs: number;
+  serverVersion: string;
+}
+
+export class NotReadyError extends Error {
+  readonly code = "NOT_READY";
+  constructor(readonly lastError: unknown, readonly attempts: number, readonly elapsedMs: number, reason: string) {
+    super(reason);
+  }
+}
+
+/** Open a client on each host in turn until one answers a query and matches the session attributes. */
+async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>) {
+  let lastError: unknown;
+  for (const [index, target] of config.targets.entries()) {
+    const budget = Math.min(config.connectTimeoutMs + DEFAULTS.graceMs, Math.max(1, deadlineAt - Date.now()));
+    const sql = createClient({ ...config, connectTimeoutMs: Math.min(config.connectTimeoutMs, budget) }, target, overrides);
+    try {
+      const [state] = await withDeadline(
+        sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version`,
+        budget,
+        signal,
+      );
+      if (sessionMatches(config.targetSessionAttrs, state!, index === config.targets.length - 1)) {
+        return { sql, target, serverVersion: state!.server_version };
+      }
+      lastError = Object.assign(new Error(`${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`), { code: "WRONG_SESSION_ATTRS" });
+    } catch (error) {
+      lastError = error;
+      if (signal?.aborted) {
+        await closeClient(sql);
+        throw error;
+      }
+    }
+    await closeClient(sql);
+  }
+  throw lastError;
+}
+
+/**
+ * Retry until a host answers an authenticated query: fast polls while nothing listens or the
+ * server is starting, jittered exponential backoff while it is busy, never past the deadline.
+ */
+export async function waitUntilReady(
+  config: Config,
+  { signal, onAttempt, overrides = {}, startedAt = Date.now() }: { signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number } = {},
+): Promise<Ready> {
+  const deadlineAt = startedAt + config.timeoutMs;
+  let busyInARow = 0;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const found = await tryTargets(config, deadlineAt, signal, overrides);
+      return { ...found, attempts: attempt, elapsedMs: Date.now() - startedAt };
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      const errorClass = classifyError(error);
+      if (errorClass === "fatal") throw error;
+      busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
+      const remaining = deadlineAt - Date.now();
+      const delayMs = Math.min(retryDelay(errorClass, busyInARow), Math.max(0, remaining));
+      const elapsedMs = Date.now() - startedAt;
+      onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs });
+      // An attempt squeezed into the last moment could only fail for lack of time, hiding the real cause.
+      if (remaining <= delayMs) throw new NotReadyError(error, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
+      if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
+        throw new NotReadyError(error, attempt, elapsedMs, `not ready after ${attempt} attempts`);
+      }
+      await sleep(delayMs, signal);
+    }
+  }
+}
+
+/**
+ * Wait for the database and return a ready postgres.js client (a pool; `clientOptions` go to
+ * postgres.js). Throws ConfigError, NotReadyError, or the fatal error from the server.
+ *
+ * @example
+ *   import { connect } from "./init-database.ts";
+ *   const sql = await connect({ timeout: 30 }, { max: 20 });
+ *   const [{ now }] = await sql`select now()`;
+ */
+export async function connect(options: Options = {}, clientOptions: postgres.Options<{}> = {}): Promise<Sql> {
+  const config = parseConfig(options);
+  const { sql } = await waitUntilReady(config, { overrides: { fetch_types: true, ...clientOptions } });
+  return sql;
+}
+
+/** With --create-database: create the target database through the maintenance database if it is missing. */
+export async function ensureDatabase(config: Config, signal?: AbortSignal): Promise<boolean> {
+  const maintenance = { ...config, database: "postgres", maxRetries: undefined };
+  const { sql } = await waitUntilReady(maintenance, { signal, overrides: { max: 1 } });
+  try {
+    const deadline = config.commandTimeoutMs + DEFAULTS.graceMs;
+    const existing = await withDeadline(sql`select 1 from pg_database where datname = ${config.database}`, deadline, signal);
+    if (existing.length > 0) return false;
+    await withDeadline(sql.unsafe(`create database ${quoteIdent(config.database)}`), deadline, signal).catch((error) => {
+      // Another replica won the race: the database exists, which is all we wanted.
+      if (errorCode(error) !== "42P04" && errorCode(error) !== "23505") throw error;
+    });
+    return true;
+  } finally {
+    await closeClient(sql);
+  }
+}
+
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Schema
+
+export interface SchemaStep {
+  name: string;
+  sql: string;
+  checksum: string;
+}
+
+export class SchemaError extends Error {
+  readonly code = "SCHEMA_FAILED";
+}
+
+function step(name: string, sql: string): SchemaStep {
+  return { name, sql, checksum: createHash("sha256").update(sql).digest("hex") };
+}
+
+/** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
+export function schemaPlan(source: { schema?: string; migrations?: string }, readFile: ReadFile = (path) => readFileSync(path, "utf8")): SchemaStep[] {
+  const read = (path: string, flag: string) => {
+    try {
+      return readFile(path);
+    } catch (error) {
+      throw new ConfigError(`${flag} ${path} cannot be read (${errorCode(error)}); fix the path`);
+    }
+  };
+  if (source.schema && source.migrations) throw new ConfigError("--schema and --migrations exclude each other; choose one");
+  if (source.schema) return [step(basename(source.schema), read(source.schema, "--schema"))];
+  if (source.migrations) {
+    let names: string[];
+    try {
+      names = readdirSync(source.migrations).filter((name) => name.endsWith(".sql")).sort();
+    } catch (error) {
+      throw new ConfigError(`--migrations ${source.migrations} cannot be read (${errorCode(error)}); fix the path`);
+    }
+    if (names.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no *.sql files`);
+    return names.map((name) => step(name, read(join(source.migrations!, name), "--migrations")));
+  }
+  return [step("flow-backend", FLOW_BACKEND_SCHEMA)];
+}
+
+export interface StepResult {
+  name: string;
+  status: "applied" | "already applied";
+  ms: number;
+}
+
+/**
+ * Apply each pending step in its own transaction under an advisory lock, recording it in the
+ * ledger, so that replicas starting together apply it exactly once. An up-to-date database
+ * costs one query and takes no lock.
+ */
+export async function applySchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal, onStep?: (result: StepResult) => void): Promise<StepResult[]> {
+  const deadline = config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
+  const ledger = config.ledgerTable.split(".").map(quoteIdent).join(".");
+  const rows = await withDeadline(
+    sql.unsafe(`select coalesce(json_object_agg(name, checksum), '{}') as applied from ${ledger}`).catch((error) => {
+      if (errorCode(error) === "42P01") return [{ applied: {} }];
+      throw error;
+    }),
+    deadline,
+    signal,
+  );
+  const applied = (rows[0]?.applied ?? {}) as Record<string, string>;
+  const results: StepResult[] = [];
+  for (const { name, sql: text, checksum } of steps) {
+    assertUnchanged(name, applied[name], checksum);
+    if (applied[name]) {
+      results.push({ name, status: "already applied", ms: 0 });
+      continue;
+    }
+    const startedAt = performance.now();
+    const status = await withDeadline(
+      sql.begin(async (tx) => {
+        await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;
+        await tx.unsafe(`create table if not exists ${ledger} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`);
+        const [row] = await tx.unsafe(`select checksum from ${ledger} where name = $1`, [name]);
+        assertUnchanged(name, row?.checksum, checksum);
+        if (row) return "already applied" as const;
+        await tx.unsafe(text).catch((error) => {
+          throw Object.assign(error, { step: name });
+        });
+        await tx.unsafe(`insert into ${ledger} (name, checksum) values ($1, $2)`, [name, checksum]);
+        return "applied" as const;
+      }),
+      deadline,
+      signal,
+    );
+    const result = { name, status, ms: Math.round(performance.now() - startedAt) };
+    results.push(result);
+    onStep?.(result);
+  }
+  if (steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
+  return results;
+}
+
+function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
+  if (recorded && recorded !== checksum) {
+    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`);
+  }
+}
+
+async function verifyTables(sql: Sql, tables: readonly string[], deadline: number, signal?: AbortSignal): Promise<void> {
+  const rows = await withDeadline(
+    sql`select t as name from unnest(string_to_array(${tables.join(",")}, ',')) t where to_regclass(t) is null`,
+    deadline,
+    signal,
+  );
+  if (rows.length > 0) {
+    throw new SchemaError(`tables missing after the schema ran: ${rows.map((row) => row.name).join(", ")} (were they dropped? delete the ledger row to re-apply)`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+export function formatMs(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** Human lines on stderr, results on stdout, NDJSON with --json; everything redacted. */
+export class Reporter {
+  private progressShown = false;
+  private lastPlainAt = 0;
+  private lastCause = "";
+  constructor(
+    private readonly mode: { json: boolean; quiet: boolean; tty: boolean; color: boolean },
+    private readonly secrets: (string | undefined)[] = [],
+  ) {}
+
+  addSecret(secret: string | undefined): void {
+    this.secrets.push(secret);
+  }
+
+  private clean(text: string): string {
+    return redact(text, this.secrets);
+  }
+
+  private paint(code: number, text: string): string {
+    return this.mode.color ? `\x1b[${code}m${text}\x1b[0m` : text;
+  }
+
+  private clearProgress(): void {
+    if (this.progressShown) process.stderr.write("\r\x1b[2K");
+    this.progressShown = false;
+  }
+
+  /** Redact values, not the serialised line, so that a short password cannot break the JSON. */
+  event(fields: Record<string, unknown>): void {
+    if (!this.mode.json) return;
+    const line = JSON.stringify(fields, (_key, value) => (typeof value === "string" ? this.clean(value) : value));
+    process.stdout.write(line + "\n");
+  }
+
+  info(text: string): void {
+    if (this.mode.quiet) return;
+    this.clearProgress();
+    process.stderr.write(this.clean(text) + "\n");
+  }
+
+  /** A live line on a TTY; otherwise a plain line when the cause changes or every 5 s. */
+  progress(text: string, cause: string): void {
+    if (this.mode.quiet) return;
+    if (this.mode.tty) {
+      process.stderr.write("\r\x1b[2K" + this.clean(text));
+      this.progressShown = true;
+    } else if (cause !== this.lastCause || Date.now() - this.lastPlainAt >= 5_000) {
+      process.stderr.write(this.clean(text) + "\n");
+      this.lastPlainAt = Date.now();
+    }
+    this.lastCause = cause;
+  }
+
+  error(text: string, fix?: string): void {
+    this.clearProgress();
+    process.stderr.write(this.paint(31, "error: ") + this.clean(text) + "\n");
+    if (fix) process.stderr.write(this.paint(33, "hint: ") + this.clean(fix) + "\n");
+  }
+
+  result(text: string): void {
+    this.clearProgress();
+    if (!this.mode.json && !this.mode.quiet) process.stdout.write(this.clean(text) + "\n");
+  }
+}
+
+/** A short, redacted description of an error: its code and the server's or system's message. */
+export function explain(error: unknown): string {
+  const code = errorCode(error);
+  const message = error instanceof Error ? error.message : String(error);
+  const position = (error as { position?: string }).position;
+  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${position ? ` (at character ${position})` : ""}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// CLI
+
+const FLAGS = {
+  url: { type: "string" },
+  "wait-only": { type: "boolean" },
+  schema: { type: "string" },
+  migrations: { type: "string" },
+  "ledger-table": { type: "string" },
+  "create-database": { type: "boolean" },
+  timeout: { type: "string" },
+  "connect-timeout": { type: "string" },
+  "command-timeout": { type: "string" },
+  "max-retries": { type: "string" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Turn SIGINT/SIGTERM into an abort, so every wait ends at once and clients are closed. */
+function abortOnSignals(controller: AbortController): () => void {
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
+    const handler = () => controller.abort(Object.assign(new Error(`interrupted by ${name}`), { code: name }));
+    process.on(name, handler);
+    return () => process.off(name, handler);
+  });
+  return () => handlers.forEach((remove) => remove());
+}
+
+export async function main(argv: string[], env: Env = process.env): Promise<number> {
+  const startedAt = Date.now();
+  let values: ReturnType<typeof parseArgs<{ args: string[]; options: typeof FLAGS; strict: true }>>["values"];
+  try {
+    values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
+  } catch (error) {
+    process.stderr.write(`error: ${redact((error as Error).message)}\nhint: see --help\n`);
+    return EXIT.usage;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return EXIT.ok;
+  }
+  const color = Boolean(process.stderr.isTTY) && !env.NO_COLOR;
+  const reporter = new Reporter({ json: Boolean(values.json), quiet: Boolean(values.quiet), tty: Boolean(process.stderr.isTTY), color });
+  const summary = (status: string, exitCode: number, extra: Record<string, unknown> = {}) => {
+    reporter.event({ event: "summary", ok: exitCode === 0, status, exit_code: exitCode, elapsed_ms: Date.now() - startedAt, ...extra });
+    return exitCode;
+  };
+
+  let config: Config;
+  let steps: SchemaStep[] = [];
+  try {
+    config = parseConfig({
+      url: values.url,
+      timeout: values.timeout,
+      connectTimeout: values["connect-timeout"],
+      commandTimeout: values["command-timeout"],
+      maxRetries: values["max-retries"],
+      createDatabase: values["create-database"],
+      ledgerTable: values["ledger-table"],
+    }, env);
+    if (!values["wait-only"]) steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
+  } catch (error) {
+    // The password may sit in a malformed URL: hide anything that looks like one.
+    reporter.addSecret(values.url);
+    reporter.addSecret(env.DATABASE_URL);
+    reporter.error(error instanceof ConfigError ? error.message : explain(error), "see --help");
+    return summary("usage error", EXIT.usage);
+  }
+  reporter.addSecret(config.password);
+  const target = describe(config);
+
+  const controller = new AbortController();
+  const removeSignalHandlers = abortOnSignals(controller);
+  const signal = controller.signal;
+  let sql: Sql | undefined;
+  let phase: "connect" | "schema" = "connect";
+  try {
+    reporter.info(`waiting for ${target} (timeout ${formatMs(config.timeoutMs)})`);
+    const onAttempt = ({ attempt, elapsedMs, error, errorClass, delayMs }: Attempt) => {
+      reporter.event({ event: "attempt", attempt, elapsed_ms: elapsedMs, code: errorCode(error), class: errorClass, delay_ms: delayMs, message: explain(error) });
+      reporter.progress(`attempt ${attempt}, ${formatMs(elapsedMs)}: ${explain(error)}`, errorCode(error));
+    };
+    if (config.createDatabase && !values["wait-only"]) {
+      if (await ensureDatabase(config, signal)) reporter.info(`created database ${config.database}`);
+    }
+    // A retryable failure while applying the schema (a restart, a terminated session) drops
+    // the client and starts over from waiting: the schema step is one transaction, so redoing it is safe.
+    for (;;) {
+      const ready = await waitUntilReady(config, { signal, onAttempt, startedAt });
+      sql = ready.sql;
+      reporter.event({ event: "ready", attempts: ready.attempts, elapsed_ms: ready.elapsedMs, host: ready.target.host, port: ready.target.port, server_version: ready.serverVersion });
+      if (values["wait-only"]) {
+        reporter.result(`ready: ${target} (PostgreSQL ${ready.serverVersion}) after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}`);
+        return summary("ready", EXIT.ok, { attempts: ready.attempts });
+      }
+      reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; applying the schema`);
+      phase = "schema";
+      try {
+        const results = await applySchema(sql, steps, config, signal, (result) => {
+          reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
+          reporter.info(`${result.status}: ${result.name} (${formatMs(result.ms)})`);
+        });
+        const appliedCount = results.filter((result) => result.status === "applied").length;
+        reporter.result(`done: ${target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(Date.now() - startedAt)}`);
+        return summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
+      } catch (error) {
+        if (signal.aborted || classifyError(error) === "fatal" || Date.now() >= startedAt + config.timeoutMs) throw error;
+        reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
+        await closeClient(sql);
+        sql = undefined;
+        phase = "connect";
+      }
+    }
+  } catch (error) {
+    if (signal.aborted) {
+      const name = errorCode(signal.reason);
+      reporter.error(`interrupted by ${name}; connections closed, nothing half-applied`);
+      return summary("interrupted", name === "SIGINT" ? EXIT.sigint : EXIT.sigterm);
+    }
+    if (error instanceof NotReadyError) {
+      reporter.error(`${target} ${error.message}: ${explain(error.lastError)}`, hint(error.lastError, config));
+      return summary("not ready", EXIT.notReady, { attempts: error.attempts, code: errorCode(error.lastError) });
+    }
+    if (phase === "schema" && classifyError(error) === "fatal") {
+      const step = (error as { step?: string }).step;
+      reporter.error(`schema failed${step ? ` in ${step}` : ""}: ${explain(error)}`, schemaHint(error));
+      return summary("schema failed", EXIT.schemaFailed, { code: errorCode(error), step });
+    }
+    if (phase === "schema") {
+      reporter.error(`${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, hint(error, config));
+      return summary("not ready", EXIT.notReady, { code: errorCode(error) });
+    }
+    reporter.error(`cannot connect to ${target}: ${explain(error)}`, hint(error, config));
+    return summary("fatal", EXIT.fatal, { code: errorCode(error) });
+  } finally {
+    removeSignalHandlers();
+    await closeClient(sql);
+  }
+}
+
+function schemaHint(error: unknown): string {
+  const code = errorCode(error);
+  if (code === "57014" || code === "55P03") return "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session";
+  if (code === "42501") return "the user lacks a privilege the schema needs (CREATE on the schema?)";
+  return "fix the SQL; nothing of this step was applied (it ran in one transaction)";
+}
+
+const USAGE = `Wait until PostgreSQL accepts queries, then apply the schema exactly once.
+
+Usage: bun run init-database.ts [options]
+
+Connection (first found wins): --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:5432
+  --url URL               postgres://user:pass@host:port/db (several hosts: h1:5432,h2:5432)
+  --create-database       create the database if it does not exist
+
+What to do:
+  --wait-only             only wait until an authenticated query succeeds
+  --schema FILE           apply this SQL file instead of the built-in Flow-Backend schema
+  --migrations DIR        apply DIR/*.sql in name order, each once, recorded in the ledger
+  --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
+
+Timeouts (seconds):
+  --timeout S             overall deadline for becoming ready (default ${DEFAULTS.timeoutMs / 1000})
+  --connect-timeout S     per connection attempt (default ${DEFAULTS.connectTimeoutMs / 1000})
+  --command-timeout S     statement_timeout for every statement, 0 for none (default ${DEFAULTS.commandTimeoutMs / 1000})
+  --max-retries N         give up after N attempts even before the deadline
+
+Output:
+  --json                  NDJSON events on stdout, ending in a summary object
+  -q, --quiet             errors only
+  -h, --help              this text
+
+Exit codes: 0 ready/done, 1 schema failed, 2 usage, 3 not ready in time, 4 fatal connection error,
+            130/143 interrupted.
+`;
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));
