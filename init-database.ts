@@ -75,6 +75,8 @@ export type TargetSessionAttrs = (typeof SESSION_ATTRS)[number];
 
 /** The built-in Flow-Backend schema; `--schema FILE` or `--migrations DIR` replace it. */
 export const FLOW_BACKEND_TABLES = ["users", "orders", "payments", "notifications"] as const;
+/** Its foreign keys as "table.column -> table": what the connectivity suite checks. */
+export const FLOW_BACKEND_FOREIGN_KEYS = ["orders.user_id -> users", "payments.order_id -> orders", "notifications.user_id -> users"] as const;
 const FLOW_BACKEND_SCHEMA = `
 create table if not exists users (
   id            bigint generated always as identity primary key,
@@ -392,6 +394,7 @@ export function describe(config: Config): string {
 
 /** One line saying what to do about an error, by code. */
 export function hint(error: unknown, config: Config): string {
+  if (error instanceof NotReadyError) return hint(error.lastError, config);
   const code = errorCode(error);
   const where = config.targets.map(({ host, port }) => `${host}:${port}`).join(", ");
   const hints: Record<string, string> = {
@@ -808,6 +811,7 @@ export class Reporter {
 
 /** A short, redacted description of an error: its code and the server's or system's message. */
 export function explain(error: unknown): string {
+  if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
   const position = (error as { position?: string }).position;
@@ -834,7 +838,7 @@ const FLAGS = {
 } as const;
 
 /** Turn SIGINT/SIGTERM into an abort, so every wait ends at once and clients are closed. */
-function abortOnSignals(controller: AbortController): () => void {
+export function abortOnSignals(controller: AbortController): () => void {
   const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
     const handler = () => controller.abort(Object.assign(new Error(`interrupted by ${name}`), { code: name }));
     process.on(name, handler);
@@ -935,7 +939,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       return summary("interrupted", name === "SIGINT" ? EXIT.sigint : EXIT.sigterm);
     }
     if (error instanceof NotReadyError) {
-      reporter.error(`${target} ${error.message}: ${explain(error.lastError)}`, hint(error.lastError, config));
+      reporter.error(`${target} ${explain(error)}`, hint(error, config));
       return summary("not ready", EXIT.notReady, { attempts: error.attempts, code: errorCode(error.lastError) });
     }
     if (phase === "schema" && classifyError(error) === "fatal") {

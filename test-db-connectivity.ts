@@ -1,0 +1,482 @@
+#!/usr/bin/env bun
+/**
+ * test-db-connectivity.ts: prove that a PostgreSQL database is usable by a service. Runs seven
+ * named, timed checks (Basic Connection, Connection with Retry, Concurrent Connections,
+ * Database Health, Schema Validation, Reconnect, Statement Timeout) through the same
+ * configuration, retry and deadline code as init-database.ts, and reports each honestly.
+ *
+ * Usage:
+ *   bun run test-db-connectivity.ts [--url URL] [--concurrency N] [--only NAME[,NAME]]
+ *        [--schema FILE | --migrations DIR] [--allow-read-only] [--json] [--junit FILE]
+ *        [--timeout S] [--connect-timeout S] [--command-timeout S] [--quiet]
+ *
+ * Environment: the same as init-database.ts (DATABASE_URL, PG*, POSTGRES_*, *_FILE secrets).
+ *
+ * Exit codes: 0 every check passed, 1 a check failed, 2 usage or configuration error,
+ *   130/143 on SIGINT/SIGTERM.
+ *
+ * Example: DATABASE_URL=postgres://app:secret@localhost:5432/app bun run test-db-connectivity.ts --junit junit.xml
+ */
+import { writeFileSync } from "node:fs";
+import { createServer, connect as tcpConnect, type Server } from "node:net";
+import { parseArgs } from "node:util";
+import {
+  abortOnSignals, closeClient, ConfigError, createClient, describe, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
+  formatMs, hint, parseConfig, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
+} from "./init-database.ts";
+
+const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
+
+/** The suite's own defaults: it runs after the database is up, so it fails fast instead of waiting. */
+const SUITE_DEFAULTS = {
+  timeoutSeconds: 10,
+  connectTimeoutSeconds: 5,
+  concurrency: 20,
+  latencySamples: 5,
+  /** The statement timeout the enforcement probe sets locally, so the check never waits long. */
+  probeStatementTimeoutMs: 200,
+} as const;
+
+export const CHECK_NAMES = [
+  "Basic Connection", "Connection with Retry", "Concurrent Connections", "Database Health",
+  "Schema Validation", "Reconnect", "Statement Timeout",
+] as const;
+export type CheckName = (typeof CHECK_NAMES)[number];
+
+export interface CheckResult {
+  name: CheckName;
+  ok: boolean;
+  ms: number;
+  detail: string;
+  hint?: string;
+}
+
+interface SuiteContext {
+  config: Config;
+  concurrency: number;
+  allowReadOnly: boolean;
+  steps: SchemaStep[] | undefined;
+  signal: AbortSignal;
+}
+
+/** A failed check: its message is the one line the report shows, with a hint. */
+class CheckFailure extends Error {
+  constructor(message: string, readonly fix?: string) {
+    super(message);
+  }
+}
+
+/** A check's every database await gets this deadline. */
+function deadlineOf(config: Config): number {
+  return config.connectTimeoutMs + config.commandTimeoutMs;
+}
+
+/** One connection attempt with the kit's retry code, but no waiting: the suite runs on a live database. */
+async function openOnce(config: Config, signal: AbortSignal, max = 1): Promise<Sql> {
+  const { sql } = await waitUntilReady({ ...config, maxRetries: 1 }, { signal, overrides: { max } });
+  return sql;
+}
+
+/** Forward a loopback port to the real server, so a port can start refused and then answer. */
+function forwarder(port: number, target: { host: string; port: number }): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = createServer((client) => {
+      const upstream = tcpConnect(target.port, target.host);
+      client.pipe(upstream).pipe(client);
+      client.on("error", () => upstream.destroy());
+      upstream.on("error", () => client.destroy());
+    });
+    server.once("error", reject);
+    server.listen(port, "127.0.0.1", () => resolve(server));
+  });
+}
+
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer().listen(0, "127.0.0.1", () => {
+      const address = probe.address();
+      probe.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no free port"))));
+    });
+  });
+}
+
+/** The one check that waits (up to --timeout): the rest run on the connection it proved. */
+async function basicConnection({ config, signal }: SuiteContext): Promise<string> {
+  const { sql } = await waitUntilReady(config, { signal, overrides: { max: 1 } });
+  try {
+    const startedAt = performance.now();
+    const [row] = await withDeadline(sql`select 1 as one, current_setting('server_version') as version`, deadlineOf(config), signal);
+    return `PostgreSQL ${row!.version}, SELECT 1 round trip ${formatMs(performance.now() - startedAt)}`;
+  } finally {
+    await closeClient(sql);
+  }
+}
+
+async function connectionWithRetry({ config, signal }: SuiteContext): Promise<string> {
+  const real = config.targets[0]!;
+  const port = await freeLoopbackPort();
+  let server: Server | undefined;
+  let opening: Promise<Server> | undefined;
+  const refused: string[] = [];
+  try {
+    const ready = await waitUntilReady({ ...config, targets: [{ host: "127.0.0.1", port }], maxRetries: 5 }, {
+      signal,
+      onAttempt: ({ error }) => {
+        refused.push(errorCode(error));
+        opening ??= forwarder(port, real).then((opened) => (server = opened));
+      },
+    });
+    await closeClient(ready.sql);
+    if (refused[0] !== "ECONNREFUSED") throw new CheckFailure(`the first attempt failed with ${refused[0] ?? "nothing"}, not ECONNREFUSED`);
+    return `first attempt refused (${refused[0]}), connected on attempt ${ready.attempts} after ${formatMs(ready.elapsedMs)}`;
+  } finally {
+    await opening?.catch(() => undefined);
+    server?.close();
+  }
+}
+
+async function concurrentConnections({ config, concurrency, signal }: SuiteContext): Promise<string> {
+  const admin = await openOnce(config, signal);
+  let capacity;
+  try {
+    [capacity] = await withDeadline(admin<{ max: number; reserved: number; used: number }[]>`
+      select current_setting('max_connections')::int as max,
+             current_setting('superuser_reserved_connections')::int as reserved,
+             (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as used`, deadlineOf(config), signal);
+  } finally {
+    await closeClient(admin);
+  }
+  const { max, reserved, used } = capacity!;
+  const free = max - reserved - used;
+  if (concurrency > free) {
+    throw new CheckFailure(
+      `--concurrency ${concurrency} exceeds the ${free} free connection slots (max_connections=${max}, reserved=${reserved}, in use=${used})`,
+      `lower --concurrency to ${Math.max(1, free)} or raise max_connections`,
+    );
+  }
+  const startedAt = performance.now();
+  const clients = Array.from({ length: concurrency }, () => createClient(config, config.targets[0]!, { max: 1 }));
+  try {
+    const outcomes = await Promise.allSettled(
+      clients.map((sql) => withDeadline(sql`select pg_backend_pid() as pid`, deadlineOf(config), signal)),
+    );
+    const failures = outcomes.filter((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
+    if (failures.length > 0) {
+      throw new CheckFailure(`${failures.length} of ${concurrency} connections failed, first: ${explain(failures[0]!.reason)}`, hint(failures[0]!.reason, config));
+    }
+    const pids = new Set(outcomes.map((outcome) => (outcome as unknown as PromiseFulfilledResult<{ pid: number }[]>).value[0]!.pid));
+    if (pids.size !== concurrency) throw new CheckFailure(`expected ${concurrency} separate sessions, got ${pids.size}`);
+    return `${concurrency}/${concurrency} connections in ${formatMs(performance.now() - startedAt)}; server allows ${max} (${reserved} reserved, ${used} in use before)`;
+  } finally {
+    await Promise.all(clients.map(closeClient));
+  }
+}
+
+async function databaseHealth({ config, allowReadOnly, signal }: SuiteContext): Promise<string> {
+  const sql = await openOnce(config, signal);
+  try {
+    const [health] = await withDeadline(sql<{
+      version: string; uptime_s: number; in_recovery: boolean; read_only: string; used: number; max: number; size: string;
+    }[]>`
+      select current_setting('server_version') as version,
+             extract(epoch from now() - pg_postmaster_start_time())::int as uptime_s,
+             pg_is_in_recovery() as in_recovery,
+             current_setting('transaction_read_only') as read_only,
+             (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as used,
+             current_setting('max_connections')::int as max,
+             pg_size_pretty(pg_database_size(current_database())) as size`, deadlineOf(config), signal);
+    const samples: number[] = [];
+    for (let i = 0; i < SUITE_DEFAULTS.latencySamples; i++) {
+      const startedAt = performance.now();
+      await withDeadline(sql`select 1`, deadlineOf(config), signal);
+      samples.push(performance.now() - startedAt);
+    }
+    const median = samples.sort((a, b) => a - b)[Math.floor(samples.length / 2)]!;
+    const { version, uptime_s, in_recovery, read_only, used, max, size } = health!;
+    const detail = `PostgreSQL ${version}, up ${formatMs(uptime_s * 1000)}, ${in_recovery ? "in recovery (standby)" : "primary"}, ` +
+      `${used}/${max} connections, size ${size}, latency ${median.toFixed(2)} ms`;
+    if ((in_recovery || read_only === "on") && !allowReadOnly) {
+      throw new CheckFailure(`read-only: ${detail}`, "point the service at the primary, or pass --allow-read-only for a replica");
+    }
+    return detail;
+  } finally {
+    await closeClient(sql);
+  }
+}
+
+async function schemaValidation({ config, steps, signal }: SuiteContext): Promise<string> {
+  const sql = await openOnce(config, signal);
+  try {
+    if (steps) {
+      const ledger = config.ledgerTable.split(".").map((part) => `"${part.replaceAll('"', '""')}"`).join(".");
+      const rows = await withDeadline(sql.unsafe(`select name, checksum from ${ledger}`), deadlineOf(config), signal).catch((error) => {
+        if (errorCode(error) === "42P01") throw new CheckFailure(`no ledger table ${config.ledgerTable}: the schema was never applied`, "run init-database.ts first");
+        throw error;
+      });
+      const recorded = new Map(rows.map((row) => [row.name as string, row.checksum as string]));
+      const missing = steps.filter((step) => recorded.get(step.name) !== step.checksum).map((step) => step.name);
+      if (missing.length > 0) throw new CheckFailure(`not applied or changed since: ${missing.join(", ")}`, "run init-database.ts with the same --schema/--migrations");
+      return `${steps.length} step${steps.length === 1 ? "" : "s"} recorded in ${config.ledgerTable} with matching checksums`;
+    }
+    const tables = await withDeadline(sql<{ table: string; keys: string | null }[]>`
+      select t as table,
+             (select string_agg(a.attname, ',' order by a.attnum)
+                from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+               where i.indrelid = to_regclass(t) and i.indisprimary) as keys
+        from unnest(string_to_array(${FLOW_BACKEND_TABLES.join(",")}, ',')) t
+       where to_regclass(t) is not null`, deadlineOf(config), signal);
+    const missingTables = FLOW_BACKEND_TABLES.filter((name) => !tables.some((row) => row.table === name));
+    if (missingTables.length > 0) throw new CheckFailure(`missing tables: ${missingTables.join(", ")}`, "run init-database.ts first");
+    const keyless = tables.filter((row) => !row.keys).map((row) => row.table);
+    if (keyless.length > 0) throw new CheckFailure(`tables without a primary key: ${keyless.join(", ")}`);
+    const foreignKeys = await withDeadline(sql<{ fk: string }[]>`
+      select c.conrelid::regclass::text || '.' || a.attname || ' -> ' || c.confrelid::regclass::text as fk
+        from pg_constraint c join pg_attribute a on a.attrelid = c.conrelid and a.attnum = c.conkey[1]
+       where c.contype = 'f'`, deadlineOf(config), signal);
+    const present = new Set(foreignKeys.map((row) => row.fk));
+    const missingKeys = FLOW_BACKEND_FOREIGN_KEYS.filter((fk) => !present.has(fk));
+    if (missingKeys.length > 0) throw new CheckFailure(`missing foreign keys: ${missingKeys.join("; ")}`);
+    return `${tables.length} tables with primary keys, ${FLOW_BACKEND_FOREIGN_KEYS.length} foreign keys`;
+  } finally {
+    await closeClient(sql);
+  }
+}
+
+async function reconnect({ config, signal }: SuiteContext): Promise<string> {
+  const victim = await openOnce(config, signal);
+  const admin = await openOnce(config, signal).catch(async (error) => {
+    await closeClient(victim);
+    throw error;
+  });
+  let fresh: Sql | undefined;
+  try {
+    const [{ pid }] = (await withDeadline(victim`select pg_backend_pid() as pid`, deadlineOf(config), signal)) as unknown as [{ pid: number }];
+    const [{ terminated }] = (await withDeadline(admin`select pg_terminate_backend(${pid}) as terminated`, deadlineOf(config), signal)) as unknown as [{ terminated: boolean }];
+    if (!terminated) throw new CheckFailure(`pg_terminate_backend(${pid}) returned false`, "the user needs pg_signal_backend or to own the session");
+    // The old client's next query may fail, succeed on a new socket, or (postgres.js on Bun)
+    // never settle: each is fine as long as it ends within the deadline and is then dropped.
+    const afterwards = await withDeadline(victim`select 1`, deadlineOf(config), signal).then(() => "answered on a new socket", (error) => `failed with ${errorCode(error)}`);
+    await closeClient(victim);
+    fresh = await openOnce(config, signal);
+    const startedAt = performance.now();
+    const [row] = await withDeadline(fresh`select pg_backend_pid() as pid`, deadlineOf(config), signal);
+    if (row!.pid === pid) throw new CheckFailure(`the fresh client reused the terminated session ${pid}`);
+    return `session ${pid} terminated; old client ${afterwards}; fresh client answered in ${formatMs(performance.now() - startedAt)}`;
+  } finally {
+    await Promise.all([closeClient(victim), closeClient(admin), closeClient(fresh)]);
+  }
+}
+
+async function statementTimeout({ config, signal }: SuiteContext): Promise<string> {
+  const sql = await openOnce(config, signal);
+  try {
+    const [{ ms }] = (await withDeadline(sql`select setting::int as ms from pg_settings where name = 'statement_timeout'`, deadlineOf(config), signal)) as unknown as [{ ms: number }];
+    if (ms !== config.commandTimeoutMs) {
+      throw new CheckFailure(`the session's statement_timeout is ${ms} ms, not --command-timeout (${config.commandTimeoutMs} ms)`, "a pooler or ALTER ROLE ... SET statement_timeout may override it");
+    }
+    const probeMs = SUITE_DEFAULTS.probeStatementTimeoutMs;
+    const startedAt = performance.now();
+    const outcome = await withDeadline(
+      sql.begin(async (tx) => {
+        await tx.unsafe(`set local statement_timeout = ${probeMs}`);
+        await tx`select pg_sleep(${(probeMs * 10) / 1000})`;
+      }).then(() => "finished", (error) => errorCode(error)),
+      deadlineOf(config),
+      signal,
+    );
+    if (outcome !== "57014") {
+      throw new CheckFailure(`a query past a ${probeMs} ms statement_timeout ${outcome === "finished" ? "was not cancelled" : `failed with ${outcome}, not 57014`}`);
+    }
+    return `session statement_timeout ${formatMs(ms)}; a query past ${probeMs} ms was cancelled by the server (57014) after ${formatMs(performance.now() - startedAt)}`;
+  } finally {
+    await closeClient(sql);
+  }
+}
+
+const CHECKS: Record<CheckName, (context: SuiteContext) => Promise<string>> = {
+  "Basic Connection": basicConnection,
+  "Connection with Retry": connectionWithRetry,
+  "Concurrent Connections": concurrentConnections,
+  "Database Health": databaseHealth,
+  "Schema Validation": schemaValidation,
+  Reconnect: reconnect,
+  "Statement Timeout": statementTimeout,
+};
+
+/** `--only basic,statement-timeout`: a whole name or a run of its words, case and dashes aside. */
+export function selectChecks(only: string | undefined): CheckName[] {
+  if (!only) return [...CHECK_NAMES];
+  const slug = (text: string) => `-${text.trim().toLowerCase().replace(/[\s_-]+/g, "-")}-`;
+  return only.split(",").map((wanted) => {
+    const matches = CHECK_NAMES.filter((name) => slug(name).includes(slug(wanted)));
+    const exact = CHECK_NAMES.find((name) => slug(name) === slug(wanted));
+    if (exact || matches.length === 1) return exact ?? matches[0]!;
+    throw new ConfigError(`--only: ${matches.length ? `"${wanted}" could be ${matches.join(" or ")}` : `no check named "${wanted}"`}; the checks are: ${CHECK_NAMES.join(", ")}`);
+  });
+}
+
+function escapeXml(text: string): string {
+  return text.replace(/[<>&"']/g, (char) => `&#${char.charCodeAt(0)};`);
+}
+
+/** JUnit XML as CI systems read it: one testcase per check. */
+export function junitXml(results: CheckResult[], totalMs: number): string {
+  const failures = results.filter((result) => !result.ok).length;
+  const cases = results.map((result) => {
+    const open = `    <testcase classname="db-connectivity" name="${escapeXml(result.name)}" time="${(result.ms / 1000).toFixed(3)}"`;
+    if (result.ok) return `${open}>\n      <system-out>${escapeXml(result.detail)}</system-out>\n    </testcase>`;
+    const message = escapeXml(result.detail + (result.hint ? ` (hint: ${result.hint})` : ""));
+    return `${open}>\n      <failure message="${message}">${message}</failure>\n    </testcase>`;
+  });
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<testsuites tests="${results.length}" failures="${failures}" time="${(totalMs / 1000).toFixed(3)}">\n` +
+    `  <testsuite name="db-connectivity" tests="${results.length}" failures="${failures}" errors="0" skipped="0" time="${(totalMs / 1000).toFixed(3)}">\n` +
+    `${cases.join("\n")}\n  </testsuite>\n</testsuites>\n`;
+}
+
+/** Run the checks in order; once Basic Connection fails, the rest fail at once instead of each timing out. */
+export async function runChecks(names: CheckName[], context: SuiteContext, onResult: (result: CheckResult) => void): Promise<CheckResult[]> {
+  const results: CheckResult[] = [];
+  let unreachable: CheckResult | undefined;
+  for (const name of names) {
+    const startedAt = performance.now();
+    let result: CheckResult;
+    if (unreachable) {
+      result = { name, ok: false, ms: 0, detail: `not run: ${unreachable.name} failed`, hint: unreachable.hint };
+    } else {
+      try {
+        result = { name, ok: true, ms: 0, detail: await CHECKS[name](context) };
+      } catch (error) {
+        if (context.signal.aborted) throw context.signal.reason;
+        result = error instanceof CheckFailure
+          ? { name, ok: false, ms: 0, detail: error.message, hint: error.fix }
+          : { name, ok: false, ms: 0, detail: explain(error), hint: hint(error, context.config) || undefined };
+        if (name === "Basic Connection") unreachable = result;
+      }
+      result.ms = Math.round(performance.now() - startedAt);
+    }
+    results.push(result);
+    onResult(result);
+  }
+  return results;
+}
+
+const FLAGS = {
+  url: { type: "string" },
+  concurrency: { type: "string" },
+  only: { type: "string" },
+  schema: { type: "string" },
+  migrations: { type: "string" },
+  "ledger-table": { type: "string" },
+  "allow-read-only": { type: "boolean" },
+  timeout: { type: "string" },
+  "connect-timeout": { type: "string" },
+  "command-timeout": { type: "string" },
+  json: { type: "boolean" },
+  junit: { type: "string" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+export async function main(argv: string[], env: Record<string, string | undefined> = process.env): Promise<number> {
+  const startedAt = performance.now();
+  let values: ReturnType<typeof parseArgs<{ args: string[]; options: typeof FLAGS; strict: true }>>["values"];
+  try {
+    values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
+  } catch (error) {
+    process.stderr.write(`error: ${redact((error as Error).message)}\nhint: see --help\n`);
+    return EXIT.usage;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return EXIT.ok;
+  }
+  let context: Omit<SuiteContext, "signal">;
+  let names: CheckName[];
+  try {
+    const config = parseConfig({
+      url: values.url,
+      timeout: values.timeout ?? SUITE_DEFAULTS.timeoutSeconds,
+      connectTimeout: values["connect-timeout"] ?? SUITE_DEFAULTS.connectTimeoutSeconds,
+      commandTimeout: values["command-timeout"],
+      ledgerTable: values["ledger-table"],
+      applicationName: "test-db-connectivity",
+    }, env);
+    const concurrency = Number(values.concurrency ?? SUITE_DEFAULTS.concurrency);
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new ConfigError(`--concurrency "${values.concurrency}" must be a whole number, 1 or more`);
+    const custom = values.schema || values.migrations;
+    const steps = custom ? schemaPlan({ schema: values.schema, migrations: values.migrations }) : undefined;
+    context = { config, concurrency, allowReadOnly: Boolean(values["allow-read-only"]), steps };
+    names = selectChecks(values.only);
+  } catch (error) {
+    const secrets = [values.url, env.DATABASE_URL];
+    process.stderr.write(`error: ${redact(error instanceof ConfigError ? error.message : explain(error), secrets)}\nhint: see --help\n`);
+    return EXIT.usage;
+  }
+  const secrets = [context.config.password];
+  const out = (text: string) => {
+    if (!values.quiet || values.json) process.stdout.write(redact(text, secrets) + "\n");
+  };
+  const json = (fields: Record<string, unknown>) => out(JSON.stringify(fields, (_key, value) => (typeof value === "string" ? redact(value, secrets) : value)));
+
+  const controller = new AbortController();
+  const removeSignalHandlers = abortOnSignals(controller);
+  try {
+    if (!values.json && !values.quiet) process.stderr.write(redact(`testing ${describe(context.config)}\n`, secrets));
+    const results = await runChecks(names, { ...context, signal: controller.signal }, (result) => {
+      if (values.json) json({ event: "check", name: result.name, ok: result.ok, ms: result.ms, detail: result.detail, hint: result.hint });
+      else out(`${result.ok ? "PASSED" : "FAILED"}  ${result.name} (${formatMs(result.ms)}): ${result.detail}${result.hint ? `\n        hint: ${result.hint}` : ""}`);
+    });
+    const totalMs = Math.round(performance.now() - startedAt);
+    const passed = results.filter((result) => result.ok).length;
+    const failed = results.length - passed;
+    if (values.junit) writeFileSync(values.junit, redact(junitXml(results, totalMs), secrets));
+    if (values.json) {
+      json({ event: "summary", ok: failed === 0, passed, failed, ms: totalMs, target: describe(context.config) });
+    } else {
+      const rule = "=".repeat(60);
+      out(`\n${rule}\nTEST SUMMARY\n${rule}`);
+      for (const result of results) out(`${result.name.padEnd(26)} ${result.ok ? "PASSED" : "FAILED"}  ${formatMs(result.ms).padStart(8)}`);
+      out(`${rule}\nTarget: ${describe(context.config)}\nTotal: ${results.length} checks in ${formatMs(totalMs)}\n${rule}`);
+      out(`${passed} passed, ${failed} failed`);
+    }
+    return failed === 0 ? EXIT.ok : EXIT.failed;
+  } catch (error) {
+    if (controller.signal.aborted) {
+      process.stderr.write(`error: ${explain(controller.signal.reason)}; connections closed\n`);
+      return errorCode(controller.signal.reason) === "SIGINT" ? EXIT.sigint : EXIT.sigterm;
+    }
+    process.stderr.write(redact(`error: the suite itself failed: ${explain(error)}\n`, secrets));
+    return EXIT.failed;
+  } finally {
+    removeSignalHandlers();
+  }
+}
+
+const USAGE = `Prove that a PostgreSQL database is usable: seven named, timed checks.
+
+Usage: bun run test-db-connectivity.ts [options]
+
+Connection: --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:5432 (as init-database.ts)
+  --url URL               postgres://user:pass@host:port/db
+  --timeout S             how long Basic Connection may wait (default ${SUITE_DEFAULTS.timeoutSeconds})
+  --connect-timeout S     per connection attempt (default ${SUITE_DEFAULTS.connectTimeoutSeconds})
+  --command-timeout S     the statement_timeout sessions must carry (default 60)
+
+Checks: ${CHECK_NAMES.join(", ")}
+  --only NAME[,NAME]      run only these (e.g. --only basic,statement-timeout)
+  --concurrency N         connections opened at once (default ${SUITE_DEFAULTS.concurrency})
+  --allow-read-only       accept a standby in Database Health
+  --schema FILE           validate this schema file's ledger entry instead of the built-in schema
+  --migrations DIR        validate that every DIR/*.sql is recorded in the ledger
+  --ledger-table NAME     the ledger table (default schema_migrations)
+
+Output:
+  --json                  NDJSON: one object per check, then a summary
+  --junit FILE            also write JUnit XML
+  -q, --quiet             no report, only the exit code (and --json/--junit)
+  -h, --help              this text
+
+Exit codes: 0 all passed, 1 a check failed, 2 usage error, 130/143 interrupted.
+`;
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));

@@ -1,0 +1,274 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  classifyError, ConfigError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, parseConfig, parseUrl, redact, retryDelay, withDeadline,
+} from "../init-database.ts";
+import { Cluster, freePort } from "./cluster.ts";
+import { events, expectNoSecret, runScript } from "./helpers.ts";
+
+const SCRIPT = "init-database.ts";
+const PASSWORD = "s3cret-Pa55/with:odd@chars%#";
+
+describe("parseConfig", () => {
+  const none = () => {
+    throw Object.assign(new Error("no such file"), { code: "ENOENT" });
+  };
+
+  test("follows --url > DATABASE_URL > PG* > POSTGRES_* > defaults, field by field", () => {
+    const env = {
+      DATABASE_URL: "postgres://url-user@url-host:6000/url-db",
+      PGHOST: "pg-host", PGPORT: "6001", PGUSER: "pg-user", PGPASSWORD: "pg-pass", PGDATABASE: "pg-db",
+      POSTGRES_HOST: "compose-host", POSTGRES_USER: "compose-user", POSTGRES_PASSWORD: "compose-pass", POSTGRES_DB: "compose-db",
+    };
+    const fromFlag = parseConfig({ url: "postgres://flag-user@flag-host/flag-db" }, env, none);
+    expect(fromFlag).toMatchObject({ targets: [{ host: "flag-host", port: 6001 }], user: "flag-user", password: "pg-pass", database: "flag-db" });
+    expect(parseConfig({}, env, none)).toMatchObject({ targets: [{ host: "url-host", port: 6000 }], user: "url-user", database: "url-db" });
+    const { DATABASE_URL: _, ...withoutUrl } = env;
+    expect(parseConfig({}, withoutUrl, none)).toMatchObject({ targets: [{ host: "pg-host", port: 6001 }], user: "pg-user", password: "pg-pass", database: "pg-db" });
+    expect(parseConfig({}, { POSTGRES_USER: "app", POSTGRES_PASSWORD: "pw", POSTGRES_HOST: "db" }, none))
+      .toMatchObject({ targets: [{ host: "db", port: 5432 }], user: "app", password: "pw", database: "app" });
+    expect(parseConfig({}, {}, none)).toMatchObject({
+      targets: [{ host: "localhost", port: 5432 }], user: "postgres", password: undefined, database: "postgres",
+      timeoutMs: DEFAULTS.timeoutMs, connectTimeoutMs: DEFAULTS.connectTimeoutMs, commandTimeoutMs: DEFAULTS.commandTimeoutMs,
+    });
+  });
+
+  test("reads passwords from files, dropping one trailing newline", () => {
+    const files: Record<string, string> = { "/run/secrets/pg": "from-file\n", "/run/secrets/compose": "compose-file\r\n" };
+    const read = (path: string) => files[path] ?? none();
+    expect(parseConfig({}, { PGPASSWORD_FILE: "/run/secrets/pg" }, read).password).toBe("from-file");
+    expect(parseConfig({}, { POSTGRES_PASSWORD_FILE: "/run/secrets/compose" }, read).password).toBe("compose-file");
+  });
+
+  test("rejects ambiguous or unreadable password sources with a one-line fix", () => {
+    expect(() => parseConfig({}, { POSTGRES_PASSWORD: "a", POSTGRES_PASSWORD_FILE: "/x" }, none)).toThrow(/both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE/);
+    expect(() => parseConfig({}, { PGPASSWORD_FILE: "/missing" }, none)).toThrow(/PGPASSWORD_FILE=\/missing cannot be read \(ENOENT\)/);
+  });
+
+  test("parses multi-host URLs, IPv6, encoded passwords and libpq parameters", () => {
+    const config = parseConfig({ url: "postgresql://u:p%40ss@h1:5433,[::1],h3/db?target_session_attrs=read-write&sslmode=disable&connect_timeout=3" }, {}, none);
+    expect(config.targets).toEqual([{ host: "h1", port: 5433 }, { host: "::1", port: 5432 }, { host: "h3", port: 5432 }]);
+    expect(config).toMatchObject({ password: "p@ss", targetSessionAttrs: "read-write", sslmode: "disable", connectTimeoutMs: 3000 });
+    expect(parseUrl("postgres://u:a@b@host/db", "test")).toMatchObject({ user: "u", password: "a@b", hosts: ["host"] });
+  });
+
+  test("rejects bad input without echoing the password", () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ url: "mysql://u:hunter2@h/db" }, /not a postgres:\/\//],
+      [{ url: "postgres://u:hunter2@h:99999/db" }, /port "99999"/],
+      [{ url: "postgres://u:hunter2%zz@h/db" }, /malformed %-escape/],
+      [{ url: "postgres://u:hunter2@h/db?foo=1" }, /unsupported URL parameter "foo"/],
+      [{ timeout: "-1" }, /--timeout "-1" must be a positive number/],
+      [{ connectTimeout: "soon" }, /--connect-timeout "soon"/],
+      [{ maxRetries: "1.5" }, /--max-retries "1.5"/],
+    ];
+    for (const [options, message] of cases) {
+      let caught: unknown;
+      try {
+        parseConfig(options, {}, none);
+      } catch (error) {
+        caught = error;
+      }
+      expect(caught).toBeInstanceOf(ConfigError);
+      expect((caught as Error).message).toMatch(message);
+      expect((caught as Error).message).not.toContain("hunter2");
+    }
+  });
+});
+
+describe("classifyError", () => {
+  test("classifies by code alone", () => {
+    const byCode = (code: string) => classifyError(Object.assign(new Error("the message is irrelevant"), { code }));
+    for (const code of ["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"]) expect(byCode(code)).toBe("not-listening");
+    expect(byCode("57P03")).toBe("starting");
+    for (const code of ["ECONNRESET", "EPIPE", "ETIMEDOUT", "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "08006", "08001", "57P01", "57P02", "53300", "CLIENT_DEADLINE"]) {
+      expect(byCode(code)).toBe("busy");
+    }
+    for (const code of ["28P01", "28000", "3D000", "42501", "ERR_TLS_CERT_ALTNAME_INVALID", "42P01"]) expect(byCode(code)).toBe("fatal");
+    expect(classifyError(new Error("connection refused"))).toBe("fatal");
+  });
+});
+
+describe("retryDelay", () => {
+  test("polls at a fixed short interval while nothing listens or the server starts", () => {
+    expect(retryDelay("not-listening", 0)).toBe(DEFAULTS.pollMs);
+    expect(retryDelay("starting", 0)).toBe(DEFAULTS.pollMs);
+  });
+
+  test("backs off exponentially with full jitter, within the floor and the cap", () => {
+    const ceilings = [1, 2, 3, 4, 5, 10, 30].map((n) => retryDelay("busy", n, () => 1));
+    expect(ceilings).toEqual([...ceilings].sort((a, b) => a - b));
+    expect(ceilings.at(-1)).toBe(DEFAULTS.backoffCapMs);
+    expect(retryDelay("busy", 30, () => 0)).toBe(DEFAULTS.pollMs);
+    expect(retryDelay("busy", 30, () => 0.5)).toBe(DEFAULTS.backoffCapMs / 2);
+  });
+});
+
+describe("redact", () => {
+  test("hides known secrets, raw and encoded, and any URL password", () => {
+    expect(redact("auth failed for p@ss and p%40ss", ["p@ss"])).toBe("auth failed for *** and ***");
+    expect(redact("see postgres://app:hunter2@db:5432/app now")).toBe("see postgres://app:***@db:5432/app now");
+    expect(redact("postgresql://app:a@b@db/app")).toBe("postgresql://app:***@db/app");
+  });
+});
+
+describe("withDeadline", () => {
+  test("rejects a promise that never settles with CLIENT_DEADLINE", async () => {
+    const never = new Promise<never>(() => {});
+    await expect(withDeadline(never, 20)).rejects.toMatchObject({ code: "CLIENT_DEADLINE" });
+  });
+});
+
+describe("init-database.ts against a real server", () => {
+  let cluster: Cluster;
+  let databases = 0;
+  /** A fresh empty database per test, so tests do not see each other's schema. */
+  const freshDatabase = async () => {
+    const name = `t${++databases}`;
+    await cluster.createDatabase(name);
+    return name;
+  };
+
+  beforeAll(async () => {
+    cluster = await Cluster.create({ password: PASSWORD });
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  test("--wait-only exits 0 once an authenticated query succeeds, and changes nothing", async () => {
+    const database = await freshDatabase();
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.ok);
+    expect(run.stdout).toMatch(/^ready: postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/t\d+ \(PostgreSQL 15\.\d+\)/);
+    expect(await cluster.query(`select to_regclass('users') as t`, database)).toEqual([{ t: null }]);
+    expectNoSecret(run, PASSWORD);
+  });
+
+  test("creates the four Flow-Backend tables with their keys, and a re-run changes nothing", async () => {
+    const database = await freshDatabase();
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    const first = await runScript(SCRIPT, [], env);
+    expect(first.code).toBe(EXIT.ok);
+    expect(first.stdout).toContain("applied 1 of 1 schema step");
+    const tables = await cluster.query<{ table_name: string }>(
+      `select table_name from information_schema.tables where table_schema = 'public' order by 1`, database);
+    expect(tables.map((row) => row.table_name)).toEqual([...FLOW_BACKEND_TABLES, "schema_migrations"].sort());
+    const foreignKeys = await cluster.query<{ count: string }>(
+      `select count(*) from information_schema.table_constraints where constraint_type = 'FOREIGN KEY'`, database);
+    expect(Number(foreignKeys[0]!.count)).toBe(3);
+
+    const again = await runScript(SCRIPT, [], env);
+    expect(again.code).toBe(EXIT.ok);
+    expect(again.stdout).toContain("schema already up to date");
+    expect(await cluster.query(`select name from schema_migrations`, database)).toEqual([{ name: "flow-backend" }]);
+  });
+
+  test("fails fast on a wrong password with exit 4 and a hint, without retrying", async () => {
+    const run = await runScript(SCRIPT, ["--timeout", "30"], { DATABASE_URL: cluster.url({ password: "wrong-password" }) });
+    expect(run.code).toBe(EXIT.fatal);
+    expect(run.stderr).toContain("28P01");
+    expect(run.stderr).toContain("old volume may hold a different password");
+    expect(run.ms).toBeLessThan(10_000); // did not retry until the 30 s deadline
+    expectNoSecret(run, "wrong-password", PASSWORD);
+  });
+
+  test("fails fast on a missing database with exit 4 naming --create-database", async () => {
+    const run = await runScript(SCRIPT, ["--timeout", "30"], { DATABASE_URL: cluster.url({ database: "no_such_db" }) });
+    expect(run.code).toBe(EXIT.fatal);
+    expect(run.stderr).toContain("3D000");
+    expect(run.stderr).toContain("--create-database");
+  });
+
+  test("gives up on a closed port with exit 3 at the deadline", async () => {
+    const port = await freePort();
+    const run = await runScript(SCRIPT, ["--timeout", "1", "--json"], { DATABASE_URL: cluster.url({ port }) });
+    expect(run.code).toBe(EXIT.notReady);
+    const attempts = events(run.stdout).filter((event) => event.event === "attempt");
+    expect(attempts.every((event) => event.code === "ECONNREFUSED")).toBe(true);
+    expect(attempts.length).toBeLessThanOrEqual(21); // polls at 20 a second at most
+    expect(run.ms).toBeGreaterThanOrEqual(900);
+    expect(run.ms).toBeLessThan(15_000);
+  });
+
+  test("gives up on a host name that does not resolve with exit 3 and a DNS hint", async () => {
+    const run = await runScript(SCRIPT, ["--timeout", "1"], { DATABASE_URL: cluster.url({ host: "db.does-not-exist.invalid" }) });
+    expect(run.code).toBe(EXIT.notReady);
+    expect(run.stderr).toMatch(/ENOTFOUND|EAI_AGAIN/);
+    expect(run.stderr).toContain("does not resolve");
+    expectNoSecret(run, PASSWORD);
+  });
+
+  test("stops after --max-retries attempts", async () => {
+    const port = await freePort();
+    const run = await runScript(SCRIPT, ["--max-retries", "3", "--json"], { DATABASE_URL: cluster.url({ port }) });
+    expect(run.code).toBe(EXIT.notReady);
+    expect(events(run.stdout).filter((event) => event.event === "attempt")).toHaveLength(3);
+  });
+
+  test("reads the password from PGPASSWORD_FILE", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "pw-"));
+    try {
+      writeFileSync(join(dir, "password"), PASSWORD + "\n");
+      const run = await runScript(SCRIPT, ["--wait-only"], {
+        PGHOST: cluster.host, PGPORT: String(cluster.port), PGUSER: cluster.user, PGPASSWORD_FILE: join(dir, "password"),
+      });
+      expect(run.code).toBe(EXIT.ok);
+      expectNoSecret(run, PASSWORD);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("--json prints only NDJSON on stdout, ending in a summary", async () => {
+    const database = await freshDatabase();
+    const run = await runScript(SCRIPT, ["--json"], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.ok);
+    const lines = events(run.stdout);
+    expect(lines.map((line) => line.event)).toEqual(["ready", "schema", "summary"]);
+    expect(lines.at(-1)).toMatchObject({ ok: true, status: "done", exit_code: 0, applied: 1 });
+  });
+
+  test("a malformed URL is a usage error (exit 2) that never shows the password", async () => {
+    const run = await runScript(SCRIPT, [], { DATABASE_URL: `postgres://app:${encodeURIComponent(PASSWORD)}@db:notaport/app` });
+    expect(run.code).toBe(EXIT.usage);
+    expect(run.stderr.trim().split("\n")[0]).toMatch(/^error: DATABASE_URL: port "notaport"/);
+    expectNoSecret(run, PASSWORD);
+    expect(run.stderr).not.toContain("    at "); // no stack trace
+  });
+
+  test("an unknown flag is a usage error (exit 2)", async () => {
+    const run = await runScript(SCRIPT, ["--wait-forever"], {});
+    expect(run.code).toBe(EXIT.usage);
+    expect(run.stderr).toContain("--wait-forever");
+  });
+
+  test("ten runs at once on an empty database all exit 0 and apply the schema once", async () => {
+    const database = await freshDatabase();
+    const runs = await Promise.all(Array.from({ length: 10 }, () => runScript(SCRIPT, ["--json"], { DATABASE_URL: cluster.url({ database }) })));
+    expect(runs.map((run) => run.code)).toEqual(Array(10).fill(EXIT.ok));
+    const applied = runs.flatMap((run) => events(run.stdout)).filter((event) => event.event === "schema" && event.status === "applied");
+    expect(applied).toHaveLength(1);
+    expect(await cluster.query(`select count(*)::int as n from schema_migrations`, database)).toEqual([{ n: 1 }]);
+  });
+
+  test("connect() returns a ready client for library use", async () => {
+    const sql = await connect({ url: cluster.url(), timeout: 5 });
+    try {
+      const [row] = await withDeadline(sql`select current_user as who`, 5_000);
+      expect(row).toEqual({ who: "postgres" });
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+  });
+
+  test("exits 143 promptly on SIGTERM while waiting", async () => {
+    const port = await freePort();
+    const run = await runScript(SCRIPT, ["--timeout", "60"], { DATABASE_URL: cluster.url({ port }) }, { signalAfterMs: 500 });
+    expect(run.code).toBe(EXIT.sigterm);
+    expect(run.ms).toBeLessThan(10_000);
+    expect(run.stderr).toContain("interrupted by SIGTERM");
+  });
+});

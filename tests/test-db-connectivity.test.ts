@@ -1,0 +1,151 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CHECK_NAMES, junitXml, selectChecks } from "../test-db-connectivity.ts";
+import { Cluster } from "./cluster.ts";
+import { events, expectNoSecret, runScript } from "./helpers.ts";
+
+const SUITE = "test-db-connectivity.ts";
+const PASSWORD = "suite-Pa55:w/rd";
+
+/** A well-formedness check: every tag closes in order, and the document has one root. */
+function parseXml(xml: string): { name: string; attributes: Record<string, string> }[] {
+  const body = xml.replace(/^<\?xml[^>]*\?>\s*/, "");
+  const stack: string[] = [];
+  const elements: { name: string; attributes: Record<string, string> }[] = [];
+  let roots = 0;
+  for (const [, closing, name, rest, selfClosing] of body.matchAll(/<(\/?)([\w-]+)([^>]*?)(\/?)>/g)) {
+    if (closing) {
+      expect(stack.pop()).toBe(name!);
+      continue;
+    }
+    if (stack.length === 0) roots++;
+    const attributes = Object.fromEntries([...rest!.matchAll(/([\w-]+)="([^"]*)"/g)].map((match) => [match[1]!, match[2]!]));
+    elements.push({ name: name!, attributes });
+    if (!selfClosing) stack.push(name!);
+  }
+  expect(stack).toEqual([]);
+  expect(roots).toBe(1);
+  return elements;
+}
+
+describe("pure helpers", () => {
+  test("--only matches check names loosely and rejects unknown ones", () => {
+    expect(selectChecks("basic,statement-timeout")).toEqual(["Basic Connection", "Statement Timeout"]);
+    expect(selectChecks("Database Health")).toEqual(["Database Health"]);
+    expect(selectChecks(undefined)).toEqual([...CHECK_NAMES]);
+    expect(() => selectChecks("nonsense")).toThrow(/no check named "nonsense"/);
+  });
+
+  test("JUnit XML escapes details and marks failures", () => {
+    const xml = junitXml([
+      { name: "Basic Connection", ok: true, ms: 12, detail: "ok <fine> & \"quoted\"" },
+      { name: "Reconnect", ok: false, ms: 5, detail: "broke", hint: "fix it" },
+    ], 17);
+    const elements = parseXml(xml);
+    expect(elements.filter((element) => element.name === "testcase")).toHaveLength(2);
+    expect(elements.filter((element) => element.name === "failure")).toHaveLength(1);
+    expect(elements.find((element) => element.name === "testsuite")!.attributes).toMatchObject({ tests: "2", failures: "1" });
+  });
+});
+
+describe("the suite against real servers", () => {
+  let cluster: Cluster;
+  let workDir: string;
+
+  beforeAll(async () => {
+    cluster = await Cluster.create({ password: PASSWORD, database: "app" });
+    workDir = mkdtempSync(join(tmpdir(), "suite-"));
+    const init = await runScript("init-database.ts", [], { DATABASE_URL: cluster.url() });
+    expect(init.code).toBe(0);
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+    rmSync(workDir, { recursive: true, force: true });
+  });
+
+  test("passes all seven checks on a healthy, initialised database", async () => {
+    const junit = join(workDir, "junit.xml");
+    const run = await runScript(SUITE, ["--junit", junit], { DATABASE_URL: cluster.url() });
+    expect(run.stderr).not.toContain("error");
+    expect(run.code).toBe(0);
+    const lines = run.stdout.trim().split("\n");
+    expect(lines.at(-1)).toBe("7 passed, 0 failed");
+    expect(run.stdout).toContain("TEST SUMMARY");
+    for (const name of CHECK_NAMES) expect(run.stdout).toMatch(new RegExp(`PASSED  ${name} \\(\\d`));
+    expect(run.stdout).toMatch(/20\/20 connections .* server allows 100/);
+    const testcases = parseXml(readFileSync(junit, "utf8")).filter((element) => element.name === "testcase");
+    expect(testcases.map((element) => element.attributes.name)).toEqual([...CHECK_NAMES]);
+    expectNoSecret(run, PASSWORD);
+    expect(readFileSync(junit, "utf8")).not.toContain(PASSWORD);
+  });
+
+  test("--json prints one object per check and a summary", async () => {
+    const run = await runScript(SUITE, ["--json", "--only", "basic,health"], { DATABASE_URL: cluster.url() });
+    expect(run.code).toBe(0);
+    const lines = events(run.stdout);
+    expect(lines.map((line) => line.name ?? line.event)).toEqual(["Basic Connection", "Database Health", "summary"]);
+    expect(lines.at(-1)).toMatchObject({ ok: true, passed: 2, failed: 0 });
+  });
+
+  test("fails fast with a reason on a wrong password", async () => {
+    const run = await runScript(SUITE, [], { DATABASE_URL: cluster.url({ password: "not-the-password" }) }, { killAfterMs: 30_000 });
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/FAILED  Basic Connection .*28P01/);
+    expect(run.stdout.trim().split("\n").at(-1)).toBe("0 passed, 7 failed");
+    expectNoSecret(run, "not-the-password", PASSWORD);
+  });
+
+  test("refuses a concurrency the server cannot hold, saying how many it allows", async () => {
+    const run = await runScript(SUITE, ["--only", "concurrent", "--concurrency", "500"], { DATABASE_URL: cluster.url() });
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/--concurrency 500 exceeds the \d+ free connection slots \(max_connections=100/);
+  });
+
+  test("fails on a schema that was never applied", async () => {
+    await cluster.createDatabase("empty");
+    const run = await runScript(SUITE, ["--only", "schema"], { DATABASE_URL: cluster.url({ database: "empty" }) });
+    expect(run.code).toBe(1);
+    expect(run.stdout).toContain("missing tables: users, orders, payments, notifications");
+  });
+
+  test("an unknown check name is a usage error", async () => {
+    const run = await runScript(SUITE, ["--only", "everything"], { DATABASE_URL: cluster.url() });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('no check named "everything"');
+  });
+
+  test("runs many times in a row without hanging", async () => {
+    for (let round = 0; round < 8; round++) {
+      const run = await runScript(SUITE, ["--only", "basic,reconnect,statement-timeout"], { DATABASE_URL: cluster.url() }, { killAfterMs: 30_000 });
+      expect(run.code).toBe(0);
+    }
+  });
+
+  test("fails fast on a stopped server", async () => {
+    const stopped = await Cluster.create({ password: PASSWORD });
+    try {
+      await stopped.stop();
+      const run = await runScript(SUITE, ["--timeout", "1"], { DATABASE_URL: stopped.url() }, { killAfterMs: 30_000 });
+      expect(run.code).toBe(1);
+      expect(run.stdout).toMatch(/FAILED  Basic Connection .*ECONNREFUSED/);
+      expect(run.stdout).toContain("not run: Basic Connection failed");
+    } finally {
+      await stopped.destroy();
+    }
+  });
+
+  test("fails Database Health on a read-only standby, passes it with --allow-read-only", async () => {
+    const standby = await cluster.createStandby();
+    try {
+      const run = await runScript(SUITE, ["--only", "health"], { DATABASE_URL: standby.url() });
+      expect(run.code).toBe(1);
+      expect(run.stdout).toMatch(/FAILED  Database Health .*read-only: .*in recovery/);
+      const allowed = await runScript(SUITE, ["--only", "health", "--allow-read-only"], { DATABASE_URL: standby.url() });
+      expect(allowed.code).toBe(0);
+    } finally {
+      await standby.destroy();
+    }
+  });
+});
