@@ -667,7 +667,7 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
 
 export interface StepResult {
   name: string;
-  status: "applied" | "already applied";
+  status: "applied" | "already applied" | "pending";
   ms: number;
 }
 
@@ -676,7 +676,12 @@ export interface StepResult {
  * ledger, so that replicas starting together apply it exactly once. An up-to-date database
  * costs one query and takes no lock.
  */
-export async function applySchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal, onStep?: (result: StepResult) => void): Promise<StepResult[]> {
+export async function applySchema(
+  sql: Sql,
+  steps: SchemaStep[],
+  config: Config,
+  { signal, onStep, dryRun = false }: { signal?: AbortSignal; onStep?: (result: StepResult) => void; dryRun?: boolean } = {},
+): Promise<StepResult[]> {
   const deadline = config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
   const ledger = config.ledgerTable.split(".").map(quoteIdent).join(".");
   const rows = await withDeadline(
@@ -691,20 +696,24 @@ export async function applySchema(sql: Sql, steps: SchemaStep[], config: Config,
   const results: StepResult[] = [];
   for (const { name, sql: text, checksum } of steps) {
     assertUnchanged(name, applied[name], checksum);
-    if (applied[name]) {
-      results.push({ name, status: "already applied", ms: 0 });
+    if (applied[name] || dryRun) {
+      const result = { name, status: applied[name] ? "already applied" as const : "pending" as const, ms: 0 };
+      results.push(result);
+      if (dryRun) onStep?.(result);
       continue;
     }
     const startedAt = performance.now();
     const status = await withDeadline(
       sql.begin(async (tx) => {
         await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;
+        const [ledgerSchema] = config.ledgerTable.split(".").slice(-2, -1);
+        if (ledgerSchema) await tx.unsafe(`create schema if not exists ${quoteIdent(ledgerSchema)}`);
         await tx.unsafe(`create table if not exists ${ledger} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`);
         const [row] = await tx.unsafe(`select checksum from ${ledger} where name = $1`, [name]);
         assertUnchanged(name, row?.checksum, checksum);
         if (row) return "already applied" as const;
         await tx.unsafe(text).catch((error) => {
-          throw Object.assign(error, { step: name });
+          throw Object.assign(error, { step: name, where: lineAndColumn(text, Number(error.position)) });
         });
         await tx.unsafe(`insert into ${ledger} (name, checksum) values ($1, $2)`, [name, checksum]);
         return "applied" as const;
@@ -716,8 +725,15 @@ export async function applySchema(sql: Sql, steps: SchemaStep[], config: Config,
     results.push(result);
     onStep?.(result);
   }
-  if (steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
+  if (!dryRun && steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
   return results;
+}
+
+/** Where a server error's character position (1-based) falls in a file: "line 3, column 14". */
+export function lineAndColumn(text: string, position: number): string | undefined {
+  if (!Number.isInteger(position) || position < 1) return undefined;
+  const before = [...text].slice(0, position - 1).join("").split("\n");
+  return `line ${before.length}, column ${before.at(-1)!.length + 1}`;
 }
 
 function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
@@ -809,13 +825,26 @@ export class Reporter {
   }
 }
 
+/**
+ * The schema needs a writable primary whatever the URL says: "any" and "prefer-standby"
+ * become "read-write" (so a standby listed first is skipped, or promotion is awaited until the
+ * deadline), and asking for a standby is a contradiction.
+ */
+export function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
+  if (attrs === "read-only" || attrs === "standby") {
+    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
+  }
+  return attrs === "primary" ? attrs : "read-write";
+}
+
 /** A short, redacted description of an error: its code and the server's or system's message. */
 export function explain(error: unknown): string {
   if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
-  const position = (error as { position?: string }).position;
-  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${position ? ` (at character ${position})` : ""}`;
+  const { where, position } = error as { where?: string; position?: string };
+  const location = where ? ` (${where})` : position ? ` (at character ${position})` : "";
+  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${location}`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -828,6 +857,7 @@ const FLAGS = {
   migrations: { type: "string" },
   "ledger-table": { type: "string" },
   "create-database": { type: "boolean" },
+  "dry-run": { type: "boolean" },
   timeout: { type: "string" },
   "connect-timeout": { type: "string" },
   "command-timeout": { type: "string" },
@@ -879,7 +909,10 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       createDatabase: values["create-database"],
       ledgerTable: values["ledger-table"],
     }, env);
-    if (!values["wait-only"]) steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
+    if (!values["wait-only"]) {
+      steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
+      config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
+    }
   } catch (error) {
     // The password may sit in a malformed URL: hide anything that looks like one.
     reporter.addSecret(values.url);
@@ -917,10 +950,20 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; applying the schema`);
       phase = "schema";
       try {
-        const results = await applySchema(sql, steps, config, signal, (result) => {
-          reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
-          reporter.info(`${result.status}: ${result.name} (${formatMs(result.ms)})`);
+        const dryRun = Boolean(values["dry-run"]);
+        const results = await applySchema(sql, steps, config, {
+          signal,
+          dryRun,
+          onStep: (result) => {
+            reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
+            reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
+          },
         });
+        if (dryRun) {
+          const pending = results.filter((result) => result.status === "pending").map((result) => result.name);
+          reporter.result(`dry run: ${target}: ${pending.length === 0 ? "nothing to apply" : `would apply ${pending.join(", ")}`}`);
+          return summary("dry run", EXIT.ok, { pending });
+        }
         const appliedCount = results.filter((result) => result.status === "applied").length;
         reporter.result(`done: ${target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(Date.now() - startedAt)}`);
         return summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
@@ -979,6 +1022,7 @@ What to do:
   --schema FILE           apply this SQL file instead of the built-in Flow-Backend schema
   --migrations DIR        apply DIR/*.sql in name order, each once, recorded in the ledger
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
+  --dry-run               list the steps that would be applied, apply nothing
 
 Timeouts (seconds):
   --timeout S             overall deadline for becoming ready (default ${DEFAULTS.timeoutMs / 1000})

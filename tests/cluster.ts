@@ -215,10 +215,13 @@ export class Cluster {
     }
   }
 
-  /** Run SQL through the server's own single-statement client path (psql is not shipped). */
+  /** Run SQL as the cluster's superuser (the embedded build ships no psql). */
   async query<T = Record<string, unknown>>(text: string, database = this.database): Promise<T[]> {
     const { default: postgres } = await import("postgres");
-    const sql = postgres(this.url({ database }), { max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false });
+    const sql = postgres({
+      host: this.host, port: this.port, user: this.user, password: this.password, database,
+      max: 1, onnotice: () => {}, connect_timeout: 10, fetch_types: false,
+    });
     try {
       return (await sql.unsafe(text)) as unknown as T[];
     } finally {

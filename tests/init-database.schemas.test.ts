@@ -1,0 +1,230 @@
+/** User schema files, migrations with a ledger, --create-database, and finding the primary among several hosts. */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EXIT, lineAndColumn } from "../init-database.ts";
+import { Cluster, freePort } from "./cluster.ts";
+import { events, expectNoSecret, runScript } from "./helpers.ts";
+
+const SCRIPT = "init-database.ts";
+const PASSWORD = "schema-Pa55#word";
+
+let cluster: Cluster;
+let workDir: string;
+let databases = 0;
+
+beforeAll(async () => {
+  cluster = await Cluster.create({ password: PASSWORD });
+  workDir = mkdtempSync(join(tmpdir(), "schemas-"));
+});
+afterAll(async () => {
+  await cluster?.destroy();
+  rmSync(workDir, { recursive: true, force: true });
+});
+
+async function freshDatabase(): Promise<string> {
+  const name = `s${++databases}`;
+  await cluster.createDatabase(name);
+  return name;
+}
+
+/** A migrations folder with the given files. */
+function migrations(files: Record<string, string>): string {
+  const dir = join(workDir, `migrations-${++databases}`);
+  mkdirSync(dir);
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+const tablesOf = async (database: string) =>
+  (await cluster.query<{ t: string }>(`select tablename as t from pg_tables where schemaname = 'public' order by 1`, database)).map((row) => row.t);
+
+test("lineAndColumn turns a server position into a line and column", () => {
+  expect(lineAndColumn("select 1;\nselect bad;\n", 18)).toBe("line 2, column 8");
+  expect(lineAndColumn("x", Number.NaN)).toBeUndefined();
+});
+
+describe("--schema FILE", () => {
+  test("applies the user's file instead of the built-in schema, once", async () => {
+    const database = await freshDatabase();
+    const file = join(workDir, "schema.sql");
+    writeFileSync(file, "create table widgets (id int primary key);\ninsert into widgets values (1);\n");
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    expect((await runScript(SCRIPT, ["--schema", file], env)).code).toBe(EXIT.ok);
+    expect(await tablesOf(database)).toEqual(["schema_migrations", "widgets"]);
+    const again = await runScript(SCRIPT, ["--schema", file], env);
+    expect(again.code).toBe(EXIT.ok);
+    expect(again.stdout).toContain("schema already up to date");
+    expect(await cluster.query(`select count(*)::int as n from widgets`, database)).toEqual([{ n: 1 }]);
+  });
+
+  test("rolls a failing file back whole and names the file, line and server message", async () => {
+    const database = await freshDatabase();
+    const file = join(workDir, "broken.sql");
+    writeFileSync(file, "create table first_half (id int);\n\nselect * from no_such_table;\n");
+    const run = await runScript(SCRIPT, ["--schema", file], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(run.stderr).toContain("schema failed in broken.sql: 42P01: relation \"no_such_table\" does not exist (line 3, column 15)");
+    expect(await tablesOf(database)).toEqual([]);
+  });
+
+  test("a missing file is a usage error", async () => {
+    const run = await runScript(SCRIPT, ["--schema", join(workDir, "nope.sql")], { DATABASE_URL: cluster.url() });
+    expect(run.code).toBe(EXIT.usage);
+    expect(run.stderr).toContain("nope.sql cannot be read (ENOENT)");
+  });
+});
+
+describe("--migrations DIR", () => {
+  const FILES = {
+    "001_accounts.sql": "create table accounts (id int primary key, name text not null);",
+    "002_email.sql": "alter table accounts add column email text;",
+    "010_invoices.sql": "create table invoices (id int primary key, account_id int not null references accounts (id));",
+    "README.md": "not a migration",
+  };
+
+  test("applies *.sql in name order, each once, recording name, SHA-256 and time", async () => {
+    const database = await freshDatabase();
+    const dir = migrations(FILES);
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    const run = await runScript(SCRIPT, ["--migrations", dir, "--json"], env);
+    expect(run.code).toBe(EXIT.ok);
+    expect(events(run.stdout).filter((event) => event.event === "schema").map((event) => event.step))
+      .toEqual(["001_accounts.sql", "002_email.sql", "010_invoices.sql"]);
+    const ledger = await cluster.query<{ name: string; checksum: string; applied: boolean }>(
+      `select name, checksum, applied_at <= now() as applied from schema_migrations order by name`, database);
+    expect(ledger).toEqual(["001_accounts.sql", "002_email.sql", "010_invoices.sql"].map((name) => ({
+      name, checksum: createHash("sha256").update(FILES[name as keyof typeof FILES]).digest("hex"), applied: true,
+    })));
+    const again = await runScript(SCRIPT, ["--migrations", dir], env);
+    expect(again.stdout).toContain("schema already up to date");
+
+    writeFileSync(join(dir, "011_paid.sql"), "alter table invoices add column paid boolean not null default false;");
+    const dry = await runScript(SCRIPT, ["--migrations", dir, "--dry-run"], env);
+    expect(dry.code).toBe(EXIT.ok);
+    expect(dry.stdout).toContain("would apply 011_paid.sql");
+    expect(await cluster.query(`select count(*)::int as n from schema_migrations`, database)).toEqual([{ n: 3 }]);
+    const next = await runScript(SCRIPT, ["--migrations", dir, "--json"], env);
+    expect(events(next.stdout).filter((event) => event.status === "applied").map((event) => event.step)).toEqual(["011_paid.sql"]);
+  });
+
+  test("refuses an applied migration whose file changed, naming it", async () => {
+    const database = await freshDatabase();
+    const dir = migrations({ "001_a.sql": "create table a (id int);" });
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    expect((await runScript(SCRIPT, ["--migrations", dir], env)).code).toBe(EXIT.ok);
+    writeFileSync(join(dir, "001_a.sql"), "create table a (id bigint);");
+    const run = await runScript(SCRIPT, ["--migrations", dir], env);
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(run.stderr).toContain("001_a.sql was applied with checksum");
+    expect(run.stderr).toContain("never edit an applied migration");
+  });
+
+  test("stops at a failing migration, keeping the ones before and nothing of it", async () => {
+    const database = await freshDatabase();
+    const dir = migrations({
+      "001_ok.sql": "create table ok (id int);",
+      "002_bad.sql": "create table half (id int);\ninsert into half values (1);\ninsert into half values ('x');\n",
+      "003_never.sql": "create table never (id int);",
+    });
+    const run = await runScript(SCRIPT, ["--migrations", dir], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(run.stderr).toMatch(/schema failed in 002_bad\.sql: 22P02: .* \(line 3, column 26\)/);
+    expect(await tablesOf(database)).toEqual(["ok", "schema_migrations"]);
+    expect(await cluster.query(`select name from schema_migrations`, database)).toEqual([{ name: "001_ok.sql" }]);
+  });
+
+  test("keeps the ledger in the table --ledger-table names, creating its schema", async () => {
+    const database = await freshDatabase();
+    const dir = migrations({ "001_a.sql": "create table a (id int);" });
+    const run = await runScript(SCRIPT, ["--migrations", dir, "--ledger-table", "kit.applied_migrations"], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.ok);
+    expect(await cluster.query(`select name from kit.applied_migrations`, database)).toEqual([{ name: "001_a.sql" }]);
+  });
+
+  test("ten processes running the same migrations at once all exit 0, each file applied once", async () => {
+    const database = await freshDatabase();
+    const dir = migrations({
+      "001_counter.sql": "create table counter (n int); insert into counter values (1);",
+      "002_more.sql": "update counter set n = n + 1;",
+    });
+    const runs = await Promise.all(Array.from({ length: 10 }, () => runScript(SCRIPT, ["--migrations", dir], { DATABASE_URL: cluster.url({ database }) })));
+    expect(runs.map((run) => run.code)).toEqual(Array(10).fill(EXIT.ok));
+    expect(await cluster.query(`select n from counter`, database)).toEqual([{ n: 2 }]);
+  });
+
+  test("the connectivity suite's Schema Validation follows the migrations ledger", async () => {
+    const database = await freshDatabase();
+    const dir = migrations({ "001_a.sql": "create table a (id int primary key);" });
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    expect((await runScript(SCRIPT, ["--migrations", dir], env)).code).toBe(EXIT.ok);
+    const passing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", dir], env);
+    expect(passing.code).toBe(0);
+    expect(passing.stdout).toContain("1 step recorded in schema_migrations with matching checksums");
+    writeFileSync(join(dir, "002_b.sql"), "create table b (id int);");
+    const failing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", dir], env);
+    expect(failing.code).toBe(1);
+    expect(failing.stdout).toContain("not applied or changed since: 002_b.sql");
+  });
+});
+
+describe("--create-database", () => {
+  test("creates a missing database (with a name that needs quoting), then applies the schema", async () => {
+    const run = await runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database: 'new "odd" db' }) });
+    expect(run.code).toBe(EXIT.ok);
+    expect(run.stderr).toContain('created database new "odd" db');
+    expect(await tablesOf('new "odd" db')).toContain("users");
+  });
+
+  test("racing creators all succeed", async () => {
+    const runs = await Promise.all(Array.from({ length: 6 }, () =>
+      runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database: "raced" }) })));
+    expect(runs.map((run) => run.code)).toEqual(Array(6).fill(EXIT.ok));
+    expect(await cluster.query(`select count(*)::int as n from pg_database where datname = 'raced'`, "postgres")).toEqual([{ n: 1 }]);
+  });
+});
+
+describe("several hosts and target_session_attrs", () => {
+  let primary: Cluster;
+  let standby: Cluster;
+
+  beforeAll(async () => {
+    primary = await Cluster.create({ password: PASSWORD, database: "ha" });
+    standby = await primary.createStandby();
+  });
+  afterAll(async () => {
+    await standby?.destroy();
+    await primary?.destroy();
+  });
+
+  const hostsUrl = (...ports: number[]) =>
+    `postgres://${primary.user}:${encodeURIComponent(PASSWORD)}@${ports.map((port) => `127.0.0.1:${port}`).join(",")}/ha`;
+
+  test("with the standby listed first and read-write, the schema lands on the primary", async () => {
+    const run = await runScript(SCRIPT, ["--json"], { DATABASE_URL: `${hostsUrl(standby.port, primary.port)}?target_session_attrs=read-write` });
+    expect(run.code).toBe(EXIT.ok);
+    expect(events(run.stdout).find((event) => event.event === "ready")).toMatchObject({ port: primary.port });
+    expect(await primary.query(`select to_regclass('users') is not null as present`)).toEqual([{ present: true }]);
+    expectNoSecret(run, PASSWORD);
+  });
+
+  test("the schema is never attempted on a standby alone: a clear non-zero exit at the deadline", async () => {
+    const run = await runScript(SCRIPT, ["--timeout", "1"], { DATABASE_URL: hostsUrl(standby.port) });
+    expect(run.code).toBe(EXIT.notReady);
+    expect(run.stderr).toContain("WRONG_SESSION_ATTRS");
+    expect(run.stderr).toContain("is the primary up?");
+  });
+
+  test("--wait-only accepts the standby, which does answer queries", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: hostsUrl(standby.port) });
+    expect(run.code).toBe(EXIT.ok);
+  });
+
+  test("a dead first host is skipped", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: hostsUrl(await freePort(), primary.port) });
+    expect(run.code).toBe(EXIT.ok);
+    expect(events(run.stdout).find((event) => event.event === "ready")).toMatchObject({ attempts: 1, port: primary.port });
+  });
+});
