@@ -27,6 +27,7 @@
  */
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
+import { createConnection, type Socket } from "node:net";
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
@@ -527,18 +528,48 @@ export class NotReadyError extends Error {
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
+/**
+ * postgres.js reconnects at once, in a tight loop, when a socket closes during start-up (a
+ * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
+ * from here: until the session is proven, a second socket is refused, which ends the attempt.
+ */
+function oneSocketUntilProven(target: Target): { socket: () => Socket; proven: () => void } {
+  let proving = true;
+  let opened = 0;
+  return {
+    socket: () => {
+      if (proving && ++opened > 1) {
+        throw Object.assign(new Error(`${target.host}:${target.port} closed the connection during start-up`), { code: "CONNECTION_CLOSED" });
+      }
+      const socket = target.host.startsWith("/")
+        ? createConnection({ path: `${target.host}/.s.PGSQL.${target.port}` })
+        : createConnection({ host: target.host, port: target.port });
+      // postgres.js reads the host off its socket for TLS server name checks.
+      return Object.assign(socket, { host: target.host });
+    },
+    proven: () => {
+      proving = false;
+    },
+  };
+}
+
+/** Open a client on each host in turn until one answers a query and matches the session attributes. */
 async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>) {
   let lastError: unknown;
   for (const [index, target] of config.targets.entries()) {
-    const budget = Math.min(config.connectTimeoutMs + DEFAULTS.graceMs, Math.max(1, deadlineAt - Date.now()));
-    const sql = createClient({ ...config, connectTimeoutMs: Math.min(config.connectTimeoutMs, budget) }, target, overrides);
+    // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
+    const connectTimeoutMs = Math.max(1, Math.min(config.connectTimeoutMs, deadlineAt - Date.now()));
+    const sockets = oneSocketUntilProven(target);
+    // `socket` is a documented postgres.js option its type declarations leave out.
+    const sql = createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>);
     try {
       const [state] = await withDeadline(
         sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version`,
-        budget,
+        connectTimeoutMs + DEFAULTS.graceMs,
         signal,
       );
       if (sessionMatches(config.targetSessionAttrs, state!, index === config.targets.length - 1)) {
+        sockets.proven();
         return { sql, target, serverVersion: state!.server_version };
       }
       lastError = Object.assign(new Error(`${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`), { code: "WRONG_SESSION_ATTRS" });
@@ -694,6 +725,14 @@ export async function applySchema(
   );
   const applied = (rows[0]?.applied ?? {}) as Record<string, string>;
   const results: StepResult[] = [];
+  // On SIGINT/SIGTERM the server must stop the statement now: closing our socket alone leaves
+  // it running (and its locks held) until it next talks to us.
+  let inflight: { cancel(): unknown } | undefined;
+  let cancelling: Promise<unknown> | undefined;
+  const track = <Query extends { cancel(): unknown }>(query: Query): Query => (inflight = query);
+  const cancelInflight = () => (cancelling = Promise.resolve(inflight?.cancel()).catch(() => {}));
+  signal?.addEventListener("abort", cancelInflight, { once: true });
+  try {
   for (const { name, sql: text, checksum } of steps) {
     assertUnchanged(name, applied[name], checksum);
     if (applied[name] || dryRun) {
@@ -712,7 +751,7 @@ export async function applySchema(
         const [row] = await tx.unsafe(`select checksum from ${ledger} where name = $1`, [name]);
         assertUnchanged(name, row?.checksum, checksum);
         if (row) return "already applied" as const;
-        await tx.unsafe(text).catch((error) => {
+        await track(tx.unsafe(text)).catch((error) => {
           throw Object.assign(error, { step: name, where: lineAndColumn(text, Number(error.position)) });
         });
         await tx.unsafe(`insert into ${ledger} (name, checksum) values ($1, $2)`, [name, checksum]);
@@ -724,6 +763,10 @@ export async function applySchema(
     const result = { name, status, ms: Math.round(performance.now() - startedAt) };
     results.push(result);
     onStep?.(result);
+  }
+  } finally {
+    signal?.removeEventListener("abort", cancelInflight);
+    if (cancelling) await withDeadline(cancelling, 1_000).catch(() => {});
   }
   if (!dryRun && steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
   return results;
@@ -837,6 +880,11 @@ export function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAt
   return attrs === "primary" ? attrs : "read-write";
 }
 
+/** The first line of an error's message: parseArgs explains at length. */
+export function firstLine(error: unknown): string {
+  return String(error instanceof Error ? error.message : error).split("\n")[0]!;
+}
+
 /** A short, redacted description of an error: its code and the server's or system's message. */
 export function explain(error: unknown): string {
   if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
@@ -883,7 +931,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
   try {
     values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
   } catch (error) {
-    process.stderr.write(`error: ${redact((error as Error).message)}\nhint: see --help\n`);
+    process.stderr.write(`error: ${redact(firstLine(error))}\nhint: see --help\n`);
     return EXIT.usage;
   }
   if (values.help) {

@@ -22,7 +22,7 @@ import { createServer, connect as tcpConnect, type Server } from "node:net";
 import { parseArgs } from "node:util";
 import {
   abortOnSignals, closeClient, ConfigError, createClient, describe, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  formatMs, hint, parseConfig, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
+  firstLine, formatMs, hint, parseConfig, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
 } from "./init-database.ts";
 
 const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
@@ -383,7 +383,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
   try {
     values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
   } catch (error) {
-    process.stderr.write(`error: ${redact((error as Error).message)}\nhint: see --help\n`);
+    process.stderr.write(`error: ${redact(firstLine(error))}\nhint: see --help\n`);
     return EXIT.usage;
   }
   if (values.help) {

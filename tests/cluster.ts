@@ -206,6 +206,11 @@ export class Cluster {
     await this.pgCtl(["restart", "-D", this.dataDir, "-m", "fast", "-w", "-t", String(PG_CTL_WAIT_SECONDS), "-o", `-p ${this.port}`, "-l", this.logFile]);
   }
 
+  /** End recovery on a standby: it becomes a writable primary. */
+  async promote(): Promise<void> {
+    await this.pgCtl(["promote", "-D", this.dataDir, "-w", "-t", String(PG_CTL_WAIT_SECONDS)]);
+  }
+
   /** Stop the server and delete everything on disk. */
   async destroy(): Promise<void> {
     try {

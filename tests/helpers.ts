@@ -28,12 +28,15 @@ export async function runScript(
   script: string,
   args: string[],
   env: Record<string, string | undefined> = {},
-  { killAfterMs = 60_000, signalAfterMs, signal = "SIGTERM" }: { killAfterMs?: number; signalAfterMs?: number; signal?: NodeJS.Signals } = {},
+  { killAfterMs = 60_000, signalAfterMs, signal = "SIGTERM", onStart }: {
+    killAfterMs?: number; signalAfterMs?: number; signal?: NodeJS.Signals; onStart?: (child: Bun.Subprocess) => void;
+  } = {},
 ): Promise<Run> {
   const startedAt = performance.now();
   const child = Bun.spawn([process.execPath, join(ROOT, script), ...args], {
     cwd: ROOT, env: cleanEnv(env), stdout: "pipe", stderr: "pipe", stdin: "ignore",
   });
+  onStart?.(child);
   const killer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
   const signaller = signalAfterMs === undefined ? undefined : setTimeout(() => child.kill(signal), signalAfterMs);
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
