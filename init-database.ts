@@ -726,11 +726,17 @@ export async function applySchema(
   const applied = (rows[0]?.applied ?? {}) as Record<string, string>;
   const results: StepResult[] = [];
   // On SIGINT/SIGTERM the server must stop the statement now: closing our socket alone leaves
-  // it running (and its locks held) until it next talks to us.
-  let inflight: { cancel(): unknown } | undefined;
+  // it running (and its locks held) until it next talks to us. The cancel request's promise
+  // can settle before the request has left the process, so wait for the statement to end.
+  let inflight: { query: { cancel(): unknown }; ended: Promise<unknown> } | undefined;
   let cancelling: Promise<unknown> | undefined;
-  const track = <Query extends { cancel(): unknown }>(query: Query): Query => (inflight = query);
-  const cancelInflight = () => (cancelling = Promise.resolve(inflight?.cancel()).catch(() => {}));
+  const track = <Query extends Promise<unknown> & { cancel(): unknown }>(query: Query): Query => {
+    inflight = { query, ended: query.then(() => {}, () => {}) };
+    return query;
+  };
+  const cancelInflight = () => {
+    if (inflight) cancelling = Promise.all([Promise.resolve(inflight.query.cancel()).catch(() => {}), inflight.ended]);
+  };
   signal?.addEventListener("abort", cancelInflight, { once: true });
   try {
   for (const { name, sql: text, checksum } of steps) {
@@ -766,7 +772,7 @@ export async function applySchema(
   }
   } finally {
     signal?.removeEventListener("abort", cancelInflight);
-    if (cancelling) await withDeadline(cancelling, 1_000).catch(() => {});
+    if (cancelling) await withDeadline(cancelling, DEFAULTS.graceMs).catch(() => {});
   }
   if (!dryRun && steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
   return results;
