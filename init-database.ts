@@ -62,7 +62,7 @@ export const DEFAULTS = {
   /** Poll interval while nothing listens or the server is starting: 20 attempts a second at most. */
   pollMs: 50,
   /** Exponential backoff (full jitter, never below pollMs) while the server is busy. */
-  backoffBaseMs: 100,
+  backoffBaseMs: 50,
   backoffCapMs: 5_000,
   /** How long past a server-side timeout the client waits before it gives a query up. */
   graceMs: 2_000,
@@ -78,7 +78,7 @@ export type TargetSessionAttrs = (typeof SESSION_ATTRS)[number];
 export const FLOW_BACKEND_TABLES = ["users", "orders", "payments", "notifications"] as const;
 /** Its foreign keys as "table.column -> table": what the connectivity suite checks. */
 export const FLOW_BACKEND_FOREIGN_KEYS = ["orders.user_id -> users", "payments.order_id -> orders", "notifications.user_id -> users"] as const;
-const FLOW_BACKEND_SCHEMA = `
+export const FLOW_BACKEND_SCHEMA = `
 create table if not exists users (
   id            bigint generated always as identity primary key,
   email         text not null unique,
@@ -347,6 +347,9 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
  */
 export type ErrorClass = "not-listening" | "starting" | "busy" | "fatal";
 
+/** Secrets shorter than this are redacted only where they stand alone (see redact). */
+const SHORT_SECRET = 8;
+
 const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
 const BUSY = new Set([
   "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
@@ -376,12 +379,20 @@ export function retryDelay(errorClass: ErrorClass, busyInARow: number, random: (
   return Math.max(DEFAULTS.pollMs, Math.round(random() * ceiling));
 }
 
-/** Hide passwords: each known secret (raw and percent-encoded) and any URL's password part. */
+/**
+ * Hide passwords: each known secret (raw and percent-encoded) and any URL's password part.
+ * A short secret is hidden where it stands alone, so that a password "b" does not turn
+ * "but" into "***ut"; a long one wherever it appears.
+ */
 export function redact(text: string, secrets: (string | undefined)[] = []): string {
   let result = text;
   for (const secret of secrets) {
     if (!secret) continue;
-    for (const form of new Set([secret, encodeURIComponent(secret)])) result = result.split(form).join("***");
+    for (const form of new Set([secret, encodeURIComponent(secret)])) {
+      const escaped = form.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      const pattern = form.length >= SHORT_SECRET ? escaped : `(?<![A-Za-z0-9])${escaped}(?![A-Za-z0-9])`;
+      result = result.replace(new RegExp(pattern, "g"), "***");
+    }
   }
   return result.replace(/(postgres(?:ql)?:\/\/[^:@/\s]*:)[^\s]*@/gi, "$1***@");
 }
@@ -544,8 +555,8 @@ function oneSocketUntilProven(target: Target): { socket: () => Socket; proven: (
       const socket = target.host.startsWith("/")
         ? createConnection({ path: `${target.host}/.s.PGSQL.${target.port}` })
         : createConnection({ host: target.host, port: target.port });
-      // postgres.js reads the host off its socket for TLS server name checks.
-      return Object.assign(socket, { host: target.host });
+      // postgres.js reads host and port off its socket, for TLS server names and error messages.
+      return Object.assign(socket, { host: target.host, port: target.port });
     },
     proven: () => {
       proving = false;
@@ -595,7 +606,9 @@ export async function waitUntilReady(
 ): Promise<Ready> {
   const deadlineAt = startedAt + config.timeoutMs;
   let busyInARow = 0;
+  let cause: unknown;
   for (let attempt = 1; ; attempt++) {
+    const cutShort = deadlineAt - Date.now() < config.connectTimeoutMs;
     try {
       const found = await tryTargets(config, deadlineAt, signal, overrides);
       return { ...found, attempts: attempt, elapsedMs: Date.now() - startedAt };
@@ -603,15 +616,17 @@ export async function waitUntilReady(
       if (signal?.aborted) throw signal.reason;
       const errorClass = classifyError(error);
       if (errorClass === "fatal") throw error;
+      // A timeout in an attempt the deadline cut short says nothing new: keep the cause before it.
+      const timedOut = ["CONNECT_TIMEOUT", "CLIENT_DEADLINE"].includes(errorCode(error));
+      if (!(cutShort && timedOut && cause)) cause = error;
       busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
       const remaining = deadlineAt - Date.now();
       const delayMs = Math.min(retryDelay(errorClass, busyInARow), Math.max(0, remaining));
       const elapsedMs = Date.now() - startedAt;
       onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs });
-      // An attempt squeezed into the last moment could only fail for lack of time, hiding the real cause.
-      if (remaining <= delayMs) throw new NotReadyError(error, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
+      if (remaining <= delayMs) throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
       if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
-        throw new NotReadyError(error, attempt, elapsedMs, `not ready after ${attempt} attempts`);
+        throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${attempt} attempts`);
       }
       await sleep(delayMs, signal);
     }

@@ -44,7 +44,8 @@ function normalise(value: string): number | string {
 function runHealthCheck(test: string[], env: Record<string, string>) {
   expect(test[0]).toBe("CMD-SHELL");
   const command = test[1]!.replaceAll("$$", "$");
-  return Bun.spawnSync(["sh", "-c", command], { env: { PATH: `${process.env.PATH}:/usr/lib/postgresql/15/bin`, ...env } });
+  const serverBinDirs = [...new Bun.Glob("/usr/lib/postgresql/*/bin").scanSync({ onlyFiles: false })];
+  return Bun.spawnSync(["sh", "-c", command], { env: { PATH: [process.env.PATH, ...serverBinDirs].join(":"), ...env } });
 }
 
 describe("docker-compose.yml", () => {

@@ -111,6 +111,8 @@ describe("redact", () => {
     expect(redact("auth failed for p@ss and p%40ss", ["p@ss"])).toBe("auth failed for *** and ***");
     expect(redact("see postgres://app:hunter2@db:5432/app now")).toBe("see postgres://app:***@db:5432/app now");
     expect(redact("postgresql://app:a@b@db/app")).toBe("postgresql://app:***@db/app");
+    expect(redact("a long-secret-x9, a.long-secret-x9z", ["long-secret-x9"])).toBe("a ***, a.***z");
+    expect(redact("but b, (b) and b@", ["b"])).toBe("but ***, (***) and ***@");
   });
 });
 

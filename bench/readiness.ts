@@ -1,0 +1,133 @@
+#!/usr/bin/env bun
+/**
+ * How soon does each waiter notice that PostgreSQL is ready? A throwaway server is started
+ * after a series of delays while the waiters run side by side; each waiter's lag is measured
+ * from the first success of a reference poller (an authenticated SELECT 1 every 2 ms) to the
+ * moment the waiter's process exits. Also: connection attempts a second against a closed port.
+ *
+ * Waiters: init-database.ts --wait-only; `until pg_isready; do sleep 1; done`; the original
+ * script's schedule (1 s, x1.5, cap 30 s, 10 attempts); Compose health checks computed from
+ * their timing rules (interval 10 s as in the original; start_interval 1 s as in ours).
+ *
+ * Usage: bun bench/readiness.ts [--rounds N]    (writes bench/results/readiness.json and bench/readiness.svg)
+ */
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { Cluster, freePort } from "../tests/cluster.ts";
+import { machine, ROOT, summarise, table, timed, wallClock, type Summary } from "./support.ts";
+
+const DELAYS_S = [0.7, 1.0, 1.6, 2.3, 3.2, 4.1, 5.2, 6.4];
+const CLOSED_PORT_SECONDS = 3;
+const PG_ISREADY = Bun.which("pg_isready") ?? "/usr/lib/postgresql/15/bin/pg_isready";
+
+interface Waiter {
+  name: string;
+  command: (port: number) => string[];
+}
+
+const WAITERS: Waiter[] = [
+  { name: "init-database.ts --wait-only", command: () => [process.execPath, "init-database.ts", "--wait-only", "--quiet", "--timeout", "60"] },
+  { name: "until pg_isready; sleep 1", command: (port) => ["bash", "-c", `until "${PG_ISREADY}" -q -h 127.0.0.1 -p ${port}; do echo attempt; sleep 1; done`] },
+  { name: "original schedule (1 s x1.5)", command: () => [process.execPath, "bench/original-schedule.ts"] },
+];
+
+/** A Compose health check notices at its first run after the server is ready. */
+function healthCheckLag(readyAfterMs: number, intervalMs: number): number {
+  return Math.ceil(readyAfterMs / intervalMs) * intervalMs - readyAfterMs;
+}
+
+async function trial(cluster: Cluster, delayS: number) {
+  const env = { DATABASE_URL: cluster.url() };
+  const startedAt = wallClock();
+  const reference = timed([process.execPath, "bench/reference-poller.ts"], env);
+  const waiters = WAITERS.map((waiter) => timed(waiter.command(cluster.port), env));
+  await Bun.sleep(delayS * 1000);
+  await cluster.start({ wait: false });
+  const readyAt = Number((await reference).stdout.trim());
+  const ended = await Promise.all(waiters);
+  await cluster.stop("fast");
+  const lags: Record<string, number> = {};
+  WAITERS.forEach((waiter, index) => (lags[waiter.name] = ended[index]!.endedAt - readyAt));
+  lags["Compose health check, interval 10 s"] = healthCheckLag(readyAt - startedAt, 10_000);
+  lags["Compose health check, start_interval 1 s"] = healthCheckLag(readyAt - startedAt, 1_000);
+  return lags;
+}
+
+/** Attempts a second each waiter makes while nothing listens. */
+async function closedPortRates(): Promise<Record<string, number>> {
+  const port = await freePort();
+  const env = { DATABASE_URL: `postgres://nobody:x@127.0.0.1:${port}/none` };
+  const rates: Record<string, number> = {};
+  await Promise.all(WAITERS.map(async (waiter) => {
+    const command = waiter.name.startsWith("init-database")
+      ? [process.execPath, "init-database.ts", "--wait-only", "--json", "--timeout", String(CLOSED_PORT_SECONDS)]
+      : ["timeout", String(CLOSED_PORT_SECONDS), ...waiter.command(port)];
+    const run = await timed(command, env);
+    const attempts = run.stdout.split("\n").filter((line) => line.includes("attempt")).length;
+    rates[waiter.name] = attempts / CLOSED_PORT_SECONDS;
+  }));
+  return rates;
+}
+
+/** Horizontal bars of the mean lag with a whisker to the worst, on a log scale. */
+function chart(results: Record<string, Summary>): string {
+  const names = Object.keys(results);
+  const width = 760, left = 270, right = 30, rowHeight = 34, top = 40;
+  const height = top + names.length * rowHeight + 40;
+  const minMs = 1, maxMs = 20_000;
+  const x = (ms: number) => left + ((Math.log10(Math.max(ms, minMs)) - Math.log10(minMs)) / (Math.log10(maxMs) - Math.log10(minMs))) * (width - left - right);
+  const ticks = [1, 10, 100, 1_000, 10_000];
+  const rows = names.map((name, index) => {
+    const { mean, worst } = results[name]!;
+    const y = top + index * rowHeight;
+    return `<text x="${left - 8}" y="${y + 16}" text-anchor="end">${name}</text>` +
+      `<rect x="${left}" y="${y + 4}" width="${(x(mean) - left).toFixed(1)}" height="16" fill="${index === 0 ? "#2b7a3d" : "#8a8f98"}"/>` +
+      `<line x1="${x(mean).toFixed(1)}" x2="${x(worst).toFixed(1)}" y1="${y + 12}" y2="${y + 12}" stroke="#333"/>` +
+      `<line x1="${x(worst).toFixed(1)}" x2="${x(worst).toFixed(1)}" y1="${y + 6}" y2="${y + 18}" stroke="#333"/>` +
+      `<text x="${(x(worst) + 6).toFixed(1)}" y="${y + 16}" font-size="11">${Math.round(mean)} ms (worst ${Math.round(worst)})</text>`;
+  });
+  const axis = ticks.map((tick) => `<line x1="${x(tick)}" x2="${x(tick)}" y1="${top - 4}" y2="${height - 36}" stroke="#ddd"/>` +
+    `<text x="${x(tick)}" y="${height - 20}" text-anchor="middle" font-size="11">${tick >= 1000 ? `${tick / 1000} s` : `${tick} ms`}</text>`);
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">` +
+    `<rect width="100%" height="100%" fill="white"/>` +
+    `<text x="${left}" y="20" font-weight="bold">Time from "database can answer" to "waiter noticed" (mean, whisker = worst; log scale)</text>` +
+    axis.join("") + rows.join("") + `</svg>\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { rounds: { type: "string", default: "1" } }, strict: true });
+  const rounds = Number(values.rounds);
+  const cluster = await Cluster.create({ start: false });
+  const samples: Record<string, number[]> = {};
+  try {
+    for (let round = 0; round < rounds; round++) {
+      for (const delayS of DELAYS_S) {
+        const lags = await trial(cluster, delayS);
+        for (const [name, lag] of Object.entries(lags)) (samples[name] ??= []).push(lag);
+        console.error(`delay ${delayS} s: ${Object.entries(lags).map(([name, lag]) => `${name.split(" ")[0]} ${Math.round(lag)} ms`).join(", ")}`);
+      }
+    }
+    const rates = await closedPortRates();
+    const results = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, summarise(values)]));
+    console.log(`readiness lag after the reference poller (${machine()}, ${new Date().toISOString().slice(0, 10)}, ${DELAYS_S.length * rounds} start-ups from ${DELAYS_S[0]} to ${DELAYS_S.at(-1)} s)`);
+    console.log(table([
+      ["waiter", "mean ms", "median ms", "worst ms", "attempts/s on a closed port"],
+      ...Object.entries(results).map(([name, summary]) => [
+        name, summary.mean.toFixed(0), summary.median.toFixed(0), summary.worst.toFixed(0),
+        rates[name] === undefined ? "-" : rates[name]!.toFixed(1),
+      ]),
+    ]));
+    writeFileSync(join(ROOT, "bench", "results", "readiness.json"), JSON.stringify({ date: new Date().toISOString(), machine: machine(), delays_s: DELAYS_S, rounds, results, closed_port_attempts_per_s: rates }, null, 2) + "\n");
+    writeFileSync(join(ROOT, "bench", "readiness.svg"), chart(results));
+    const ours = results[WAITERS[0]!.name]!;
+    const rate = rates[WAITERS[0]!.name]!;
+    const met = ours.mean <= 40 && ours.worst <= 75 && rate <= 20;
+    console.log(`target (mean <= 40 ms, worst <= 75 ms, <= 20 attempts/s): ${met ? "met" : "NOT met"}`);
+    return 0;
+  } finally {
+    await cluster.destroy();
+  }
+}
+
+if (import.meta.main) process.exit(await main(process.argv.slice(2)));

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The two system tools the tests run besides what npm installs: shellcheck (lints the shell
+# scripts) and pg_isready (the Compose health check's own command, run against a real server).
+# As root on Debian or Ubuntu this installs what is missing; elsewhere it says how, and fails.
+# Usage: bash tests/system-tools.sh    (npm test runs it first)
+set -Eeuo pipefail
+
+# usage: missing_tools    (prints the Debian packages that would bring what is missing)
+missing_tools() {
+  command -v shellcheck >/dev/null 2>&1 || echo shellcheck
+  command -v pg_isready >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/pg_isready' >/dev/null || echo postgresql-client
+}
+
+# usage: main
+main() {
+  local missing=()
+  mapfile -t missing < <(missing_tools)
+  ((${#missing[@]} == 0)) && return 0
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} for the tests (apt-get)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "error: the tests need ${missing[*]}: sudo apt-get install ${missing[*]} (macOS: brew install shellcheck libpq)" >&2
+    return 1
+  fi
+}
+
+main "$@"
