@@ -29,7 +29,7 @@ import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { basename, join } from "node:path";
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import postgres from "postgres";
 
 export type Sql = postgres.Sql<{}>;
@@ -946,19 +946,29 @@ export function abortOnSignals(controller: AbortController): () => void {
   return () => handlers.forEach((remove) => remove());
 }
 
-export async function main(argv: string[], env: Env = process.env): Promise<number> {
-  const startedAt = Date.now();
-  let values: ReturnType<typeof parseArgs<{ args: string[]; options: typeof FLAGS; strict: true }>>["values"];
+/**
+ * Parse flags strictly. Returns the values, or the exit code to return at once: 0 after
+ * printing `usage` for --help, 2 after a one-line error for a bad flag.
+ */
+export function parseFlags<Flags extends ParseArgsOptionsConfig>(argv: string[], flags: Flags, usage: string) {
   try {
-    values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
+    const { values } = parseArgs({ args: argv, options: flags, strict: true, allowPositionals: false });
+    if ((values as { help?: boolean }).help) {
+      process.stdout.write(usage);
+      return { exitCode: EXIT.ok };
+    }
+    return { values };
   } catch (error) {
     process.stderr.write(`error: ${redact(firstLine(error))}\nhint: see --help\n`);
-    return EXIT.usage;
+    return { exitCode: EXIT.usage };
   }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return EXIT.ok;
-  }
+}
+
+export async function main(argv: string[], env: Env = process.env): Promise<number> {
+  const startedAt = Date.now();
+  const parsed = parseFlags(argv, FLAGS, USAGE);
+  if (!parsed.values) return parsed.exitCode;
+  const { values } = parsed;
   const color = Boolean(process.stderr.isTTY) && !env.NO_COLOR;
   const reporter = new Reporter({ json: Boolean(values.json), quiet: Boolean(values.quiet), tty: Boolean(process.stderr.isTTY), color });
   const summary = (status: string, exitCode: number, extra: Record<string, unknown> = {}) => {

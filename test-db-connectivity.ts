@@ -19,10 +19,9 @@
  */
 import { writeFileSync } from "node:fs";
 import { createServer, connect as tcpConnect, type Server } from "node:net";
-import { parseArgs } from "node:util";
 import {
   abortOnSignals, closeClient, ConfigError, createClient, describe, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  firstLine, formatMs, hint, parseConfig, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
+  formatMs, hint, parseConfig, parseFlags, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
 } from "./init-database.ts";
 
 const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
@@ -379,17 +378,9 @@ const FLAGS = {
 
 export async function main(argv: string[], env: Record<string, string | undefined> = process.env): Promise<number> {
   const startedAt = performance.now();
-  let values: ReturnType<typeof parseArgs<{ args: string[]; options: typeof FLAGS; strict: true }>>["values"];
-  try {
-    values = parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
-  } catch (error) {
-    process.stderr.write(`error: ${redact(firstLine(error))}\nhint: see --help\n`);
-    return EXIT.usage;
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return EXIT.ok;
-  }
+  const parsed = parseFlags(argv, FLAGS, USAGE);
+  if (!parsed.values) return parsed.exitCode;
+  const { values } = parsed;
   let context: Omit<SuiteContext, "signal">;
   let names: CheckName[];
   try {

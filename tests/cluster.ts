@@ -108,6 +108,7 @@ function run(bin: string, args: string[], identity: { uid?: number; gid?: number
 
 export class Cluster {
   readonly host = "127.0.0.1";
+  private databasesMade = 0;
   private constructor(
     readonly dir: string,
     readonly bin: string,
@@ -236,6 +237,13 @@ export class Cluster {
 
   async createDatabase(name: string): Promise<void> {
     await this.query(`create database "${name.replaceAll('"', '""')}"`, "postgres");
+  }
+
+  /** A new, empty database with a name of its own, so tests do not see each other's schema. */
+  async freshDatabase(): Promise<string> {
+    const name = `fresh_${++this.databasesMade}`;
+    await this.createDatabase(name);
+    return name;
   }
 
   /**

@@ -31,7 +31,6 @@ const attemptsOf = (run: Run) => events(run.stdout).filter((event) => event.even
 
 let cluster: Cluster;
 let workDir: string;
-let databases = 0;
 
 beforeAll(async () => {
   cluster = await Cluster.create({ password: PASSWORD });
@@ -41,12 +40,6 @@ afterAll(async () => {
   await cluster?.destroy();
   rmSync(workDir, { recursive: true, force: true });
 });
-
-async function freshDatabase(): Promise<string> {
-  const name = `f${++databases}`;
-  await cluster.createDatabase(name);
-  return name;
-}
 
 /** Wait until a query runs in `database`, so a fault can strike in the middle of it. */
 async function waitForActivity(server: Cluster, pattern: string, database: string): Promise<void> {
@@ -189,7 +182,7 @@ describe("5-7: a network that does not answer, drops us, or has no such host", (
 describe("8-12: faults while the schema is being applied", () => {
   test("8. sessions terminated repeatedly under the init: it retries and succeeds once they stop", async () => {
     for (let round = 0; round < 3; round++) {
-      const database = await freshDatabase();
+      const database = await cluster.freshDatabase();
       let terminating = true;
       const terminator = (async () => {
         const admin = postgres({ host: cluster.host, port: cluster.port, user: cluster.user, password: PASSWORD, database: "postgres", max: 1, fetch_types: false });
@@ -232,7 +225,7 @@ describe("8-12: faults while the schema is being applied", () => {
   });
 
   test("10. a lock held by another session: --command-timeout fires with a clear message", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const holder = postgres({ host: cluster.host, port: cluster.port, user: cluster.user, password: PASSWORD, database, max: 1, fetch_types: false });
     try {
       await holder`select pg_advisory_lock(hashtext('pg-startup-kit:schema_migrations'))`;
@@ -247,7 +240,7 @@ describe("8-12: faults while the schema is being applied", () => {
   });
 
   test("11. a slow, fragmented network: still correct", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const proxy = await FaultProxy.start({ host: cluster.host, port: cluster.port }, { latencyMs: 20, fragment: true });
     try {
       const run = await init(["--timeout", "60", "--connect-timeout", "20"], { DATABASE_URL: cluster.url({ database, port: proxy.port }) }, { killAfterMs: 90_000 });
@@ -260,7 +253,7 @@ describe("8-12: faults while the schema is being applied", () => {
 
   for (const [signal, code] of [["SIGINT", EXIT.sigint], ["SIGTERM", EXIT.sigterm]] as const) {
     test(`12. ${signal} while applying the schema: exits ${code} promptly, rolled back, connections closed`, async () => {
-      const database = await freshDatabase();
+      const database = await cluster.freshDatabase();
       const file = join(workDir, `interrupted-${signal}.sql`);
       writeFileSync(file, "create table half_done (id int);\nselect pg_sleep(20);\n");
       let child: Bun.Subprocess | undefined;
@@ -286,7 +279,7 @@ describe("8-12: faults while the schema is being applied", () => {
 
 describe("13-15: crowds, bad input, awkward passwords", () => {
   test("13. twenty init processes at once on an empty database: all exit 0, the schema applied exactly once", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const runs = await Promise.all(Array.from({ length: 20 }, () => init(["--json"], { DATABASE_URL: cluster.url({ database }) })));
     expect(runs.map((run) => run.code)).toEqual(Array(20).fill(EXIT.ok));
     expect(runs.flatMap((run) => events(run.stdout)).filter((event) => event.status === "applied")).toHaveLength(1);

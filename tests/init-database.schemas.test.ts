@@ -13,7 +13,7 @@ const PASSWORD = "schema-Pa55#word";
 
 let cluster: Cluster;
 let workDir: string;
-let databases = 0;
+let folders = 0;
 
 beforeAll(async () => {
   cluster = await Cluster.create({ password: PASSWORD });
@@ -24,15 +24,9 @@ afterAll(async () => {
   rmSync(workDir, { recursive: true, force: true });
 });
 
-async function freshDatabase(): Promise<string> {
-  const name = `s${++databases}`;
-  await cluster.createDatabase(name);
-  return name;
-}
-
 /** A migrations folder with the given files. */
 function migrations(files: Record<string, string>): string {
-  const dir = join(workDir, `migrations-${++databases}`);
+  const dir = join(workDir, `migrations-${++folders}`);
   mkdirSync(dir);
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
   return dir;
@@ -48,7 +42,7 @@ test("lineAndColumn turns a server position into a line and column", () => {
 
 describe("--schema FILE", () => {
   test("applies the user's file instead of the built-in schema, once", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const file = join(workDir, "schema.sql");
     writeFileSync(file, "create table widgets (id int primary key);\ninsert into widgets values (1);\n");
     const env = { DATABASE_URL: cluster.url({ database }) };
@@ -61,7 +55,7 @@ describe("--schema FILE", () => {
   });
 
   test("rolls a failing file back whole and names the file, line and server message", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const file = join(workDir, "broken.sql");
     writeFileSync(file, "create table first_half (id int);\n\nselect * from no_such_table;\n");
     const run = await runScript(SCRIPT, ["--schema", file], { DATABASE_URL: cluster.url({ database }) });
@@ -86,7 +80,7 @@ describe("--migrations DIR", () => {
   };
 
   test("applies *.sql in name order, each once, recording name, SHA-256 and time", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const dir = migrations(FILES);
     const env = { DATABASE_URL: cluster.url({ database }) };
     const run = await runScript(SCRIPT, ["--migrations", dir, "--json"], env);
@@ -111,7 +105,7 @@ describe("--migrations DIR", () => {
   });
 
   test("refuses an applied migration whose file changed, naming it", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const dir = migrations({ "001_a.sql": "create table a (id int);" });
     const env = { DATABASE_URL: cluster.url({ database }) };
     expect((await runScript(SCRIPT, ["--migrations", dir], env)).code).toBe(EXIT.ok);
@@ -123,7 +117,7 @@ describe("--migrations DIR", () => {
   });
 
   test("stops at a failing migration, keeping the ones before and nothing of it", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const dir = migrations({
       "001_ok.sql": "create table ok (id int);",
       "002_bad.sql": "create table half (id int);\ninsert into half values (1);\ninsert into half values ('x');\n",
@@ -137,7 +131,7 @@ describe("--migrations DIR", () => {
   });
 
   test("keeps the ledger in the table --ledger-table names, creating its schema", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const dir = migrations({ "001_a.sql": "create table a (id int);" });
     const run = await runScript(SCRIPT, ["--migrations", dir, "--ledger-table", "kit.applied_migrations"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
@@ -145,7 +139,7 @@ describe("--migrations DIR", () => {
   });
 
   test("ten processes running the same migrations at once all exit 0, each file applied once", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const dir = migrations({
       "001_counter.sql": "create table counter (n int); insert into counter values (1);",
       "002_more.sql": "update counter set n = n + 1;",
@@ -156,7 +150,7 @@ describe("--migrations DIR", () => {
   });
 
   test("the connectivity suite's Schema Validation follows the migrations ledger", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const dir = migrations({ "001_a.sql": "create table a (id int primary key);" });
     const env = { DATABASE_URL: cluster.url({ database }) };
     expect((await runScript(SCRIPT, ["--migrations", dir], env)).code).toBe(EXIT.ok);

@@ -125,13 +125,6 @@ describe("withDeadline", () => {
 
 describe("init-database.ts against a real server", () => {
   let cluster: Cluster;
-  let databases = 0;
-  /** A fresh empty database per test, so tests do not see each other's schema. */
-  const freshDatabase = async () => {
-    const name = `t${++databases}`;
-    await cluster.createDatabase(name);
-    return name;
-  };
 
   beforeAll(async () => {
     cluster = await Cluster.create({ password: PASSWORD });
@@ -141,16 +134,16 @@ describe("init-database.ts against a real server", () => {
   });
 
   test("--wait-only exits 0 once an authenticated query succeeds, and changes nothing", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
-    expect(run.stdout).toMatch(/^ready: postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/t\d+ \(PostgreSQL 15\.\d+\)/);
+    expect(run.stdout).toMatch(/^ready: postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/fresh_\d+ \(PostgreSQL 15\.\d+\)/);
     expect(await cluster.query(`select to_regclass('users') as t`, database)).toEqual([{ t: null }]);
     expectNoSecret(run, PASSWORD);
   });
 
   test("creates the four Flow-Backend tables with their keys, and a re-run changes nothing", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const env = { DATABASE_URL: cluster.url({ database }) };
     const first = await runScript(SCRIPT, [], env);
     expect(first.code).toBe(EXIT.ok);
@@ -225,7 +218,7 @@ describe("init-database.ts against a real server", () => {
   });
 
   test("--json prints only NDJSON on stdout, ending in a summary", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const run = await runScript(SCRIPT, ["--json"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
     const lines = events(run.stdout);
@@ -248,7 +241,7 @@ describe("init-database.ts against a real server", () => {
   });
 
   test("ten runs at once on an empty database all exit 0 and apply the schema once", async () => {
-    const database = await freshDatabase();
+    const database = await cluster.freshDatabase();
     const runs = await Promise.all(Array.from({ length: 10 }, () => runScript(SCRIPT, ["--json"], { DATABASE_URL: cluster.url({ database }) })));
     expect(runs.map((run) => run.code)).toEqual(Array(10).fill(EXIT.ok));
     const applied = runs.flatMap((run) => events(run.stdout)).filter((event) => event.event === "schema" && event.status === "applied");
