@@ -6,8 +6,9 @@
  *
  * Usage:
  *   bun run init-database.ts [--url URL] [--wait-only] [--schema FILE | --migrations DIR]
- *                            [--create-database] [--timeout S] [--connect-timeout S]
- *                            [--command-timeout S] [--max-retries N] [--json] [--quiet]
+ *                            [--ledger-table NAME] [--dry-run] [--create-database]
+ *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
+ *                            [--max-retries N] [--json] [--quiet] [--help]
  *
  * Environment (first found wins, field by field):
  *   --url > DATABASE_URL > PGHOST PGPORT PGUSER PGPASSWORD PGPASSWORD_FILE PGDATABASE
@@ -68,6 +69,8 @@ export const DEFAULTS = {
   graceMs: 2_000,
 } as const;
 
+/** Secrets shorter than this are redacted only where they stand alone (see redact). */
+const SHORT_SECRET = 8;
 const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
 const SESSION_ATTRS = ["any", "read-write", "primary", "read-only", "standby", "prefer-standby"] as const;
 const URL_PARAMETERS = ["sslmode", "application_name", "connect_timeout", "target_session_attrs"] as const;
@@ -347,9 +350,6 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
  */
 export type ErrorClass = "not-listening" | "starting" | "busy" | "fatal";
 
-/** Secrets shorter than this are redacted only where they stand alone (see redact). */
-const SHORT_SECRET = 8;
-
 const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
 const BUSY = new Set([
   "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
@@ -399,9 +399,10 @@ export function redact(text: string, secrets: (string | undefined)[] = []): stri
 
 /** The target as a URL with the password hidden, for messages. */
 export function describe(config: Config): string {
-  const credentials = config.password === undefined ? config.user : `${config.user}:***`;
+  const user = encodeURIComponent(config.user);
+  const credentials = config.password === undefined ? user : `${user}:***`;
   const hosts = config.targets.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(",");
-  return `postgres://${encodeURIComponent(credentials).replace("%3A***", ":***")}@${hosts}/${config.database}`;
+  return `postgres://${credentials}@${hosts}/${config.database}`;
 }
 
 /** One line saying what to do about an error, by code. */
@@ -717,6 +718,33 @@ export interface StepResult {
   ms: number;
 }
 
+type Cancellable = Promise<unknown> & { cancel(): unknown };
+
+/**
+ * On SIGINT/SIGTERM the server must stop the running statement now: closing our socket alone
+ * leaves it running (and its locks held) until it next talks to us. postgres.js on Bun settles
+ * a cancel request's promise before the request has left the process, so `release` waits for
+ * the statement itself to end (bounded).
+ */
+function cancelOnAbort(signal: AbortSignal | undefined) {
+  let inflight: { query: Cancellable; ended: Promise<unknown> } | undefined;
+  let cancelling: Promise<unknown> | undefined;
+  const cancel = () => {
+    if (inflight) cancelling = Promise.all([Promise.resolve(inflight.query.cancel()).catch(() => {}), inflight.ended]);
+  };
+  signal?.addEventListener("abort", cancel, { once: true });
+  return {
+    track<Query extends Cancellable>(query: Query): Query {
+      inflight = { query, ended: query.then(() => {}, () => {}) };
+      return query;
+    },
+    async release(): Promise<void> {
+      signal?.removeEventListener("abort", cancel);
+      if (cancelling) await withDeadline(cancelling, DEFAULTS.graceMs).catch(() => {});
+    },
+  };
+}
+
 /**
  * Apply each pending step in its own transaction under an advisory lock, recording it in the
  * ledger, so that replicas starting together apply it exactly once. An up-to-date database
@@ -740,57 +768,46 @@ export async function applySchema(
   );
   const applied = (rows[0]?.applied ?? {}) as Record<string, string>;
   const results: StepResult[] = [];
-  // On SIGINT/SIGTERM the server must stop the statement now: closing our socket alone leaves
-  // it running (and its locks held) until it next talks to us. The cancel request's promise
-  // can settle before the request has left the process, so wait for the statement to end.
-  let inflight: { query: { cancel(): unknown }; ended: Promise<unknown> } | undefined;
-  let cancelling: Promise<unknown> | undefined;
-  const track = <Query extends Promise<unknown> & { cancel(): unknown }>(query: Query): Query => {
-    inflight = { query, ended: query.then(() => {}, () => {}) };
-    return query;
-  };
-  const cancelInflight = () => {
-    if (inflight) cancelling = Promise.all([Promise.resolve(inflight.query.cancel()).catch(() => {}), inflight.ended]);
-  };
-  signal?.addEventListener("abort", cancelInflight, { once: true });
+  const statements = cancelOnAbort(signal);
   try {
-  for (const { name, sql: text, checksum } of steps) {
-    assertUnchanged(name, applied[name], checksum);
-    if (applied[name] || dryRun) {
-      const result = { name, status: applied[name] ? "already applied" as const : "pending" as const, ms: 0 };
+    for (const step of steps) {
+      assertUnchanged(step.name, applied[step.name], step.checksum);
+      if (applied[step.name] || dryRun) {
+        const result = { name: step.name, status: applied[step.name] ? "already applied" as const : "pending" as const, ms: 0 };
+        results.push(result);
+        if (dryRun) onStep?.(result);
+        continue;
+      }
+      const startedAt = performance.now();
+      const status = await withDeadline(applyStep(sql, step, config, statements.track), deadline, signal);
+      const result = { name: step.name, status, ms: Math.round(performance.now() - startedAt) };
       results.push(result);
-      if (dryRun) onStep?.(result);
-      continue;
+      onStep?.(result);
     }
-    const startedAt = performance.now();
-    const status = await withDeadline(
-      sql.begin(async (tx) => {
-        await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;
-        const [ledgerSchema] = config.ledgerTable.split(".").slice(-2, -1);
-        if (ledgerSchema) await tx.unsafe(`create schema if not exists ${quoteIdent(ledgerSchema)}`);
-        await tx.unsafe(`create table if not exists ${ledger} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`);
-        const [row] = await tx.unsafe(`select checksum from ${ledger} where name = $1`, [name]);
-        assertUnchanged(name, row?.checksum, checksum);
-        if (row) return "already applied" as const;
-        await track(tx.unsafe(text)).catch((error) => {
-          throw Object.assign(error, { step: name, where: lineAndColumn(text, Number(error.position)) });
-        });
-        await tx.unsafe(`insert into ${ledger} (name, checksum) values ($1, $2)`, [name, checksum]);
-        return "applied" as const;
-      }),
-      deadline,
-      signal,
-    );
-    const result = { name, status, ms: Math.round(performance.now() - startedAt) };
-    results.push(result);
-    onStep?.(result);
-  }
   } finally {
-    signal?.removeEventListener("abort", cancelInflight);
-    if (cancelling) await withDeadline(cancelling, DEFAULTS.graceMs).catch(() => {});
+    await statements.release();
   }
   if (!dryRun && steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
   return results;
+}
+
+/** One step in one transaction: lock, re-check the ledger inside the lock, apply, record. */
+function applyStep(sql: Sql, { name, sql: text, checksum }: SchemaStep, config: Config, track: <Query extends Cancellable>(query: Query) => Query) {
+  const ledger = config.ledgerTable.split(".").map(quoteIdent).join(".");
+  const [ledgerSchema] = config.ledgerTable.split(".").slice(-2, -1);
+  return sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;
+    if (ledgerSchema) await tx.unsafe(`create schema if not exists ${quoteIdent(ledgerSchema)}`);
+    await tx.unsafe(`create table if not exists ${ledger} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`);
+    const [row] = await tx.unsafe(`select checksum from ${ledger} where name = $1`, [name]);
+    assertUnchanged(name, row?.checksum, checksum);
+    if (row) return "already applied" as const;
+    await track(tx.unsafe(text)).catch((error) => {
+      throw Object.assign(error, { step: name, where: lineAndColumn(text, Number(error.position)) });
+    });
+    await tx.unsafe(`insert into ${ledger} (name, checksum) values ($1, $2)`, [name, checksum]);
+    return "applied" as const;
+  });
 }
 
 /** Where a server error's character position (1-based) falls in a file: "line 3, column 14". */

@@ -196,7 +196,8 @@ database_up() {
         umask 077
         mkdir -p "$work_dir/secrets"
         printf '%s\n' "$password" >"$work_dir/secrets/postgres_password"
-        printf 'POSTGRES_USER=flow\nPOSTGRES_DB=flow_backend\nPOSTGRES_PASSWORD=%s\n' "$password"
+        printf 'POSTGRES_USER=flow\nPOSTGRES_DB=flow_backend\n'
+        ((security)) || printf 'POSTGRES_PASSWORD=%s\n' "$password"
         printf 'POSTGRES_PORT=0\nPOSTGRES_PASSWORD_FILE_HOST=%s\n' "$work_dir/secrets/postgres_password"
       ) >"$work_dir/compose.env" || return 1
       run_child compose up -d postgres redis >&2

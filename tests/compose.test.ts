@@ -55,7 +55,7 @@ describe("docker-compose.yml", () => {
     expect(postgres.image).toBe("postgres:${POSTGRES_VERSION:-15}");
     for (const service of Object.values(base.services)) {
       for (const [name, value] of Object.entries((service.environment ?? {}) as Record<string, string>)) {
-        if (/PASSWORD|USER|_DB$/.test(name)) expect(value).toMatch(/^\$\{[A-Z_]+(:\?[^}]*)?\}$/);
+        if (/PASSWORD|USER|_DB$/.test(name)) expect(value).toMatch(/^\$\{[A-Z_]+(:\?[^}]*|:-)?\}$/);
       }
     }
     expect(existsSync(join(ROOT, ".env.example"))).toBe(true);
