@@ -142,6 +142,25 @@ describe.if(existsSync(SPEC_SCHEMA))("the Compose Specification schema", () => {
   });
 });
 
+/** `docker compose config` needs only the Compose plugin, not an engine. */
+function composeAvailable(): boolean {
+  try {
+    return Bun.spawnSync(["docker", "compose", "version"]).exitCode === 0;
+  } catch {
+    return false;
+  }
+}
+
+describe.if(composeAvailable())("docker compose config", () => {
+  test("accepts both files together with the shipped .env.example", () => {
+    const config = Bun.spawnSync([
+      "docker", "compose", "--env-file", ".env.example", "-f", "docker-compose.yml", "-f", "docker-compose.security.yml", "config", "--quiet",
+    ], { cwd: ROOT });
+    expect(config.stderr.toString()).toBe("");
+    expect(config.exitCode).toBe(0);
+  });
+});
+
 describe("against a real PostgreSQL", () => {
   let cluster: Cluster;
   const settings = settingsOf(security.services.postgres!.command);

@@ -259,6 +259,21 @@ describe("init-database.ts against a real server", () => {
     }
   });
 
+  test("shows a live progress line on a terminal, in colour unless NO_COLOR is set", async () => {
+    const port = await freePort();
+    const onTerminal = async (noColor: string | undefined) => {
+      // script(1) gives the process a real pseudo-terminal and copies what it wrote there.
+      const command = `${process.execPath} init-database.ts --wait-only --timeout 0.5 --url '${cluster.url({ port })}'`;
+      const run = await runScript("tests/fixtures/on-a-terminal.ts", [command], { NO_COLOR: noColor });
+      expectNoSecret(run, PASSWORD);
+      return run.stdout;
+    };
+    const plain = await onTerminal("1");
+    expect(plain).toMatch(/\r\x1b\[2Kattempt \d+, \d+ ms: ECONNREFUSED/);
+    expect(plain).not.toContain("\x1b[31m");
+    expect(await onTerminal(undefined)).toContain("\x1b[31merror: \x1b[0m");
+  });
+
   test("exits 143 promptly on SIGTERM while waiting", async () => {
     const port = await freePort();
     const run = await runScript(SCRIPT, ["--timeout", "60"], { DATABASE_URL: cluster.url({ port }) }, { signalAfterMs: 500 });
