@@ -422,10 +422,12 @@ export function hint(error: unknown, config: Config): string {
     EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,
     CONNECT_TIMEOUT: `${where} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
     CLIENT_DEADLINE: "the server stopped answering mid-query; the client was replaced",
+    CONNECTION_CLOSED: `${where} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
+    ECONNRESET: `${where} reset the connection: a server restarting, or a proxy or firewall cutting it`,
     WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
     TLS: "TLS failed: fix the server's certificate or choose another sslmode (disable, prefer, require)",
   };
-  return hints[code] ?? hints[code.slice(0, 2) === "08" ? "CONNECTION_CLOSED" : ""] ?? (isTlsError(error) ? hints.TLS! : "");
+  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (isTlsError(error) ? hints.TLS! : "");
 }
 
 function isTlsError(error: unknown): boolean {
@@ -587,12 +589,9 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
       lastError = Object.assign(new Error(`${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`), { code: "WRONG_SESSION_ATTRS" });
     } catch (error) {
       lastError = error;
-      if (signal?.aborted) {
-        await closeClient(sql);
-        throw error;
-      }
     }
     await closeClient(sql);
+    if (signal?.aborted) throw lastError;
   }
   throw lastError;
 }
@@ -651,8 +650,7 @@ export async function connect(options: Options = {}, clientOptions: postgres.Opt
 
 /** With --create-database: create the target database through the maintenance database if it is missing. */
 export async function ensureDatabase(config: Config, signal?: AbortSignal): Promise<boolean> {
-  const maintenance = { ...config, database: "postgres", maxRetries: undefined };
-  const { sql } = await waitUntilReady(maintenance, { signal, overrides: { max: 1 } });
+  const { sql } = await waitUntilReady({ ...config, database: "postgres" }, { signal, overrides: { max: 1 } });
   try {
     const deadline = config.commandTimeoutMs + DEFAULTS.graceMs;
     const existing = await withDeadline(sql`select 1 from pg_database where datname = ${config.database}`, deadline, signal);
@@ -757,16 +755,7 @@ export async function applySchema(
   { signal, onStep, dryRun = false }: { signal?: AbortSignal; onStep?: (result: StepResult) => void; dryRun?: boolean } = {},
 ): Promise<StepResult[]> {
   const deadline = config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
-  const ledger = config.ledgerTable.split(".").map(quoteIdent).join(".");
-  const rows = await withDeadline(
-    sql.unsafe(`select coalesce(json_object_agg(name, checksum), '{}') as applied from ${ledger}`).catch((error) => {
-      if (errorCode(error) === "42P01") return [{ applied: {} }];
-      throw error;
-    }),
-    deadline,
-    signal,
-  );
-  const applied = (rows[0]?.applied ?? {}) as Record<string, string>;
+  const applied = await readLedger(sql, config, deadline, signal);
   const results: StepResult[] = [];
   const statements = cancelOnAbort(signal);
   try {
@@ -791,9 +780,24 @@ export async function applySchema(
   return results;
 }
 
+/** The ledger table's name, quoted for SQL. */
+export function ledgerIdent(config: Config): string {
+  return config.ledgerTable.split(".").map(quoteIdent).join(".");
+}
+
+/** What the ledger records, step name to checksum; empty when there is no ledger yet. One query. */
+export async function readLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Record<string, string>> {
+  const query = sql.unsafe(`select coalesce(json_object_agg(name, checksum), '{}') as applied from ${ledgerIdent(config)}`);
+  const rows = await withDeadline(query, deadline, signal).catch((error) => {
+    if (errorCode(error) === "42P01") return [{ applied: {} }];
+    throw error;
+  });
+  return (rows[0]?.applied ?? {}) as Record<string, string>;
+}
+
 /** One step in one transaction: lock, re-check the ledger inside the lock, apply, record. */
 function applyStep(sql: Sql, { name, sql: text, checksum }: SchemaStep, config: Config, track: <Query extends Cancellable>(query: Query) => Query) {
-  const ledger = config.ledgerTable.split(".").map(quoteIdent).join(".");
+  const ledger = ledgerIdent(config);
   const [ledgerSchema] = config.ledgerTable.split(".").slice(-2, -1);
   return sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;

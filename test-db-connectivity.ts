@@ -21,7 +21,7 @@ import { writeFileSync } from "node:fs";
 import { createServer, connect as tcpConnect, type Server } from "node:net";
 import {
   abortOnSignals, closeClient, ConfigError, createClient, describe, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  formatMs, hint, parseConfig, parseFlags, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
+  formatMs, hint, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
 } from "./init-database.ts";
 
 const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
@@ -157,13 +157,13 @@ async function concurrentConnections({ config, concurrency, signal }: SuiteConte
   const clients = Array.from({ length: concurrency }, () => createClient(config, config.targets[0]!, { max: 1 }));
   try {
     const outcomes = await Promise.allSettled(
-      clients.map((sql) => withDeadline(sql`select pg_backend_pid() as pid`, deadlineOf(config), signal)),
+      clients.map((sql) => withDeadline(sql<{ pid: number }[]>`select pg_backend_pid() as pid`, deadlineOf(config), signal)),
     );
     const failures = outcomes.filter((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
     if (failures.length > 0) {
       throw new CheckFailure(`${failures.length} of ${concurrency} connections failed, first: ${explain(failures[0]!.reason)}`, hint(failures[0]!.reason, config));
     }
-    const pids = new Set(outcomes.map((outcome) => (outcome as unknown as PromiseFulfilledResult<{ pid: number }[]>).value[0]!.pid));
+    const pids = new Set(outcomes.map((outcome) => (outcome.status === "fulfilled" ? outcome.value[0]!.pid : undefined)));
     if (pids.size !== concurrency) throw new CheckFailure(`expected ${concurrency} separate sessions, got ${pids.size}`);
     return `${concurrency}/${concurrency} connections in ${formatMs(performance.now() - startedAt)}; server allows ${max} (${reserved} reserved, ${used} in use before)`;
   } finally {
@@ -207,13 +207,8 @@ async function schemaValidation({ config, steps, signal }: SuiteContext): Promis
   const sql = await openOnce(config, signal);
   try {
     if (steps) {
-      const ledger = config.ledgerTable.split(".").map((part) => `"${part.replaceAll('"', '""')}"`).join(".");
-      const rows = await withDeadline(sql.unsafe(`select name, checksum from ${ledger}`), deadlineOf(config), signal).catch((error) => {
-        if (errorCode(error) === "42P01") throw new CheckFailure(`no ledger table ${config.ledgerTable}: the schema was never applied`, "run init-database.ts first");
-        throw error;
-      });
-      const recorded = new Map(rows.map((row) => [row.name as string, row.checksum as string]));
-      const missing = steps.filter((step) => recorded.get(step.name) !== step.checksum).map((step) => step.name);
+      const recorded = await readLedger(sql, config, deadlineOf(config), signal);
+      const missing = steps.filter((step) => recorded[step.name] !== step.checksum).map((step) => step.name);
       if (missing.length > 0) throw new CheckFailure(`not applied or changed since: ${missing.join(", ")}`, "run init-database.ts with the same --schema/--migrations");
       return `${steps.length} step${steps.length === 1 ? "" : "s"} recorded in ${config.ledgerTable} with matching checksums`;
     }
@@ -249,8 +244,8 @@ async function reconnect({ config, signal }: SuiteContext): Promise<string> {
   });
   let fresh: Sql | undefined;
   try {
-    const [{ pid }] = (await withDeadline(victim`select pg_backend_pid() as pid`, deadlineOf(config), signal)) as unknown as [{ pid: number }];
-    const [{ terminated }] = (await withDeadline(admin`select pg_terminate_backend(${pid}) as terminated`, deadlineOf(config), signal)) as unknown as [{ terminated: boolean }];
+    const [{ pid }] = await withDeadline(victim<[{ pid: number }]>`select pg_backend_pid() as pid`, deadlineOf(config), signal);
+    const [{ terminated }] = await withDeadline(admin<[{ terminated: boolean }]>`select pg_terminate_backend(${pid}) as terminated`, deadlineOf(config), signal);
     if (!terminated) throw new CheckFailure(`pg_terminate_backend(${pid}) returned false`, "the user needs pg_signal_backend or to own the session");
     // The old client's next query may fail, succeed on a new socket, or (postgres.js on Bun)
     // never settle: each is fine as long as it ends within the deadline and is then dropped.
@@ -269,7 +264,7 @@ async function reconnect({ config, signal }: SuiteContext): Promise<string> {
 async function statementTimeout({ config, signal }: SuiteContext): Promise<string> {
   const sql = await openOnce(config, signal);
   try {
-    const [{ ms }] = (await withDeadline(sql`select setting::int as ms from pg_settings where name = 'statement_timeout'`, deadlineOf(config), signal)) as unknown as [{ ms: number }];
+    const [{ ms }] = await withDeadline(sql<[{ ms: number }]>`select setting::int as ms from pg_settings where name = 'statement_timeout'`, deadlineOf(config), signal);
     if (ms !== config.commandTimeoutMs) {
       throw new CheckFailure(`the session's statement_timeout is ${ms} ms, not --command-timeout (${config.commandTimeoutMs} ms)`, "a pooler or ALTER ROLE ... SET statement_timeout may override it");
     }
@@ -381,6 +376,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
   const parsed = parseFlags(argv, FLAGS, USAGE);
   if (!parsed.values) return parsed.exitCode;
   const { values } = parsed;
+  const reporter = new Reporter({ json: Boolean(values.json), quiet: Boolean(values.quiet), tty: false, color: Boolean(process.stderr.isTTY) && !env.NO_COLOR });
   let context: Omit<SuiteContext, "signal">;
   let names: CheckName[];
   try {
@@ -399,44 +395,42 @@ export async function main(argv: string[], env: Record<string, string | undefine
     context = { config, concurrency, allowReadOnly: Boolean(values["allow-read-only"]), steps };
     names = selectChecks(values.only);
   } catch (error) {
-    const secrets = [values.url, env.DATABASE_URL];
-    process.stderr.write(`error: ${redact(error instanceof ConfigError ? error.message : explain(error), secrets)}\nhint: see --help\n`);
+    // The password may sit in a malformed URL: hide anything that looks like one.
+    reporter.addSecret(values.url);
+    reporter.addSecret(env.DATABASE_URL);
+    reporter.error(error instanceof ConfigError ? error.message : explain(error), "see --help");
     return EXIT.usage;
   }
-  const secrets = [context.config.password];
-  const out = (text: string) => {
-    if (!values.quiet || values.json) process.stdout.write(redact(text, secrets) + "\n");
-  };
-  const json = (fields: Record<string, unknown>) => out(JSON.stringify(fields, (_key, value) => (typeof value === "string" ? redact(value, secrets) : value)));
+  const { config } = context;
+  reporter.addSecret(config.password);
 
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
   try {
-    if (!values.json && !values.quiet) process.stderr.write(redact(`testing ${describe(context.config)}\n`, secrets));
+    reporter.info(`testing ${describe(config)}`);
     const results = await runChecks(names, { ...context, signal: controller.signal }, (result) => {
-      if (values.json) json({ event: "check", name: result.name, ok: result.ok, ms: result.ms, detail: result.detail, hint: result.hint });
-      else out(`${result.ok ? "PASSED" : "FAILED"}  ${result.name} (${formatMs(result.ms)}): ${result.detail}${result.hint ? `\n        hint: ${result.hint}` : ""}`);
+      reporter.event({ event: "check", name: result.name, ok: result.ok, ms: result.ms, detail: result.detail, hint: result.hint });
+      reporter.result(`${result.ok ? "PASSED" : "FAILED"}  ${result.name} (${formatMs(result.ms)}): ${result.detail}${result.hint ? `\n        hint: ${result.hint}` : ""}`);
     });
     const totalMs = Math.round(performance.now() - startedAt);
     const passed = results.filter((result) => result.ok).length;
     const failed = results.length - passed;
-    if (values.junit) writeFileSync(values.junit, redact(junitXml(results, totalMs), secrets));
-    if (values.json) {
-      json({ event: "summary", ok: failed === 0, passed, failed, ms: totalMs, target: describe(context.config) });
-    } else {
-      const rule = "=".repeat(60);
-      out(`\n${rule}\nTEST SUMMARY\n${rule}`);
-      for (const result of results) out(`${result.name.padEnd(26)} ${result.ok ? "PASSED" : "FAILED"}  ${formatMs(result.ms).padStart(8)}`);
-      out(`${rule}\nTarget: ${describe(context.config)}\nTotal: ${results.length} checks in ${formatMs(totalMs)}\n${rule}`);
-      out(`${passed} passed, ${failed} failed`);
-    }
+    if (values.junit) writeFileSync(values.junit, redact(junitXml(results, totalMs), [config.password]));
+    reporter.event({ event: "summary", ok: failed === 0, passed, failed, ms: totalMs, target: describe(config) });
+    const rule = "=".repeat(60);
+    reporter.result([
+      `\n${rule}\nTEST SUMMARY\n${rule}`,
+      ...results.map((result) => `${result.name.padEnd(26)} ${result.ok ? "PASSED" : "FAILED"}  ${formatMs(result.ms).padStart(8)}`),
+      `${rule}\nTarget: ${describe(config)}\nTotal: ${results.length} checks in ${formatMs(totalMs)}\n${rule}`,
+      `${passed} passed, ${failed} failed`,
+    ].join("\n"));
     return failed === 0 ? EXIT.ok : EXIT.failed;
   } catch (error) {
     if (controller.signal.aborted) {
-      process.stderr.write(`error: ${explain(controller.signal.reason)}; connections closed\n`);
+      reporter.error(`${explain(controller.signal.reason)}; connections closed`);
       return errorCode(controller.signal.reason) === "SIGINT" ? EXIT.sigint : EXIT.sigterm;
     }
-    process.stderr.write(redact(`error: the suite itself failed: ${explain(error)}\n`, secrets));
+    reporter.error(`the suite itself failed: ${explain(error)}`);
     return EXIT.failed;
   } finally {
     removeSignalHandlers();

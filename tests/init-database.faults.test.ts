@@ -165,6 +165,7 @@ describe("5-7: a network that does not answer, drops us, or has no such host", (
         expect(attemptsOf(run).every((attempt) => attempt.class === "busy")).toBe(true);
         expect(proxy.accepted).toBeLessThanOrEqual(45); // 20 a second at most, no reconnect stampede
         expect(proxy.accepted).toBe(attemptsOf(run).length);
+        expect(run.stderr).toMatch(/^hint: .*(closed|reset) the connection/m);
       } finally {
         await proxy.close();
       }
