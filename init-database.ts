@@ -169,7 +169,7 @@ type ReadFile = (path: string) => string;
 
 /** A usage or configuration error: exit 2, one line, never the password. */
 export class ConfigError extends Error {
-  readonly code = "EINVALIDCONFIG";
+  readonly code: KitErrorCode = "EINVALIDCONFIG";
 }
 
 interface UrlParts {
@@ -343,6 +343,28 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 // Errors, retries, redaction
 
 /**
+ * Every error code the kit makes itself (the server's SQLSTATEs and the system's errno codes
+ * come from elsewhere), each with what it means. Errors with these codes are made only by
+ * `kitError` and the classes below, so this table is the whole list.
+ */
+export const KIT_ERRORS = {
+  EINVALIDCONFIG: "a usage or configuration error (exit 2)",
+  NOT_READY: "no host became ready before the deadline or the retry cap (exit 3)",
+  SCHEMA_FAILED: "a schema step cannot be applied as it stands (exit 1)",
+  CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
+  CONNECTION_CLOSED: "the server closed the connection during start-up",
+  WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
+  SIGINT: "interrupted by SIGINT (exit 130)",
+  SIGTERM: "interrupted by SIGTERM (exit 143)",
+} as const;
+export type KitErrorCode = keyof typeof KIT_ERRORS;
+
+/** An error with one of the kit's own codes. */
+export function kitError(code: KitErrorCode, message: string): Error & { code: KitErrorCode } {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
  * not-listening: nothing answers yet (poll fast, it costs the server nothing);
  * starting: the server answers "starting up" (poll fast, it will be ready soon);
  * busy: the server is there but overloaded, restarting or dropping us (back off);
@@ -443,7 +465,7 @@ export function withDeadline<T>(work: Promise<T>, ms: number, signal?: AbortSign
   let timer: ReturnType<typeof setTimeout> | undefined;
   let onAbort: (() => void) | undefined;
   const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${ms} ms`), { code: "CLIENT_DEADLINE" })), ms);
+    timer = setTimeout(() => reject(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms`)), ms);
     onAbort = () => reject(signal!.reason);
     if (signal?.aborted) onAbort();
     else signal?.addEventListener("abort", onAbort, { once: true });
@@ -535,13 +557,12 @@ export interface Ready {
 }
 
 export class NotReadyError extends Error {
-  readonly code = "NOT_READY";
+  readonly code: KitErrorCode = "NOT_READY";
   constructor(readonly lastError: unknown, readonly attempts: number, readonly elapsedMs: number, reason: string) {
     super(reason);
   }
 }
 
-/** Open a client on each host in turn until one answers a query and matches the session attributes. */
 /**
  * postgres.js reconnects at once, in a tight loop, when a socket closes during start-up (a
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
@@ -553,7 +574,7 @@ function oneSocketUntilProven(target: Target): { socket: () => Socket; proven: (
   return {
     socket: () => {
       if (proving && ++opened > 1) {
-        throw Object.assign(new Error(`${target.host}:${target.port} closed the connection during start-up`), { code: "CONNECTION_CLOSED" });
+        throw kitError("CONNECTION_CLOSED", `${target.host}:${target.port} closed the connection during start-up`);
       }
       const socket = target.host.startsWith("/")
         ? createConnection({ path: `${target.host}/.s.PGSQL.${target.port}` })
@@ -586,7 +607,7 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
         sockets.proven();
         return { sql, target, serverVersion: state!.server_version };
       }
-      lastError = Object.assign(new Error(`${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`), { code: "WRONG_SESSION_ATTRS" });
+      lastError = kitError("WRONG_SESSION_ATTRS", `${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`);
     } catch (error) {
       lastError = error;
     }
@@ -679,7 +700,7 @@ export interface SchemaStep {
 }
 
 export class SchemaError extends Error {
-  readonly code = "SCHEMA_FAILED";
+  readonly code: KitErrorCode = "SCHEMA_FAILED";
 }
 
 function step(name: string, sql: string): SchemaStep {
@@ -960,7 +981,7 @@ const FLAGS = {
 /** Turn SIGINT/SIGTERM into an abort, so every wait ends at once and clients are closed. */
 export function abortOnSignals(controller: AbortController): () => void {
   const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
-    const handler = () => controller.abort(Object.assign(new Error(`interrupted by ${name}`), { code: name }));
+    const handler = () => controller.abort(kitError(name, `interrupted by ${name}`));
     process.on(name, handler);
     return () => process.off(name, handler);
   });
