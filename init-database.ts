@@ -420,7 +420,7 @@ export function redact(text: string, secrets: (string | undefined)[] = []): stri
 }
 
 /** The target as a URL with the password hidden, for messages. */
-export function describe(config: Config): string {
+export function describeTarget(config: Config): string {
   const user = encodeURIComponent(config.user);
   const credentials = config.password === undefined ? user : `${user}:***`;
   const hosts = config.targets.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(",");
@@ -1042,7 +1042,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     return summary("usage error", EXIT.usage);
   }
   reporter.addSecret(config.password);
-  const target = describe(config);
+  const target = describeTarget(config);
 
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);

@@ -20,7 +20,7 @@
 import { writeFileSync } from "node:fs";
 import { createServer, connect as tcpConnect, type Server } from "node:net";
 import {
-  abortOnSignals, closeClient, ConfigError, createClient, describe, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
+  abortOnSignals, closeClient, ConfigError, createClient, describeTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
   formatMs, hint, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
 } from "./init-database.ts";
 
@@ -407,7 +407,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
   try {
-    reporter.info(`testing ${describe(config)}`);
+    reporter.info(`testing ${describeTarget(config)}`);
     const results = await runChecks(names, { ...context, signal: controller.signal }, (result) => {
       reporter.event({ event: "check", name: result.name, ok: result.ok, ms: result.ms, detail: result.detail, hint: result.hint });
       reporter.result(`${result.ok ? "PASSED" : "FAILED"}  ${result.name} (${formatMs(result.ms)}): ${result.detail}${result.hint ? `\n        hint: ${result.hint}` : ""}`);
@@ -416,12 +416,12 @@ export async function main(argv: string[], env: Record<string, string | undefine
     const passed = results.filter((result) => result.ok).length;
     const failed = results.length - passed;
     if (values.junit) writeFileSync(values.junit, redact(junitXml(results, totalMs), [config.password]));
-    reporter.event({ event: "summary", ok: failed === 0, passed, failed, ms: totalMs, target: describe(config) });
+    reporter.event({ event: "summary", ok: failed === 0, passed, failed, ms: totalMs, target: describeTarget(config) });
     const rule = "=".repeat(60);
     reporter.result([
       `\n${rule}\nTEST SUMMARY\n${rule}`,
       ...results.map((result) => `${result.name.padEnd(26)} ${result.ok ? "PASSED" : "FAILED"}  ${formatMs(result.ms).padStart(8)}`),
-      `${rule}\nTarget: ${describe(config)}\nTotal: ${results.length} checks in ${formatMs(totalMs)}\n${rule}`,
+      `${rule}\nTarget: ${describeTarget(config)}\nTotal: ${results.length} checks in ${formatMs(totalMs)}\n${rule}`,
       `${passed} passed, ${failed} failed`,
     ].join("\n"));
     return failed === 0 ? EXIT.ok : EXIT.failed;

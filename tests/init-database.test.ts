@@ -104,6 +104,10 @@ describe("retryDelay", () => {
     expect(retryDelay("busy", 30, () => 0)).toBe(DEFAULTS.pollMs);
     expect(retryDelay("busy", 30, () => 0.5)).toBe(DEFAULTS.backoffCapMs / 2);
   });
+
+  test("jitters busy delays with its random source, so replicas do not retry in step", () => {
+    expect(retryDelay("busy", 5, () => 0.3)).not.toBe(retryDelay("busy", 5, () => 0.9));
+  });
 });
 
 describe("redact", () => {

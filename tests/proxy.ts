@@ -1,7 +1,7 @@
 /**
  * A TCP proxy on loopback that causes network faults for real: it forwards to a server, or
  * accepts and never answers, or closes at once, or resets, or adds latency and splits every
- * chunk into single bytes. Tests switch its mode while clients are connecting.
+ * chunk into single bytes.
  */
 import { createServer, connect, type Server, type Socket } from "node:net";
 
@@ -18,7 +18,7 @@ export interface ProxyOptions {
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class FaultProxy {
-  mode: ProxyMode;
+  readonly mode: ProxyMode;
   /** How many connections clients opened: the measure of a reconnect stampede. */
   accepted = 0;
   private readonly sockets = new Set<Socket>();
