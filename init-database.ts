@@ -65,6 +65,8 @@ export const DEFAULTS = {
   /** Exponential backoff (full jitter, never below pollMs) while the server is busy. */
   backoffBaseMs: 50,
   backoffCapMs: 5_000,
+  /** The least time an attempt gets to connect, even the one made at the deadline. */
+  lastAttemptMs: 1_000,
   /** How long past a server-side timeout the client waits before it gives a query up. */
   graceMs: 2_000,
 } as const;
@@ -394,6 +396,16 @@ export function errorCode(error: unknown): string {
   return typeof code === "string" || typeof code === "number" ? String(code) : "UNKNOWN";
 }
 
+/**
+ * The pause before the next attempt, or undefined when the attempt just made was the last:
+ * a delay that would pass the deadline is cut to what remains, so the last attempt is made at
+ * the deadline instead of being given up early.
+ */
+export function nextDelay(errorClass: ErrorClass, busyInARow: number, remainingMs: number, random: () => number = Math.random): number | undefined {
+  if (remainingMs <= 0) return undefined;
+  return Math.min(retryDelay(errorClass, busyInARow, random), remainingMs);
+}
+
 /** Milliseconds to wait before the next attempt, given the last failure and how many busy ones ran in a row. */
 export function retryDelay(errorClass: ErrorClass, busyInARow: number, random: () => number = Math.random): number {
   if (errorClass !== "busy") return DEFAULTS.pollMs;
@@ -593,7 +605,8 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
   let lastError: unknown;
   for (const [index, target] of config.targets.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
-    const connectTimeoutMs = Math.max(1, Math.min(config.connectTimeoutMs, deadlineAt - Date.now()));
+    // The attempt made at the deadline still gets time enough to succeed.
+    const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadlineAt - Date.now()));
     const sockets = oneSocketUntilProven(target);
     // `socket` is a documented postgres.js option its type declarations leave out.
     const sql = createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>);
@@ -641,11 +654,10 @@ export async function waitUntilReady(
       const timedOut = ["CONNECT_TIMEOUT", "CLIENT_DEADLINE"].includes(errorCode(error));
       if (!(cutShort && timedOut && cause)) cause = error;
       busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
-      const remaining = deadlineAt - Date.now();
-      const delayMs = Math.min(retryDelay(errorClass, busyInARow), Math.max(0, remaining));
+      const delayMs = nextDelay(errorClass, busyInARow, deadlineAt - Date.now());
       const elapsedMs = Date.now() - startedAt;
-      onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs });
-      if (remaining <= delayMs) throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
+      onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs: delayMs ?? 0 });
+      if (delayMs === undefined) throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
       if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
         throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${attempt} attempts`);
       }

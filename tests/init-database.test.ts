@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  classifyError, ConfigError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, parseConfig, parseUrl, redact, retryDelay, withDeadline,
+  classifyError, ConfigError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, nextDelay, parseConfig, parseUrl, redact, retryDelay, withDeadline,
 } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
 import { events, expectNoSecret, runScript } from "./helpers.ts";
@@ -107,6 +107,25 @@ describe("retryDelay", () => {
 
   test("jitters busy delays with its random source, so replicas do not retry in step", () => {
     expect(retryDelay("busy", 5, () => 0.3)).not.toBe(retryDelay("busy", 5, () => 0.9));
+  });
+});
+
+describe("nextDelay: the deadline is used whole", () => {
+  test("a delay that would pass the deadline is cut to what remains, so the last attempt is made at the deadline", () => {
+    expect(nextDelay("busy", 10, 1_200, () => 0.99)).toBe(1_200); // 4.95 s of backoff, 1.2 s left
+    expect(nextDelay("busy", 10, 30, () => 0.99)).toBe(30); // even below the poll interval
+    expect(nextDelay("not-listening", 0, 10)).toBe(10);
+  });
+
+  test("a delay within the deadline is left as it is", () => {
+    expect(nextDelay("busy", 3, 10_000, () => 0.5)).toBe(retryDelay("busy", 3, () => 0.5));
+    expect(nextDelay("starting", 0, 10_000)).toBe(DEFAULTS.pollMs);
+  });
+
+  test("only once the deadline is reached is there no next attempt", () => {
+    expect(nextDelay("busy", 1, 1)).toBe(1);
+    expect(nextDelay("busy", 1, 0)).toBeUndefined();
+    expect(nextDelay("not-listening", 0, -5)).toBeUndefined();
   });
 });
 
