@@ -353,6 +353,8 @@ export const KIT_ERRORS = {
   EINVALIDCONFIG: "a usage or configuration error (exit 2)",
   NOT_READY: "no host became ready before the deadline or the retry cap (exit 3)",
   SCHEMA_FAILED: "a schema step cannot be applied as it stands (exit 1)",
+  MIGRATION_CHANGED: "an applied step's file changed since it was recorded (exit 1)",
+  FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
   CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
   WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
@@ -712,7 +714,9 @@ export interface SchemaStep {
 }
 
 export class SchemaError extends Error {
-  readonly code: KitErrorCode = "SCHEMA_FAILED";
+  constructor(message: string, readonly code: KitErrorCode = "SCHEMA_FAILED") {
+    super(message);
+  }
 }
 
 function step(name: string, sql: string): SchemaStep {
@@ -856,7 +860,7 @@ export function lineAndColumn(text: string, position: number): string | undefine
 
 function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
   if (recorded && recorded !== checksum) {
-    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`);
+    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED");
   }
 }
 
@@ -869,6 +873,38 @@ async function verifyTables(sql: Sql, tables: readonly string[], deadline: numbe
   if (rows.length > 0) {
     throw new SchemaError(`tables missing after the schema ran: ${rows.map((row) => row.name).join(", ")} (were they dropped? delete the ledger row to re-apply)`);
   }
+}
+
+/** The step name the built-in schema is recorded under in the ledger. */
+export const BUILT_IN_STEP = "flow-backend";
+
+/**
+ * The built-in schema is demo tables: written into a project's own database it mixes with
+ * (or fails on) that project's tables. So it is applied only where the schema it lands in
+ * holds nothing but its own four tables (a database the original scripts made qualifies),
+ * or where the ledger already records it; anything else is refused before any change.
+ * Costs one catalog query; the ledger is read only when other tables are found.
+ */
+export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal): Promise<void> {
+  if (steps.length !== 1 || steps[0]!.name !== BUILT_IN_STEP) return;
+  const deadline = config.commandTimeoutMs + DEFAULTS.graceMs;
+  const [ledgerSchema, ledgerName] = config.ledgerTable.includes(".") ? config.ledgerTable.split(".").slice(-2) : [undefined, config.ledgerTable];
+  const others = await withDeadline(sql<{ name: string; schema: string }[]>`
+    select c.relname as name, n.nspname as schema
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = current_schema()
+       and c.relkind in ('r', 'p', 'v', 'm', 'f')
+       and c.relname <> all(string_to_array(${FLOW_BACKEND_TABLES.join(",")}, ','))
+       and not (c.relname = ${ledgerName!} and n.nspname = coalesce(${ledgerSchema ?? null}, current_schema()))
+     order by c.relname`, deadline, signal);
+  if (others.length === 0) return;
+  const applied = await readLedger(sql, config, deadline, signal);
+  if (applied[BUILT_IN_STEP]) return;
+  const shown = others.slice(0, 5).map((row) => row.name).join(", ") + (others.length > 5 ? `, … (${others.length} in all)` : "");
+  throw new SchemaError(
+    `refusing to write the built-in Flow-Backend demo schema into ${config.database}: schema "${others[0]!.schema}" already holds other tables (${shown}); nothing was changed`,
+    "FOREIGN_TABLES",
+  );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1080,10 +1116,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         reporter.result(`ready: ${target} (PostgreSQL ${ready.serverVersion}) after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}`);
         return summary("ready", EXIT.ok, { attempts: ready.attempts });
       }
-      reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; applying the schema`);
+      const dryRun = Boolean(values["dry-run"]);
+      reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; ${dryRun ? "checking what the schema would apply" : "applying the schema"}`);
       phase = "schema";
       try {
-        const dryRun = Boolean(values["dry-run"]);
+        await guardBuiltInSchema(sql, steps, config, signal);
         const results = await applySchema(sql, steps, config, {
           signal,
           dryRun,
@@ -1137,6 +1174,8 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
 
 function schemaHint(error: unknown): string {
   const code = errorCode(error);
+  if (code === "FOREIGN_TABLES") return "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database";
+  if (code === "MIGRATION_CHANGED") return "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file";
   if (code === "57014" || code === "55P03") return "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session";
   if (code === "42501") return "the user lacks a privilege the schema needs (CREATE on the schema?)";
   return "fix the SQL; nothing of this step was applied (it ran in one transaction)";

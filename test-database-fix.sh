@@ -133,6 +133,8 @@ choose_provider() {
   fi
   if [[ -n "${DATABASE_URL:-}" ]]; then
     provider="external"
+    say "provider: external (auto: DATABASE_URL is set, so its database is used; the built-in schema goes only into a database without other tables; --provider embedded ignores DATABASE_URL)"
+    return 0
   elif ((security)) || docker_engine_answers; then
     provider="compose"
   else

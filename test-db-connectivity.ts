@@ -20,7 +20,7 @@
 import { writeFileSync } from "node:fs";
 import { createServer, connect as tcpConnect, type Server } from "node:net";
 import {
-  abortOnSignals, closeClient, ConfigError, createClient, describeTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
+  abortOnSignals, BUILT_IN_STEP, closeClient, ConfigError, createClient, describeTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
   formatMs, hint, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
 } from "./init-database.ts";
 
@@ -211,6 +211,12 @@ async function schemaValidation({ config, steps, signal }: SuiteContext): Promis
       const missing = steps.filter((step) => recorded[step.name] !== step.checksum).map((step) => step.name);
       if (missing.length > 0) throw new CheckFailure(`not applied or changed since: ${missing.join(", ")}`, "run init-database.ts with the same --schema/--migrations");
       return `${steps.length} step${steps.length === 1 ? "" : "s"} recorded in ${config.ledgerTable} with matching checksums`;
+    }
+    // Without the files there are no checksums to compare, but the ledger still says what was
+    // applied: a database built by migrations is not expected to hold the built-in tables.
+    const recorded = Object.keys(await readLedger(sql, config, deadlineOf(config), signal));
+    if (recorded.length > 0 && !recorded.includes(BUILT_IN_STEP)) {
+      return `${recorded.length} step${recorded.length === 1 ? "" : "s"} recorded in ${config.ledgerTable} (${recorded.sort().at(-1)} last by name); pass the same --schema/--migrations to compare checksums`;
     }
     const tables = await withDeadline(sql<{ table: string; keys: string | null }[]>`
       select t as table,

@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { EXIT, lineAndColumn } from "../init-database.ts";
+import { EXIT, FLOW_BACKEND_SCHEMA, FLOW_BACKEND_TABLES, lineAndColumn } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
 import { events, expectNoSecret, runScript } from "./helpers.ts";
 
@@ -38,6 +38,40 @@ const tablesOf = async (database: string) =>
 test("lineAndColumn turns a server position into a line and column", () => {
   expect(lineAndColumn("select 1;\nselect bad;\n", 18)).toBe("line 2, column 8");
   expect(lineAndColumn("x", Number.NaN)).toBeUndefined();
+});
+
+describe("the built-in schema", () => {
+  test("is refused on a database holding other tables: exit 1, nothing changed, the tables and the flags named", async () => {
+    const database = await cluster.freshDatabase();
+    await cluster.query(`create table users (user_id int primary key); create table accounts (id int); create view active_users as select * from users`, database);
+    const run = await runScript(SCRIPT, [], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(run.stderr).toContain("FOREIGN_TABLES");
+    expect(run.stderr).toContain("(accounts, active_users)");
+    for (const flag of ["--schema FILE", "--migrations DIR", "--wait-only"]) expect(run.stderr).toContain(flag);
+    expect(await tablesOf(database)).toEqual(["accounts", "users"]);
+    const dry = await runScript(SCRIPT, ["--dry-run"], { DATABASE_URL: cluster.url({ database }) });
+    expect(dry.code).toBe(EXIT.schemaFailed);
+    expect(dry.stderr).toContain("FOREIGN_TABLES");
+  });
+
+  test("is applied to a database holding only its own tables, as the original scripts left them", async () => {
+    const database = await cluster.freshDatabase();
+    await cluster.query(FLOW_BACKEND_SCHEMA, database);
+    const run = await runScript(SCRIPT, [], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.ok);
+    expect(await tablesOf(database)).toEqual([...FLOW_BACKEND_TABLES, "schema_migrations"].sort());
+  });
+
+  test("keeps being accepted where the ledger records it, even after other tables were added", async () => {
+    const database = await cluster.freshDatabase();
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    expect((await runScript(SCRIPT, [], env)).code).toBe(EXIT.ok);
+    await cluster.query(`create table audit_log (id int)`, database);
+    const again = await runScript(SCRIPT, [], env);
+    expect(again.code).toBe(EXIT.ok);
+    expect(again.stdout).toContain("schema already up to date");
+  });
 });
 
 describe("--schema FILE", () => {
@@ -114,6 +148,8 @@ describe("--migrations DIR", () => {
     expect(run.code).toBe(EXIT.schemaFailed);
     expect(run.stderr).toContain("001_a.sql was applied with checksum");
     expect(run.stderr).toContain("never edit an applied migration");
+    expect(run.stderr).toContain("hint: restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
+    expect(run.stderr).not.toContain("fix the SQL");
   });
 
   test("stops at a failing migration, keeping the ones before and nothing of it", async () => {
@@ -161,6 +197,10 @@ describe("--migrations DIR", () => {
     const failing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", dir], env);
     expect(failing.code).toBe(1);
     expect(failing.stdout).toContain("not applied or changed since: 002_b.sql");
+    const withoutFlags = await runScript("test-db-connectivity.ts", ["--only", "schema"], env);
+    expect(withoutFlags.stdout).toContain("PASSED  Schema Validation");
+    expect(withoutFlags.stdout).toContain("1 step recorded in schema_migrations (001_a.sql last by name)");
+    expect(withoutFlags.code).toBe(0);
   });
 });
 

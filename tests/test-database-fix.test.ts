@@ -74,11 +74,22 @@ describe("test-database-fix.sh", () => {
     expectNoSecret(run, PASSWORD);
   });
 
-  test("auto picks external when DATABASE_URL is set", async () => {
+  test("auto picks external when DATABASE_URL is set, and says so in its first line", async () => {
     const run = await runFix([], { DATABASE_URL: external.url() });
     temps.push(run.tmp);
     expect(run.code).toBe(0);
-    expect(run.stderr).toContain("provider: external (auto)");
+    expect(run.stderr.split("\n")[0]).toStartWith("==> provider: external (auto: DATABASE_URL is set, so its database is used;");
+  });
+
+  test("auto with DATABASE_URL never writes the built-in schema into a database holding other tables", async () => {
+    const database = await external.freshDatabase();
+    await external.query(`create table customers (id int primary key)`, database);
+    const run = await runFix([], { DATABASE_URL: external.url({ database }) });
+    temps.push(run.tmp);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain("refusing to write the built-in Flow-Backend demo schema");
+    expect(run.stdout).toContain('result: FAILED at "init"');
+    expect((await external.query<{ t: string }>(`select tablename as t from pg_tables where schemaname = 'public'`, database)).map((row) => row.t)).toEqual(["customers"]);
   });
 
   test("fails with a clear message on a wrong password, and still cleans up", async () => {
