@@ -27,7 +27,7 @@
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
  */
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { basename, join } from "node:path";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
@@ -577,12 +577,26 @@ export class NotReadyError extends Error {
   }
 }
 
+/** Opens the socket for a target; the connectivity suite dials a forwarder in its place. */
+export type Dial = (target: Target) => Socket;
+
+/** A socket to the target over its own transport: a Unix socket for a directory, else TCP. */
+export function dialTarget(target: Target): Socket {
+  if (!target.host.startsWith("/")) return createConnection({ host: target.host, port: target.port });
+  const path = `${target.host}/.s.PGSQL.${target.port}`;
+  // Bun reports a missing socket file after the socket has closed, when postgres.js no longer
+  // listens (an unhandled error, and CONNECTION_CLOSED instead of ENOENT): stat it first, which
+  // throws the system's own ENOENT, and never leave a late error unhandled.
+  statSync(path);
+  return createConnection({ path }).on("error", () => {});
+}
+
 /**
  * postgres.js reconnects at once, in a tight loop, when a socket closes during start-up (a
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
  * from here: until the session is proven, a second socket is refused, which ends the attempt.
  */
-function oneSocketUntilProven(target: Target): { socket: () => Socket; proven: () => void } {
+function oneSocketUntilProven(target: Target, dial: Dial): { socket: () => Socket; proven: () => void } {
   let proving = true;
   let opened = 0;
   return {
@@ -590,11 +604,8 @@ function oneSocketUntilProven(target: Target): { socket: () => Socket; proven: (
       if (proving && ++opened > 1) {
         throw kitError("CONNECTION_CLOSED", `${target.host}:${target.port} closed the connection during start-up`);
       }
-      const socket = target.host.startsWith("/")
-        ? createConnection({ path: `${target.host}/.s.PGSQL.${target.port}` })
-        : createConnection({ host: target.host, port: target.port });
       // postgres.js reads host and port off its socket, for TLS server names and error messages.
-      return Object.assign(socket, { host: target.host, port: target.port });
+      return Object.assign(dial(target), { host: target.host, port: target.port });
     },
     proven: () => {
       proving = false;
@@ -603,13 +614,13 @@ function oneSocketUntilProven(target: Target): { socket: () => Socket; proven: (
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>) {
+async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget) {
   let lastError: unknown;
   for (const [index, target] of config.targets.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
     // The attempt made at the deadline still gets time enough to succeed.
     const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadlineAt - Date.now()));
-    const sockets = oneSocketUntilProven(target);
+    const sockets = oneSocketUntilProven(target, dial);
     // `socket` is a documented postgres.js option its type declarations leave out.
     const sql = createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>);
     try {
@@ -638,7 +649,9 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
  */
 export async function waitUntilReady(
   config: Config,
-  { signal, onAttempt, overrides = {}, startedAt = Date.now() }: { signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number } = {},
+  { signal, onAttempt, overrides = {}, startedAt = Date.now(), dial }: {
+    signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial;
+  } = {},
 ): Promise<Ready> {
   const deadlineAt = startedAt + config.timeoutMs;
   let busyInARow = 0;
@@ -646,7 +659,7 @@ export async function waitUntilReady(
   for (let attempt = 1; ; attempt++) {
     const cutShort = deadlineAt - Date.now() < config.connectTimeoutMs;
     try {
-      const found = await tryTargets(config, deadlineAt, signal, overrides);
+      const found = await tryTargets(config, deadlineAt, signal, overrides, dial);
       return { ...found, attempts: attempt, elapsedMs: Date.now() - startedAt };
     } catch (error) {
       if (signal?.aborted) throw signal.reason;

@@ -17,11 +17,13 @@
  *
  * Example: DATABASE_URL=postgres://app:secret@localhost:5432/app bun run test-db-connectivity.ts --junit junit.xml
  */
-import { writeFileSync } from "node:fs";
-import { createServer, connect as tcpConnect, type Server } from "node:net";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import {
-  abortOnSignals, BUILT_IN_STEP, closeClient, ConfigError, createClient, describeTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  formatMs, hint, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql,
+  abortOnSignals, BUILT_IN_STEP, closeClient, ConfigError, createClient, describeTarget, dialTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
+  formatMs, hint, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
 
 const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
@@ -48,6 +50,8 @@ export interface CheckResult {
   ms: number;
   detail: string;
   hint?: string;
+  /** The host the check ran against: the one target_session_attrs selects. */
+  host?: string;
 }
 
 interface SuiteContext {
@@ -56,6 +60,8 @@ interface SuiteContext {
   allowReadOnly: boolean;
   steps: SchemaStep[] | undefined;
   signal: AbortSignal;
+  /** The host target_session_attrs selects, found by Basic Connection (or by the first check run). */
+  target?: Target;
 }
 
 /** A failed check: its message is the one line the report shows, with a hint. */
@@ -76,17 +82,35 @@ async function openOnce(config: Config, signal: AbortSignal, max = 1): Promise<S
   return sql;
 }
 
-/** Forward a loopback port to the real server, so a port can start refused and then answer. */
-function forwarder(port: number, target: { host: string; port: number }): Promise<Server> {
+export function hostName(target: Target): string {
+  return `${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`;
+}
+
+/**
+ * The configuration narrowed to the one host target_session_attrs selects, so that every
+ * check tests the server a service would use, not whichever host is listed first.
+ */
+async function selectedHost(context: SuiteContext): Promise<Config> {
+  if (!context.target) {
+    const { sql, target } = await waitUntilReady({ ...context.config, maxRetries: 1 }, { signal: context.signal, overrides: { max: 1 } });
+    await closeClient(sql);
+    context.target = target;
+  }
+  return { ...context.config, targets: [context.target] };
+}
+
+/** Forward `relay` (a loopback port, or a Unix socket in a directory) to the real server over its own transport. */
+function forwarder(relay: Target, target: Target): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = createServer((client) => {
-      const upstream = tcpConnect(target.port, target.host);
+      const upstream = dialTarget(target);
       client.pipe(upstream).pipe(client);
       client.on("error", () => upstream.destroy());
       upstream.on("error", () => client.destroy());
     });
     server.once("error", reject);
-    server.listen(port, "127.0.0.1", () => resolve(server));
+    if (relay.host.startsWith("/")) server.listen(join(relay.host, `.s.PGSQL.${relay.port}`), () => resolve(server));
+    else server.listen(relay.port, relay.host, () => resolve(server));
   });
 }
 
@@ -100,8 +124,10 @@ function freeLoopbackPort(): Promise<number> {
 }
 
 /** The one check that waits (up to --timeout): the rest run on the connection it proved. */
-async function basicConnection({ config, signal }: SuiteContext): Promise<string> {
-  const { sql } = await waitUntilReady(config, { signal, overrides: { max: 1 } });
+async function basicConnection(context: SuiteContext): Promise<string> {
+  const { config, signal } = context;
+  const { sql, target } = await waitUntilReady(config, { signal, overrides: { max: 1 } });
+  context.target = target;
   try {
     const startedAt = performance.now();
     const [row] = await withDeadline(sql`select 1 as one, current_setting('server_version') as version`, deadlineOf(config), signal);
@@ -111,30 +137,44 @@ async function basicConnection({ config, signal }: SuiteContext): Promise<string
   }
 }
 
-async function connectionWithRetry({ config, signal }: SuiteContext): Promise<string> {
+/**
+ * The client is told it talks to the selected host (its name, so TLS checks that host's
+ * certificate) but dials a relay that refuses at first and then forwards to that host over
+ * the same transport, TCP or Unix socket.
+ */
+async function connectionWithRetry(context: SuiteContext): Promise<string> {
+  const config = await selectedHost(context);
   const real = config.targets[0]!;
-  const port = await freeLoopbackPort();
+  const unix = real.host.startsWith("/");
+  const dir = unix ? mkdtempSync(join(tmpdir(), "pg-kit-relay-")) : undefined;
+  const relay: Target = dir ? { host: dir, port: real.port } : { host: "127.0.0.1", port: await freeLoopbackPort() };
   let server: Server | undefined;
   let opening: Promise<Server> | undefined;
   const refused: string[] = [];
   try {
-    const ready = await waitUntilReady({ ...config, targets: [{ host: "127.0.0.1", port }], maxRetries: 5 }, {
-      signal,
+    const ready = await waitUntilReady({ ...config, maxRetries: 5 }, {
+      signal: context.signal,
+      dial: () => dialTarget(relay),
       onAttempt: ({ error }) => {
         refused.push(errorCode(error));
-        opening ??= forwarder(port, real).then((opened) => (server = opened));
+        opening ??= forwarder(relay, real).then((opened) => (server = opened));
       },
     });
     await closeClient(ready.sql);
-    if (refused[0] !== "ECONNREFUSED") throw new CheckFailure(`the first attempt failed with ${refused[0] ?? "nothing"}, not ECONNREFUSED`);
-    return `first attempt refused (${refused[0]}), connected on attempt ${ready.attempts} after ${formatMs(ready.elapsedMs)}`;
+    // Nothing listening is ECONNREFUSED on TCP and ENOENT for a Unix socket that is not there yet.
+    const expected = unix ? "ENOENT" : "ECONNREFUSED";
+    if (refused[0] !== expected) throw new CheckFailure(`the first attempt failed with ${refused[0] ?? "nothing"}, not ${expected}`);
+    return `first attempt refused (${refused[0]}), connected on attempt ${ready.attempts} after ${formatMs(ready.elapsedMs)} through a ${unix ? "Unix-socket" : "TCP"} relay`;
   } finally {
     await opening?.catch(() => undefined);
     server?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
   }
 }
 
-async function concurrentConnections({ config, concurrency, signal }: SuiteContext): Promise<string> {
+async function concurrentConnections(context: SuiteContext): Promise<string> {
+  const { concurrency, signal } = context;
+  const config = await selectedHost(context);
   const admin = await openOnce(config, signal);
   let capacity;
   try {
@@ -171,7 +211,9 @@ async function concurrentConnections({ config, concurrency, signal }: SuiteConte
   }
 }
 
-async function databaseHealth({ config, allowReadOnly, signal }: SuiteContext): Promise<string> {
+async function databaseHealth(context: SuiteContext): Promise<string> {
+  const { allowReadOnly, signal } = context;
+  const config = await selectedHost(context);
   const sql = await openOnce(config, signal);
   try {
     const [health] = await withDeadline(sql<{
@@ -203,7 +245,9 @@ async function databaseHealth({ config, allowReadOnly, signal }: SuiteContext): 
   }
 }
 
-async function schemaValidation({ config, steps, signal }: SuiteContext): Promise<string> {
+async function schemaValidation(context: SuiteContext): Promise<string> {
+  const { steps, signal } = context;
+  const config = await selectedHost(context);
   const sql = await openOnce(config, signal);
   try {
     if (steps) {
@@ -242,7 +286,9 @@ async function schemaValidation({ config, steps, signal }: SuiteContext): Promis
   }
 }
 
-async function reconnect({ config, signal }: SuiteContext): Promise<string> {
+async function reconnect(context: SuiteContext): Promise<string> {
+  const { signal } = context;
+  const config = await selectedHost(context);
   const victim = await openOnce(config, signal);
   const admin = await openOnce(config, signal).catch(async (error) => {
     await closeClient(victim);
@@ -267,7 +313,9 @@ async function reconnect({ config, signal }: SuiteContext): Promise<string> {
   }
 }
 
-async function statementTimeout({ config, signal }: SuiteContext): Promise<string> {
+async function statementTimeout(context: SuiteContext): Promise<string> {
+  const { signal } = context;
+  const config = await selectedHost(context);
   const sql = await openOnce(config, signal);
   try {
     const [{ ms }] = await withDeadline(sql<[{ ms: number }]>`select setting::int as ms from pg_settings where name = 'statement_timeout'`, deadlineOf(config), signal);
@@ -324,7 +372,7 @@ export function junitXml(results: CheckResult[], totalMs: number): string {
   const failures = results.filter((result) => !result.ok).length;
   const cases = results.map((result) => {
     const open = `    <testcase classname="db-connectivity" name="${escapeXml(result.name)}" time="${(result.ms / 1000).toFixed(3)}"`;
-    if (result.ok) return `${open}>\n      <system-out>${escapeXml(result.detail)}</system-out>\n    </testcase>`;
+    if (result.ok) return `${open}>\n      <system-out>${escapeXml((result.host ? `on ${result.host}: ` : "") + result.detail)}</system-out>\n    </testcase>`;
     const message = escapeXml(result.detail + (result.hint ? ` (hint: ${result.hint})` : ""));
     return `${open}>\n      <failure message="${message}">${message}</failure>\n    </testcase>`;
   });
@@ -353,6 +401,7 @@ export async function runChecks(names: CheckName[], context: SuiteContext, onRes
         if (name === "Basic Connection") unreachable = result;
       }
       result.ms = Math.round(performance.now() - startedAt);
+      if (context.target) result.host = hostName(context.target);
     }
     results.push(result);
     onResult(result);
@@ -415,8 +464,8 @@ export async function main(argv: string[], env: Record<string, string | undefine
   try {
     reporter.info(`testing ${describeTarget(config)}`);
     const results = await runChecks(names, { ...context, signal: controller.signal }, (result) => {
-      reporter.event({ event: "check", name: result.name, ok: result.ok, ms: result.ms, detail: result.detail, hint: result.hint });
-      reporter.result(`${result.ok ? "PASSED" : "FAILED"}  ${result.name} (${formatMs(result.ms)}): ${result.detail}${result.hint ? `\n        hint: ${result.hint}` : ""}`);
+      reporter.event({ event: "check", name: result.name, ok: result.ok, ms: result.ms, host: result.host, detail: result.detail, hint: result.hint });
+      reporter.result(`${result.ok ? "PASSED" : "FAILED"}  ${result.name}${result.host ? ` on ${result.host}` : ""} (${formatMs(result.ms)}): ${result.detail}${result.hint ? `\n        hint: ${result.hint}` : ""}`);
     });
     const totalMs = Math.round(performance.now() - startedAt);
     const passed = results.filter((result) => result.ok).length;

@@ -73,7 +73,7 @@ describe("the suite against real servers", () => {
     const lines = run.stdout.trim().split("\n");
     expect(lines.at(-1)).toBe("7 passed, 0 failed");
     expect(run.stdout).toContain("TEST SUMMARY");
-    for (const name of CHECK_NAMES) expect(run.stdout).toMatch(new RegExp(`PASSED  ${name} \\(\\d`));
+    for (const name of CHECK_NAMES) expect(run.stdout).toMatch(new RegExp(`PASSED  ${name} on 127\\.0\\.0\\.1:${cluster.port} \\(\\d`));
     expect(run.stdout).toMatch(/20\/20 connections .* server allows 100/);
     const testcases = parseXml(readFileSync(junit, "utf8")).filter((element) => element.name === "testcase");
     expect(testcases.map((element) => element.attributes.name)).toEqual([...CHECK_NAMES]);
@@ -134,6 +134,35 @@ describe("the suite against real servers", () => {
     } finally {
       await stopped.destroy();
     }
+  });
+
+  test("with the standby listed first and read-write, every check runs on the primary and says so", async () => {
+    const standby = await cluster.createStandby();
+    try {
+      const hosts = `127.0.0.1:${standby.port},127.0.0.1:${cluster.port}`;
+      const url = `postgres://${cluster.user}:${encodeURIComponent(PASSWORD)}@${hosts}/app?target_session_attrs=read-write`;
+      const run = await runScript(SUITE, ["--json"], { DATABASE_URL: url });
+      const checks = events(run.stdout).filter((event) => event.event === "check");
+      expect(checks.filter((check) => !check.ok)).toEqual([]);
+      expect(run.code).toBe(0);
+      expect(checks.map((check) => check.name)).toEqual([...CHECK_NAMES]);
+      // Concurrent Connections too: its twenty sessions went to the primary, not the first host.
+      for (const check of checks) expect(check.host).toBe(`127.0.0.1:${cluster.port}`);
+      expect(checks.find((check) => check.name === "Connection with Retry")!.detail).toContain("through a TCP relay");
+      expectNoSecret(run, PASSWORD);
+    } finally {
+      await standby.destroy();
+    }
+  });
+
+  test("on a Unix-socket host, the retry check's relay is a Unix socket too", async () => {
+    const url = `postgres://${cluster.user}:${encodeURIComponent(PASSWORD)}@${encodeURIComponent(cluster.dir)}:${cluster.port}/app`;
+    const run = await runScript(SUITE, ["--json", "--only", "basic,retry,concurrent,health"], { DATABASE_URL: url });
+    const checks = events(run.stdout).filter((event) => event.event === "check");
+    expect(checks.filter((check) => !check.ok)).toEqual([]);
+    expect(run.code).toBe(0);
+    for (const check of checks) expect(check.host).toBe(`${cluster.dir}:${cluster.port}`);
+    expect(checks.find((check) => check.name === "Connection with Retry")!.detail).toMatch(/first attempt refused \(ENOENT\).*through a Unix-socket relay/);
   });
 
   test("fails Database Health on a read-only standby, passes it with --allow-read-only", async () => {
