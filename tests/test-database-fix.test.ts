@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Cluster } from "./cluster.ts";
@@ -7,24 +8,45 @@ import { cleanEnv, expectNoSecret, ROOT, type Run } from "./helpers.ts";
 
 const PASSWORD = "fix-Pa55:w@rd";
 
-/** Run the shell script with its own TMPDIR, so what it leaves behind can be seen. */
-async function runFix(args: string[], env: Record<string, string> = {}, { signalAfterMs }: { signalAfterMs?: number } = {}) {
+/**
+ * Run the shell script with its own TMPDIR, so what it leaves behind can be seen, in its own
+ * process group (as a terminal runs a foreground job), so that a Ctrl-C can be sent to the whole
+ * group. `signalOn` sends a signal when a progress line (`==> NAME`) appears: to the group for
+ * SIGINT (what Ctrl-C does), to the script alone for SIGTERM (what `kill` or a CI runner does).
+ */
+async function runFix(args: string[], env: Record<string, string> = {}, { signalOn }: { signalOn?: { line: string; signal: "SIGINT" | "SIGTERM" } } = {}) {
   const tmp = mkdtempSync(join(tmpdir(), "fix-test-"));
   chmodSync(tmp, 0o711); // as root the server runs as nobody, which must reach the work dir inside
   const startedAt = performance.now();
-  const child = Bun.spawn([join(ROOT, "test-database-fix.sh"), ...args], {
-    cwd: ROOT, env: cleanEnv({ TMPDIR: tmp, ...env }), stdout: "pipe", stderr: "pipe", stdin: "ignore",
+  const child = spawn(join(ROOT, "test-database-fix.sh"), args, {
+    cwd: ROOT, env: cleanEnv({ TMPDIR: tmp, ...env }), stdio: ["ignore", "pipe", "pipe"], detached: true,
   });
-  const killer = setTimeout(() => child.kill("SIGKILL"), 90_000);
-  const signaller = signalAfterMs === undefined ? undefined : setTimeout(() => child.kill("SIGTERM"), signalAfterMs);
-  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  let stdout = "";
+  let stderr = "";
+  let signalled = false;
+  child.stdout!.on("data", (chunk) => (stdout += chunk));
+  child.stderr!.on("data", (chunk) => {
+    stderr += chunk;
+    if (signalOn && !signalled && stderr.includes(`==> ${signalOn.line}\n`)) {
+      signalled = true;
+      process.kill(signalOn.signal === "SIGINT" ? -child.pid! : child.pid!, signalOn.signal);
+    }
+  });
+  const killer = setTimeout(() => process.kill(-child.pid!, "SIGKILL"), 90_000);
+  const code = await new Promise<number>((resolve) => child.on("close", (status, signal) => resolve(status ?? (signal === "SIGKILL" ? -9 : -1))));
   clearTimeout(killer);
-  clearTimeout(signaller);
+  if (signalOn && !signalled) throw new Error(`never saw "==> ${signalOn.line}":\n${stderr}`);
   const run: Run & { leftovers: string[]; tmp: string } = {
     code, stdout, stderr, ms: performance.now() - startedAt, tmp,
     leftovers: readdirSync(tmp).filter((name) => name.startsWith("pg-kit-run.")),
   };
   return run;
+}
+
+/** Run bash with the script's functions sourced (main does not run), then COMMANDS. */
+function sourced(commands: string, env: Record<string, string> = {}) {
+  const run = Bun.spawnSync(["bash", "-c", `source ./test-database-fix.sh; ${commands}`], { cwd: ROOT, env: cleanEnv(env) });
+  return { code: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
 }
 
 /** PIDs of servers whose data directory lies under `dir`. */
@@ -46,7 +68,7 @@ describe("test-database-fix.sh", () => {
   });
 
   test("is clean under shellcheck, as are the other shell scripts", () => {
-    const lint = Bun.spawnSync(["shellcheck", "test-database-fix.sh", ".ci/run", "tests/system-tools.sh", "tests/fixtures/no-docker/docker"], { cwd: ROOT });
+    const lint = Bun.spawnSync(["shellcheck", "test-database-fix.sh", ".ci/run", "tests/system-tools.sh", "tests/fixtures/no-docker/docker", "tests/fixtures/not-gnu/timeout"], { cwd: ROOT });
     expect(lint.stdout.toString() + lint.stderr.toString()).toBe("");
     expect(lint.exitCode).toBe(0);
   });
@@ -103,25 +125,103 @@ describe("test-database-fix.sh", () => {
     expectNoSecret(run, "wrong-secret", PASSWORD);
   });
 
-  test("exits 143 on SIGTERM and still stops and deletes the database", async () => {
-    const run = await runFix(["--provider", "embedded"], {}, { signalAfterMs: 900 });
+  test("SIGTERM during a step: exit 143, the step shown as interrupted, the server stopped and deleted", async () => {
+    const run = await runFix(["--provider", "embedded"], {}, { signalOn: { line: "ready", signal: "SIGTERM" } });
     temps.push(run.tmp);
     expect(run.code).toBe(143);
+    expect(run.stdout).toMatch(/  database up +\d+ ms  ok/);
+    expect(run.stdout).toMatch(/  ready +\d+ ms  interrupted \(SIGTERM\)/);
+    expect(run.stdout).toContain('result: INTERRUPTED during "ready" (exit 143)');
+    expect(run.stdout).not.toContain("PASSED");
     expect(run.leftovers).toEqual([]);
     expect(serversUnder(run.tmp)).toEqual([]);
   });
 
-  test("--keep leaves the database running and says how to reach and stop it", async () => {
+  test("Ctrl-C (SIGINT to the process group) while the server starts: exit 130, interrupted, nothing left", async () => {
+    const run = await runFix(["--provider", "embedded"], {}, { signalOn: { line: "database up", signal: "SIGINT" } });
+    temps.push(run.tmp);
+    expect(run.code).toBe(130);
+    expect(run.stdout).toMatch(/  database up +\d+ ms  interrupted \(SIGINT\)/);
+    expect(run.stdout).toContain('result: INTERRUPTED during "database up" (exit 130)');
+    expect(run.leftovers).toEqual([]);
+    expect(serversUnder(run.tmp)).toEqual([]);
+  });
+
+  test("a missing prerequisite inside a step: exit 2, one error line, the step shown as failed", async () => {
+    const run = await runFix(["--provider", "external"], { DATABASE_URL: external.url(), BUN: "/nonexistent/bun", PATH: "/usr/bin:/bin" });
+    temps.push(run.tmp);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain("error: bun was not installed by npm ci");
+    expect(run.stdout).toMatch(/  prepare +\d+ ms  failed \(exit 2\)/);
+    expect(run.stdout).toContain('result: FAILED at "prepare" (exit 2)');
+    expect(run.leftovers).toEqual([]);
+  });
+
+  test("a failing command inside a step function stops the run there (set -e is in force in steps)", () => {
+    const run = sourced(`trap 'cleanup "$?"' EXIT; work_dir="$(mktemp -d)"; provider=external
+      half_done() { false; echo "ran on after a failure" >&2; }
+      step "prepare" half_done; step "never" true`);
+    expect(run.stderr).not.toContain("ran on after a failure");
+    expect(run.stderr).not.toContain("==> never");
+    expect(run.stdout).toContain('result: FAILED at "prepare" (exit 1)');
+    expect(run.code).toBe(1);
+  });
+
+  test("--keep leaves the database running, with a private connection.env and how to stop it", async () => {
     const run = await runFix(["--provider", "embedded", "--keep"]);
     temps.push(run.tmp);
+    const workDir = join(run.tmp, run.leftovers[0] ?? "missing");
+    try {
+      expect(run.code).toBe(0);
+      const env = join(workDir, "connection.env");
+      expect(readFileSync(env, "utf8")).toMatch(/^DATABASE_URL=postgres:\/\/postgres:[^@]+@127\.0\.0\.1:\d+\/flow_backend\n$/);
+      expect(statSync(env).mode & 0o777).toBe(0o600);
+      expect(serversUnder(workDir)).toHaveLength(1);
+      const stop = /stop with: (\S+) (\S+) stop (\S+) && rm -rf (\S+)/.exec(run.stderr);
+      expect(stop).not.toBeNull();
+      expect(Bun.spawnSync([stop![1]!, stop![2]!, "stop", stop![3]!]).exitCode).toBe(0);
+      expect(serversUnder(workDir)).toEqual([]);
+    } finally {
+      if (existsSync(join(workDir, "pg"))) Bun.spawnSync([process.execPath, join(ROOT, "tests", "cluster.ts"), "stop", join(workDir, "pg")]);
+    }
+  });
+
+  test("--keep under compose writes the connection.env it points at, with the published port", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fix-keep-compose-"));
+    temps.push(dir);
+    const run = sourced(`compose() { [[ "$*" == "port postgres 5432" ]] && echo 127.0.0.1:49153; }
+      provider=compose keep=1 work_dir=${JSON.stringify(dir)} compose_project=pgkit-test compose_password=pw-secret; teardown`);
     expect(run.code).toBe(0);
-    const workDir = join(run.tmp, run.leftovers[0]!);
-    expect(existsSync(join(workDir, "connection.env"))).toBe(true);
-    expect(serversUnder(workDir)).toHaveLength(1);
-    const stop = /stop with: (\S+) (\S+) stop (\S+) && rm -rf (\S+)/.exec(run.stderr);
-    expect(stop).not.toBeNull();
-    expect(Bun.spawnSync([stop![1]!, stop![2]!, "stop", stop![3]!]).exitCode).toBe(0);
-    expect(serversUnder(workDir)).toEqual([]);
+    const printed = /connect with 'set -a; \. (\S+); set \+a'/.exec(run.stderr);
+    expect(printed?.[1]).toBe(join(dir, "connection.env"));
+    expect(readFileSync(printed![1]!, "utf8")).toBe("COMPOSE_PROJECT_NAME=pgkit-test\nDATABASE_URL=postgres://flow:pw-secret@127.0.0.1:49153/flow_backend\n");
+    expect(run.stderr).toContain("stop with: docker compose -p pgkit-test down -v");
+  });
+
+  test("--help explains every flag", () => {
+    const help = Bun.spawnSync([join(ROOT, "test-database-fix.sh"), "--help"], { cwd: ROOT });
+    expect(help.exitCode).toBe(0);
+    const text = help.stdout.toString();
+    for (const flag of ["--provider P", "--security", "--keep", "--timeout S", "--help"]) expect(text).toMatch(new RegExp(`^  ${flag} +\\S`, "m"));
+    for (const provider of ["auto", "embedded", "compose", "external"]) expect(text).toMatch(new RegExp(`^    ${provider} +\\S`, "m"));
+  });
+
+  test("--timeout 0 is refused with exit 2 before anything starts", async () => {
+    for (const value of ["0", "0.0", "00"]) {
+      const run = await runFix(["--provider", "embedded", "--timeout", value]);
+      temps.push(run.tmp);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toBe(`error: --timeout '${value}' must be a positive number of seconds, e.g. --timeout 60\n`);
+      expect(run.leftovers).toEqual([]);
+    }
+  });
+
+  test("a timeout that is not GNU's is named as a missing prerequisite, in one line", async () => {
+    const run = await runFix(["--provider", "embedded"], { PATH: `${join(ROOT, "tests", "fixtures", "not-gnu")}:${process.env.PATH}` });
+    temps.push(run.tmp);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toStartWith("error: GNU timeout is needed: install coreutils");
+    expect(run.stderr.trim().split("\n")).toHaveLength(1);
   });
 
   test("rejects bad arguments with exit 2 and one line", async () => {
