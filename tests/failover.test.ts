@@ -3,7 +3,11 @@
  * Multi-AZ): a standby where a primary was expected, a primary that dies in the middle of a
  * deploy, a standby promoted in its place. Real primaries and streaming standbys on loopback.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
 import { EXIT } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
 import { events, expectNoSecret, runScript } from "./helpers.ts";
@@ -34,5 +38,101 @@ describe("a lone standby", () => {
     expect(attempts.slice(0, -1).every((attempt) => (attempt.delay_ms as number) > 0)).toBe(true);
     expect(run.stderr).toContain("is the primary up?");
     expectNoSecret(run, PASSWORD);
+  });
+});
+
+/** A deploy's migrations: the second blocks on a lock the test holds, so the test knows when it runs. */
+function migrations(dir: string, names = ["001_accounts.sql", "002_audit.sql", "003_email.sql"]): string {
+  const files: Record<string, string> = {
+    "001_accounts.sql": "create table accounts (id int primary key);\ninsert into accounts values (1);\n",
+    "002_audit.sql": "create table audit (id int);\ninsert into audit select id from blocker;\n",
+    "003_email.sql": "alter table accounts add column email text;\n",
+  };
+  mkdirSync(dir, { recursive: true });
+  for (const name of names) writeFileSync(join(dir, name), files[name]!);
+  return dir;
+}
+
+/** Poll until `probe` returns true (observable state, not a sleep), failing after `ms`. */
+async function until(what: string, probe: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const giveUpAt = Date.now() + ms;
+  while (!(await probe().catch(() => false))) {
+    if (Date.now() > giveUpAt) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+}
+
+describe("a failover in the middle of a deploy", () => {
+  let primary: Cluster;
+  let standby: Cluster;
+  let workDir: string;
+
+  beforeEach(async () => {
+    workDir = mkdtempSync(join(tmpdir(), "failover-"));
+    primary = await Cluster.create({ password: PASSWORD, database: "ha" });
+    await primary.query("create table blocker (id int); insert into blocker values (7)");
+    standby = await primary.createStandby();
+  });
+  afterEach(async () => {
+    await standby?.destroy();
+    await primary?.destroy();
+    rmSync(workDir, { recursive: true, force: true });
+  });
+
+  const bothHosts = () =>
+    `postgres://${primary.user}:${encodeURIComponent(PASSWORD)}@127.0.0.1:${primary.port},127.0.0.1:${standby.port}/ha?target_session_attrs=read-write`;
+
+  async function expectConsistentLedger(server: Cluster): Promise<void> {
+    expect(await server.query(`select name, count(*)::int as n from schema_migrations group by name order by name`)).toEqual([
+      { name: "001_accounts.sql", n: 1 }, { name: "002_audit.sql", n: 1 }, { name: "003_email.sql", n: 1 },
+    ]);
+    // Each step whole, and once: one row copied by 002, the column added by 003.
+    expect(await server.query(`select (select count(*)::int from audit) as audit, (select count(*)::int from accounts) as accounts,
+      (select count(*)::int from information_schema.columns where table_name = 'accounts' and column_name = 'email') as email`))
+      .toEqual([{ audit: 1, accounts: 1, email: 1 }]);
+  }
+
+  test("the primary dies in the middle of a migration and the standby is promoted: exit 0, each step once", async () => {
+    const holder = postgres({ host: primary.host, port: primary.port, user: primary.user, password: PASSWORD, database: "ha", max: 1, onnotice: () => {} });
+    const lock = await holder.reserve();
+    try {
+      await lock`begin`;
+      await lock`lock table blocker in access exclusive mode`;
+      const running = runScript(SCRIPT, ["--migrations", migrations(workDir), "--timeout", "60", "--command-timeout", "20", "--json"], { DATABASE_URL: bothHosts() }, { killAfterMs: 90_000 });
+      await until("002 to wait on the lock", async () =>
+        (await primary.query(`select 1 from pg_stat_activity where application_name = 'init-database' and wait_event_type = 'Lock'`)).length === 1);
+      await until("the standby to replay 001", async () =>
+        (await standby.query(`select 1 from schema_migrations where name = '001_accounts.sql'`)).length === 1);
+      await primary.stop("immediate");
+      await Bun.sleep(1_000); // the failover controller's reaction time: part of the scenario, not a synchronisation
+      await standby.promote();
+      const run = await running;
+      expect(run.stderr).toContain("schema interrupted");
+      expect(run.code).toBe(EXIT.ok);
+      const ready = events(run.stdout).filter((event) => event.event === "ready");
+      expect(ready.at(0)).toMatchObject({ port: primary.port });
+      expect(ready.at(-1)).toMatchObject({ port: standby.port });
+      await expectConsistentLedger(standby);
+      expectNoSecret(run, PASSWORD);
+    } finally {
+      lock.release();
+      await holder.end({ timeout: 0 }).catch(() => {});
+    }
+  });
+
+  test("the standby was promoted before the deploy: exit 0, the steps applied before kept, the rest applied once", async () => {
+    const first = await runScript(SCRIPT, ["--migrations", migrations(join(workDir, "v1"), ["001_accounts.sql"])], { DATABASE_URL: bothHosts() });
+    expect(first.code).toBe(EXIT.ok);
+    await until("the standby to replay 001", async () =>
+      (await standby.query(`select 1 from schema_migrations where name = '001_accounts.sql'`)).length === 1);
+    await primary.stop("immediate");
+    await standby.promote();
+    const run = await runScript(SCRIPT, ["--migrations", migrations(join(workDir, "v2")), "--timeout", "30", "--json"], { DATABASE_URL: bothHosts() });
+    expect(run.code).toBe(EXIT.ok);
+    // 001 is not reported: it was already in the promoted server's ledger.
+    expect(events(run.stdout).filter((event) => event.event === "schema").map((event) => [event.step, event.status])).toEqual([
+      ["002_audit.sql", "applied"], ["003_email.sql", "applied"],
+    ]);
+    await expectConsistentLedger(standby);
   });
 });

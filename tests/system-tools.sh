@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The two system tools the tests run besides what npm installs: shellcheck (lints the shell
-# scripts) and pg_isready (the Compose health check's own command, run against a real server).
+# The system tools the tests run besides what npm installs: shellcheck (lints the shell
+# scripts), pg_isready (the Compose health check's own command, run against a real server) and
+# pg_basebackup (makes the streaming standbys of the failover tests); both from postgresql-client.
 # As root on Debian or Ubuntu this installs what is missing; elsewhere it says how, and fails.
 # Usage: bash tests/system-tools.sh    (npm test runs it first)
 set -Eeuo pipefail
@@ -8,7 +9,10 @@ set -Eeuo pipefail
 # usage: missing_tools    (prints the Debian packages that would bring what is missing)
 missing_tools() {
   command -v shellcheck >/dev/null 2>&1 || echo shellcheck
-  command -v pg_isready >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/pg_isready' >/dev/null || echo postgresql-client
+  local tool
+  for tool in pg_isready pg_basebackup; do
+    command -v "$tool" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$tool" >/dev/null || { echo postgresql-client; break; }
+  done
 }
 
 # usage: main
