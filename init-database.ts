@@ -29,7 +29,7 @@
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
-import { basename, join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import postgres from "postgres";
 
@@ -172,6 +172,10 @@ type ReadFile = (path: string) => string;
 /** A usage or configuration error: exit 2, one line, never the password. */
 export class ConfigError extends Error {
   readonly code: KitErrorCode = "EINVALIDCONFIG";
+  /** `fix`: the hint line, when there is something more precise to say than "see --help". */
+  constructor(message: string, readonly fix = "see --help") {
+    super(message);
+  }
 }
 
 interface UrlParts {
@@ -358,6 +362,7 @@ export const KIT_ERRORS = {
   CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
   WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
+  NO_MAINTENANCE_DATABASE: "--create-database found no maintenance database to create the target from (exit 4)",
   SIGINT: "interrupted by SIGINT (exit 130)",
   SIGTERM: "interrupted by SIGTERM (exit 143)",
 } as const;
@@ -449,7 +454,8 @@ export function hint(error: unknown, config: Config): string {
   const hints: Record<string, string> = {
     "28P01": "check the password (PGPASSWORD, POSTGRES_PASSWORD or the URL); in Compose an old volume may hold a different password (docker compose down -v resets it)",
     "28000": `the server refused user "${config.user}": check the user name and pg_hba.conf`,
-    "3D000": `database "${config.database}" does not exist: create it, fix the name, or pass --create-database`,
+    "3D000": `database "${config.database}" does not exist: fix the name, or create it with: bun run init-database.ts --create-database (same connection settings)`,
+    NO_MAINTENANCE_DATABASE: `create it from a database you can reach, e.g. createdb --maintenance-db=THAT_DATABASE ${quoteIdent(config.database)}, then run without --create-database`,
     "42501": `user "${config.user}" lacks a privilege it needs (CONNECT on the database, CREATE on the schema)`,
     "53300": "the server is full: raise max_connections or shrink the pools of other clients",
     "57P03": "the server is still starting or recovering",
@@ -696,18 +702,40 @@ export async function connect(options: Options = {}, clientOptions: postgres.Opt
   return sql;
 }
 
-/** With --create-database: create the target database through the maintenance database if it is missing. */
-export async function ensureDatabase(config: Config, signal?: AbortSignal): Promise<boolean> {
-  const { sql } = await waitUntilReady({ ...config, database: "postgres" }, { signal, overrides: { max: 1 } });
+/** Where --create-database connects to create the target: the ones createdb tries, in its order. */
+const MAINTENANCE_DATABASES = ["postgres", "template1"] as const;
+
+/**
+ * With --create-database: make sure the target database exists, creating it from a maintenance
+ * database (as createdb does). Waits like any run (with `onAttempt` progress) up to the same
+ * deadline. With `dryRun` nothing is created: a missing database is "would create".
+ */
+export async function ensureDatabase(
+  config: Config,
+  { signal, onAttempt, startedAt, dryRun = false }: { signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; startedAt?: number; dryRun?: boolean } = {},
+): Promise<"exists" | "created" | "would create"> {
+  let sql: Sql | undefined;
+  for (const database of MAINTENANCE_DATABASES) {
+    try {
+      ({ sql } = await waitUntilReady({ ...config, database }, { signal, onAttempt, startedAt, overrides: { max: 1 } }));
+      break;
+    } catch (error) {
+      if (errorCode(error) !== "3D000") throw error;
+    }
+  }
+  if (!sql) {
+    throw kitError("NO_MAINTENANCE_DATABASE", `cannot create database "${config.database}": neither maintenance database ${MAINTENANCE_DATABASES.map((name) => `"${name}"`).join(" nor ")} exists to connect to`);
+  }
   try {
     const deadline = config.commandTimeoutMs + DEFAULTS.graceMs;
     const existing = await withDeadline(sql`select 1 from pg_database where datname = ${config.database}`, deadline, signal);
-    if (existing.length > 0) return false;
+    if (existing.length > 0) return "exists";
+    if (dryRun) return "would create";
     await withDeadline(sql.unsafe(`create database ${quoteIdent(config.database)}`), deadline, signal).catch((error) => {
       // Another replica won the race: the database exists, which is all we wanted.
       if (errorCode(error) !== "42P04" && errorCode(error) !== "23505") throw error;
     });
-    return true;
+    return "created";
   } finally {
     await closeClient(sql);
   }
@@ -742,7 +770,8 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
     try {
       return readFile(path);
     } catch (error) {
-      throw new ConfigError(`${flag} ${path} cannot be read (${errorCode(error)}); fix the path`);
+      const code = errorCode(error);
+      throw new ConfigError(`${flag} ${path} cannot be read (${code})`, `${resolve(path)} ${code === "ENOENT" ? "does not exist" : "is not a readable file"}; a relative path starts at the current directory, ${process.cwd()}`);
     }
   };
   if (source.schema && source.migrations) throw new ConfigError("--schema and --migrations exclude each other; choose one");
@@ -1099,8 +1128,8 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     // The password may sit in a malformed URL: hide anything that looks like one.
     reporter.addSecret(values.url);
     reporter.addSecret(env.DATABASE_URL);
-    reporter.error(error instanceof ConfigError ? error.message : explain(error), "see --help");
-    return summary("usage error", EXIT.usage);
+    reporter.error(error instanceof ConfigError ? error.message : explain(error), error instanceof ConfigError ? error.fix : "see --help");
+    return summary("usage error", EXIT.usage, { code: errorCode(error), message: firstLine(error) });
   }
   reporter.addSecret(config.password);
   const target = describeTarget(config);
@@ -1116,8 +1145,17 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       reporter.event({ event: "attempt", attempt, elapsed_ms: elapsedMs, code: errorCode(error), class: errorClass, delay_ms: delayMs, message: explain(error) });
       reporter.progress(`attempt ${attempt}, ${formatMs(elapsedMs)}: ${explain(error)}`, errorCode(error));
     };
+    const dryRun = Boolean(values["dry-run"]);
+    if (config.createDatabase && values["wait-only"]) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
     if (config.createDatabase && !values["wait-only"]) {
-      if (await ensureDatabase(config, signal)) reporter.info(`created database ${config.database}`);
+      const outcome = await ensureDatabase(config, { signal, onAttempt, startedAt, dryRun });
+      reporter.event({ event: "database", name: config.database, status: outcome });
+      if (outcome === "created") reporter.info(`created database ${config.database}`);
+      if (outcome === "would create") {
+        const pending = steps.map((step) => step.name);
+        reporter.result(`dry run: ${target}: would create database ${config.database}, then apply ${pending.join(", ")}`);
+        return summary("dry run", EXIT.ok, { pending, create_database: true });
+      }
     }
     // A retryable failure while applying the schema (a restart, a terminated session) drops
     // the client and starts over from waiting: the schema step is one transaction, so redoing it is safe.
@@ -1129,7 +1167,6 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         reporter.result(`ready: ${target} (PostgreSQL ${ready.serverVersion}) after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}`);
         return summary("ready", EXIT.ok, { attempts: ready.attempts });
       }
-      const dryRun = Boolean(values["dry-run"]);
       reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; ${dryRun ? "checking what the schema would apply" : "applying the schema"}`);
       phase = "schema";
       try {
@@ -1166,19 +1203,19 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     }
     if (error instanceof NotReadyError) {
       reporter.error(`${target} ${explain(error)}`, hint(error, config));
-      return summary("not ready", EXIT.notReady, { attempts: error.attempts, code: errorCode(error.lastError) });
+      return summary("not ready", EXIT.notReady, { attempts: error.attempts, code: errorCode(error.lastError), message: explain(error) });
     }
     if (phase === "schema" && classifyError(error) === "fatal") {
       const step = (error as { step?: string }).step;
       reporter.error(`schema failed${step ? ` in ${step}` : ""}: ${explain(error)}`, schemaHint(error));
-      return summary("schema failed", EXIT.schemaFailed, { code: errorCode(error), step });
+      return summary("schema failed", EXIT.schemaFailed, { code: errorCode(error), step, message: explain(error), where: (error as { where?: string }).where });
     }
     if (phase === "schema") {
       reporter.error(`${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, hint(error, config));
-      return summary("not ready", EXIT.notReady, { code: errorCode(error) });
+      return summary("not ready", EXIT.notReady, { code: errorCode(error), message: explain(error) });
     }
     reporter.error(`cannot connect to ${target}: ${explain(error)}`, hint(error, config));
-    return summary("fatal", EXIT.fatal, { code: errorCode(error) });
+    return summary("fatal", EXIT.fatal, { code: errorCode(error), message: explain(error) });
   } finally {
     removeSignalHandlers();
     await closeClient(sql);
@@ -1200,7 +1237,8 @@ Usage: bun run init-database.ts [options]
 
 Connection (first found wins): --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:5432
   --url URL               postgres://user:pass@host:port/db (several hosts: h1:5432,h2:5432)
-  --create-database       create the database if it does not exist
+  --create-database       create the database if it does not exist (from the "postgres" or
+                          "template1" database; with --dry-run only say so; ignored with --wait-only)
 
 What to do:
   --wait-only             only wait until an authenticated query succeeds

@@ -170,9 +170,12 @@ preflight() {
     die 2 "neither npm nor bun is installed: install Node.js (with npm) from https://nodejs.org"
   case "$provider" in
     compose)
-      command -v docker >/dev/null 2>&1 || die 2 "docker is not installed: install Docker, or use --provider embedded"
-      timeout 10 docker info >/dev/null 2>&1 || die 2 "the Docker engine does not answer: start it, or use --provider embedded"
-      docker compose version >/dev/null 2>&1 || die 2 "Docker Compose v2 is missing: install the compose plugin, or use --provider embedded"
+      # The way out must work as written: --security exists only for Compose.
+      local instead="use --provider embedded"
+      ((security)) && instead="drop --security and use --provider embedded"
+      command -v docker >/dev/null 2>&1 || die 2 "docker is not installed: install Docker, or $instead"
+      timeout 10 docker info >/dev/null 2>&1 || die 2 "the Docker engine does not answer: start it, or $instead"
+      docker compose version >/dev/null 2>&1 || die 2 "Docker Compose v2 is missing: install the compose plugin, or $instead"
       ;;
     external)
       [[ -n "${DATABASE_URL:-}" ]] || die 2 "--provider external needs DATABASE_URL=postgres://user:pass@host:port/db"

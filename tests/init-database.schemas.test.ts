@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EXIT, FLOW_BACKEND_SCHEMA, FLOW_BACKEND_TABLES, lineAndColumn } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
-import { events, expectNoSecret, runScript } from "./helpers.ts";
+import { events, expectNoSecret, ROOT, runScript } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "schema-Pa55#word";
@@ -53,6 +53,8 @@ describe("the built-in schema", () => {
     const dry = await runScript(SCRIPT, ["--dry-run"], { DATABASE_URL: cluster.url({ database }) });
     expect(dry.code).toBe(EXIT.schemaFailed);
     expect(dry.stderr).toContain("FOREIGN_TABLES");
+    expect(dry.stderr).toContain("checking what the schema would apply");
+    expect(dry.stderr).not.toContain("applying the schema");
   });
 
   test("is applied to a database holding only its own tables, as the original scripts left them", async () => {
@@ -98,10 +100,23 @@ describe("--schema FILE", () => {
     expect(await tablesOf(database)).toEqual([]);
   });
 
-  test("a missing file is a usage error", async () => {
-    const run = await runScript(SCRIPT, ["--schema", join(workDir, "nope.sql")], { DATABASE_URL: cluster.url() });
+  test("a missing file is a usage error whose hint says where it was looked for", async () => {
+    const run = await runScript(SCRIPT, ["--schema", "no-such-dir/nope.sql", "--json"], { DATABASE_URL: cluster.url() });
     expect(run.code).toBe(EXIT.usage);
     expect(run.stderr).toContain("nope.sql cannot be read (ENOENT)");
+    expect(run.stderr).toContain(`hint: ${join(ROOT, "no-such-dir", "nope.sql")} does not exist; a relative path starts at the current directory, ${ROOT}`);
+    expect(events(run.stdout).at(-1)).toMatchObject({ status: "usage error", code: "EINVALIDCONFIG", message: "--schema no-such-dir/nope.sql cannot be read (ENOENT)" });
+  });
+
+  test("--json's failure summary carries the message and the file's line", async () => {
+    const database = await cluster.freshDatabase();
+    const file = join(workDir, "broken-json.sql");
+    writeFileSync(file, "create table t (id int);\nselect * from nowhere;\n");
+    const run = await runScript(SCRIPT, ["--schema", file, "--json"], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.schemaFailed);
+    const summary = events(run.stdout).at(-1)!;
+    expect(summary).toMatchObject({ status: "schema failed", code: "42P01", step: "broken-json.sql", where: "line 2, column 15" });
+    expect(String(summary.message)).toContain('relation "nowhere" does not exist');
   });
 });
 
@@ -205,18 +220,72 @@ describe("--migrations DIR", () => {
 });
 
 describe("--create-database", () => {
+  const unique = (prefix: string) => `${prefix}_${process.pid}_${Date.now()}`;
+  const exists = async (database: string) =>
+    (await cluster.query<{ n: number }>(`select count(*)::int as n from pg_database where datname = '${database.replaceAll("'", "''")}'`, "postgres"))[0]!.n === 1;
+
   test("creates a missing database (with a name that needs quoting), then applies the schema", async () => {
-    const run = await runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database: 'new "odd" db' }) });
+    const database = unique('new "odd" db');
+    const run = await runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
-    expect(run.stderr).toContain('created database new "odd" db');
-    expect(await tablesOf('new "odd" db')).toContain("users");
+    expect(run.stderr).toContain(`created database ${database}`);
+    expect(await tablesOf(database)).toContain("users");
   });
 
   test("racing creators all succeed", async () => {
+    const database = unique("raced");
     const runs = await Promise.all(Array.from({ length: 6 }, () =>
-      runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database: "raced" }) })));
+      runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database }) })));
     expect(runs.map((run) => run.code)).toEqual(Array(6).fill(EXIT.ok));
-    expect(await cluster.query(`select count(*)::int as n from pg_database where datname = 'raced'`, "postgres")).toEqual([{ n: 1 }]);
+    expect(await exists(database)).toBe(true);
+  });
+
+  test("with --dry-run creates nothing and says it would", async () => {
+    const database = unique("dry");
+    const run = await runScript(SCRIPT, ["--create-database", "--dry-run", "--json"], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.ok);
+    expect(events(run.stdout).at(-1)).toMatchObject({ status: "dry run", pending: ["flow-backend"], create_database: true });
+    expect(await exists(database)).toBe(false);
+    const human = await runScript(SCRIPT, ["--create-database", "--dry-run"], { DATABASE_URL: cluster.url({ database }) });
+    expect(human.stdout).toContain(`would create database ${database}, then apply flow-backend`);
+    expect(human.stderr).not.toContain("applying the schema");
+    expect(await exists(database)).toBe(false);
+  });
+
+  test("shows its attempts while the server is not there yet", async () => {
+    const port = await freePort();
+    const run = await runScript(SCRIPT, ["--create-database", "--json", "--timeout", "1"], { DATABASE_URL: cluster.url({ port }) });
+    expect(run.code).toBe(EXIT.notReady);
+    const attempts = events(run.stdout).filter((event) => event.event === "attempt");
+    expect(attempts.length).toBeGreaterThan(1);
+    expect(attempts[0]).toMatchObject({ code: "ECONNREFUSED" });
+    expect(events(run.stdout).at(-1)).toMatchObject({ status: "not ready", code: "ECONNREFUSED" });
+    expect(String(events(run.stdout).at(-1)!.message)).toContain("ECONNREFUSED");
+  });
+
+  test("falls back to template1 without a postgres database, and names the right database when neither exists", async () => {
+    const own = await Cluster.create({ password: PASSWORD, database: "app" });
+    try {
+      await own.query(`drop database postgres`, "app");
+      const first = await runScript(SCRIPT, ["--create-database"], { DATABASE_URL: own.url({ database: "made_from_template1" }) });
+      expect(first.code).toBe(EXIT.ok);
+      await own.query(`alter database template1 is_template false`, "app");
+      await own.query(`drop database template1`, "app");
+      const run = await runScript(SCRIPT, ["--create-database"], { DATABASE_URL: own.url({ database: "wanted" }) });
+      expect(run.code).toBe(EXIT.fatal);
+      expect(run.stderr).toContain('cannot create database "wanted": neither maintenance database "postgres" nor "template1" exists');
+      expect(run.stderr).toContain('hint: create it from a database you can reach, e.g. createdb --maintenance-db=THAT_DATABASE "wanted", then run without --create-database');
+    } finally {
+      await own.destroy();
+    }
+  });
+
+  test("with --wait-only says the flag is ignored, and creates nothing", async () => {
+    const database = unique("waited");
+    const run = await runScript(SCRIPT, ["--wait-only", "--create-database", "--timeout", "1"], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.stderr).toContain("--create-database ignored: --wait-only only waits and changes nothing");
+    expect(run.code).toBe(EXIT.fatal);
+    expect(await exists(database)).toBe(false);
   });
 });
 

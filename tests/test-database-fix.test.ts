@@ -239,4 +239,14 @@ describe("test-database-fix.sh", () => {
     expect(run.code).toBe(2);
     expect(run.stderr).toMatch(/error: (docker is not installed|the Docker engine does not answer|Docker Compose v2 is missing)/);
   });
+
+  test("--security without a Docker engine suggests a way out that works as written", async () => {
+    const run = await runFix(["--security"], { PATH: `${join(ROOT, "tests", "fixtures", "no-docker")}:${process.env.PATH}` });
+    temps.push(run.tmp);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain("drop --security and use --provider embedded");
+    const followed = await runFix(["--provider", "embedded", "--security"]);
+    temps.push(followed.tmp);
+    expect(followed.stderr).toContain("error: --security hardens the Compose stack, which needs Docker: run with --provider compose --security (or drop --security)");
+  });
 });

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CHECK_NAMES, junitXml, selectChecks } from "../test-db-connectivity.ts";
+import { CHECK_NAMES, formatUptime, junitXml, selectChecks } from "../test-db-connectivity.ts";
 import { Cluster } from "./cluster.ts";
 import { events, expectNoSecret, runScript } from "./helpers.ts";
 
@@ -31,6 +31,14 @@ function parseXml(xml: string): { name: string; attributes: Record<string, strin
 }
 
 describe("pure helpers", () => {
+  test("uptime reads as a person would say it, never \"0 ms\" for a young server", () => {
+    expect(formatUptime(450.4)).toBe("450 ms");
+    expect(formatUptime(42_000)).toBe("42.0 s");
+    expect(formatUptime(7 * 60_000 + 5_000)).toBe("7 min");
+    expect(formatUptime(5.2 * 3_600_000)).toBe("5.2 h");
+    expect(formatUptime(3.1 * 86_400_000)).toBe("3.1 days");
+  });
+
   test("--only matches check names loosely and rejects unknown ones", () => {
     expect(selectChecks("basic,statement-timeout")).toEqual(["Basic Connection", "Statement Timeout"]);
     expect(selectChecks("Database Health")).toEqual(["Database Health"]);
@@ -94,7 +102,17 @@ describe("the suite against real servers", () => {
     expect(run.code).toBe(1);
     expect(run.stdout).toMatch(/FAILED  Basic Connection .*28P01/);
     expect(run.stdout.trim().split("\n").at(-1)).toBe("0 passed, 7 failed");
+    expect(run.stdout.match(/hint: /g)).toHaveLength(1);
     expectNoSecret(run, "not-the-password", PASSWORD);
+  });
+
+  test("on a missing database, hints at the command that creates it, not at a flag the suite lacks", async () => {
+    const run = await runScript(SUITE, ["--only", "basic"], { DATABASE_URL: cluster.url({ database: `missing_${Date.now()}` }) }, { killAfterMs: 30_000 });
+    expect(run.code).toBe(1);
+    expect(run.stdout).toContain("hint: database \"missing_");
+    expect(run.stdout).toContain("does not exist: fix the name, or create it with: bun run init-database.ts --create-database");
+    const help = await runScript(SUITE, ["--create-database"], {});
+    expect(help.code).toBe(2); // the suite indeed has no such flag: the hint must not tell it to use one
   });
 
   test("refuses a concurrency the server cannot hold, saying how many it allows", async () => {
@@ -104,8 +122,8 @@ describe("the suite against real servers", () => {
   });
 
   test("fails on a schema that was never applied", async () => {
-    await cluster.createDatabase("empty");
-    const run = await runScript(SUITE, ["--only", "schema"], { DATABASE_URL: cluster.url({ database: "empty" }) });
+    const database = await cluster.freshDatabase();
+    const run = await runScript(SUITE, ["--only", "schema"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(1);
     expect(run.stdout).toContain("missing tables: users, orders, payments, notifications");
   });
