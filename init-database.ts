@@ -688,18 +688,59 @@ export async function waitUntilReady(
 }
 
 /**
+ * Where a connect() pool over several hosts opens its connections: the host last found to
+ * match target_session_attrs. Once a connection to that host closes (a failover kills them
+ * all), the next one finds the host again, each session checked as in waitUntilReady, rather
+ * than dialling a dead or demoted server. A new connection waits up to the connect timeout for
+ * a matching host (a promotion), finding at most once per poll interval: no more than 20
+ * attempts a second against a dead host, however many queries wait.
+ */
+export function followTarget(config: Config, found: Target): () => Promise<Socket> {
+  let current: Target | undefined = found;
+  let finding: Promise<unknown> | undefined;
+  let lastFindAt = 0;
+  const find = () => (finding ??= (async () => {
+    await sleep(Math.max(0, lastFindAt + DEFAULTS.pollMs - Date.now()));
+    lastFindAt = Date.now();
+    const { sql, target } = await tryTargets(config, Date.now() + config.connectTimeoutMs, undefined, { max: 1 });
+    await closeClient(sql);
+    current = target;
+  })().finally(() => (finding = undefined)));
+  return async () => {
+    const giveUpAt = Date.now() + config.connectTimeoutMs;
+    while (!current) {
+      await find().catch((error) => {
+        if (Date.now() >= giveUpAt || classifyError(error) === "fatal") throw error;
+      });
+    }
+    const target = current;
+    const socket = Object.assign(dialTarget(target), { host: target.host, port: target.port });
+    socket.once("close", () => {
+      if (current === target) current = undefined;
+    });
+    return socket;
+  };
+}
+
+/**
  * Wait for the database and return a ready postgres.js client (a pool; `clientOptions` go to
- * postgres.js). Throws ConfigError, NotReadyError, or the fatal error from the server.
+ * postgres.js). With several hosts or a target_session_attrs, the pool follows a failover (see
+ * followTarget). `env` stands for process.env, as in parseConfig. Throws ConfigError,
+ * NotReadyError, or the fatal error from the server.
  *
  * @example
  *   import { connect } from "./init-database.ts";
  *   const sql = await connect({ timeout: 30 }, { max: 20 });
  *   const [{ now }] = await sql`select now()`;
  */
-export async function connect(options: Options = {}, clientOptions: postgres.Options<{}> = {}): Promise<Sql> {
-  const config = parseConfig(options);
-  const { sql } = await waitUntilReady(config, { overrides: { fetch_types: true, ...clientOptions } });
-  return sql;
+export async function connect(options: Options = {}, clientOptions: postgres.Options<{}> = {}, env: Env = process.env): Promise<Sql> {
+  const config = parseConfig(options, env);
+  const overrides = { fetch_types: true, ...clientOptions };
+  if (config.targets.length === 1 && config.targetSessionAttrs === "any") return (await waitUntilReady(config, { overrides })).sql;
+  const { sql, target } = await waitUntilReady(config, { overrides: { max: 1 } });
+  await closeClient(sql);
+  // `socket` is a documented postgres.js option its type declarations leave out.
+  return createClient(config, target, { ...overrides, socket: followTarget(config, target) } as postgres.Options<{}>);
 }
 
 /** Where --create-database connects to create the target: the ones createdb tries, in its order. */

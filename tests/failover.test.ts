@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { EXIT } from "../init-database.ts";
+import { connect, errorCode, EXIT, withDeadline } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
 import { events, expectNoSecret, runScript } from "./helpers.ts";
 
@@ -117,6 +117,41 @@ describe("a failover in the middle of a deploy", () => {
     } finally {
       lock.release();
       await holder.end({ timeout: 0 }).catch(() => {});
+    }
+  });
+
+  test("connect() follows a failover: a service querying every 10 ms sees errors only until the promotion", async () => {
+    await primary.query("create table ticks (at timestamptz not null default clock_timestamp())");
+    const sql = await connect({ url: bothHosts(), timeout: 10, connectTimeout: 3 }, { max: 4 }, {});
+    const outcomes: { startedAt: number; ok: boolean; port?: number; code?: string }[] = [];
+    let running = true;
+    const service = (async () => {
+      while (running) {
+        const startedAt = performance.now();
+        // A write: it would fail on a standby, so a success proves the pool found the primary.
+        await withDeadline(sql<{ port: number }[]>`insert into ticks default values returning inet_server_port() as port`, 10_000)
+          .then(([row]) => outcomes.push({ startedAt, ok: true, port: row!.port }), (error) => outcomes.push({ startedAt, ok: false, code: errorCode(error) }));
+        await Bun.sleep(10);
+      }
+    })();
+    try {
+      await until("the service to write to the primary", async () => outcomes.filter((outcome) => outcome.ok).length >= 20);
+      const killedAt = performance.now();
+      await primary.stop("immediate");
+      await Bun.sleep(1_000); // the failover controller's reaction time: part of the scenario
+      await standby.promote();
+      const promotedAt = performance.now();
+      await until("the service to write to the promoted standby", async () =>
+        outcomes.filter((outcome) => outcome.startedAt > promotedAt && outcome.ok).length >= 50);
+      running = false;
+      await service;
+      expect(outcomes.filter((outcome) => !outcome.ok && outcome.startedAt < killedAt)).toEqual([]);
+      expect(outcomes.filter((outcome) => !outcome.ok && outcome.startedAt >= promotedAt)).toEqual([]);
+      expect(new Set(outcomes.filter((outcome) => outcome.startedAt >= promotedAt).map((outcome) => outcome.port))).toEqual(new Set([standby.port]));
+    } finally {
+      running = false;
+      await service;
+      await sql.end({ timeout: 1 }).catch(() => {});
     }
   });
 
