@@ -389,8 +389,37 @@ const BUSY = new Set([
   "57P01", "57P02", "53300",
 ]);
 
-/** Classify an error by its `.code` alone: never by message text. */
+/**
+ * PgBouncer answers very different situations with one SQLSTATE, 08P01, and fixed message
+ * texts, so behind it the code alone cannot tell "fix your configuration" from "wait": these
+ * prefixes split them. The one place the kit reads a message (taken from PgBouncer's source and
+ * provoked for real against PgBouncer 1.18, see tests/init-database.pooler.test.ts).
+ */
+export const POOLER_MESSAGES: readonly { prefix: string; errorClass: ErrorClass; hint: string }[] = [
+  { prefix: "unsupported startup parameter", errorClass: "fatal", hint: "the pooler refuses a start-up parameter the client sent: add it to PgBouncer's ignore_startup_parameters, or stop sending it" },
+  { prefix: "no such database", errorClass: "fatal", hint: "the pooler has no such database: add it to the [databases] section of pgbouncer.ini (or a \"*\" fallback entry), or fix the name" },
+  { prefix: "no such user", errorClass: "fatal", hint: "the pooler does not know this user: add it to PgBouncer's auth_file (userlist.txt) or fix auth_query" },
+  { prefix: "SASL authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
+  { prefix: "password authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
+  { prefix: "server login has been failing", errorClass: "busy", hint: "the pooler cannot log in to PostgreSQL: is PostgreSQL up, and the password PgBouncer uses right? PgBouncer retries only every server_login_retry (default 15 s)" },
+  { prefix: "pgbouncer cannot connect to server", errorClass: "busy", hint: "the pooler cannot reach PostgreSQL: is it up? PgBouncer retries only every server_login_retry (default 15 s)" },
+  { prefix: "no more connections allowed", errorClass: "busy", hint: "the pooler is full: raise PgBouncer's max_client_conn (or max_db_connections / max_user_connections)" },
+  { prefix: "query_wait_timeout", errorClass: "busy", hint: "no server connection became free in the pooler in time: raise PgBouncer's default_pool_size or query_wait_timeout" },
+  { prefix: "server conn crashed", errorClass: "busy", hint: "PostgreSQL ended the pooler's server connection mid-query: a restart or a terminated session" },
+  { prefix: "database does not allow connections", errorClass: "busy", hint: "the database is disabled in the pooler (PgBouncer's DISABLE): ENABLE it" },
+];
+
+/** The POOLER_MESSAGES entry for an 08P01 error, if it is one of PgBouncer's. */
+export function poolerMessage(error: unknown): (typeof POOLER_MESSAGES)[number] | undefined {
+  if (errorCode(error) !== "08P01") return undefined;
+  const message = error instanceof Error ? error.message : "";
+  return POOLER_MESSAGES.find((entry) => message.startsWith(entry.prefix));
+}
+
+/** Classify an error by its `.code` alone, save PgBouncer's 08P01 (POOLER_MESSAGES). */
 export function classifyError(error: unknown): ErrorClass {
+  const pooler = poolerMessage(error);
+  if (pooler) return pooler.errorClass;
   const code = errorCode(error);
   if (NOT_LISTENING.has(code)) return "not-listening";
   if (code === "57P03") return "starting";
@@ -449,9 +478,12 @@ export function describeTarget(config: Config): string {
 /** One line saying what to do about an error, by code. */
 export function hint(error: unknown, config: Config): string {
   if (error instanceof NotReadyError) return hint(error.lastError, config);
+  const pooler = poolerMessage(error);
+  if (pooler) return pooler.hint;
   const code = errorCode(error);
   const where = config.targets.map(({ host, port }) => `${host}:${port}`).join(", ");
   const hints: Record<string, string> = {
+    "26000": "a prepared statement vanished: a transaction pooler (PgBouncer pool_mode=transaction) is in front; add pgbouncer=true to the URL, or use prepare: false",
     "28P01": "check the password (PGPASSWORD, POSTGRES_PASSWORD or the URL); in Compose an old volume may hold a different password (docker compose down -v resets it)",
     "28000": `the server refused user "${config.user}": check the user name and pg_hba.conf`,
     "3D000": `database "${config.database}" does not exist: fix the name, or create it with: bun run init-database.ts --create-database (same connection settings)`,
@@ -516,6 +548,15 @@ function sslOption(mode: SslMode): postgres.Options<{}>["ssl"] {
   return modes[mode];
 }
 
+/**
+ * The kit's session settings, run first in each of its own transactions. Not start-up
+ * parameters, which PgBouncer refuses ("unsupported startup parameter"), nor a plain SET, which
+ * in a transaction pool stays on the server session for whichever client gets it next.
+ */
+export function localSettings(config: Config): string {
+  return `set local statement_timeout = ${config.commandTimeoutMs}`;
+}
+
 /** A postgres.js client for one host, with the kit's timeouts; `overrides` come from library users. */
 export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}): Sql {
   const socketPath = target.host.startsWith("/") ? `${target.host}/.s.PGSQL.${target.port}` : undefined;
@@ -533,10 +574,11 @@ export function createClient(config: Config, target: Target, overrides: postgres
     fetch_types: false,
     onnotice: () => {},
     target_session_attrs: undefined,
-    connection: {
-      application_name: config.applicationName,
-      statement_timeout: config.commandTimeoutMs,
-    },
+    // Unnamed statements only: a transaction pooler hands each transaction a different server
+    // session, where a named one does not exist (26000).
+    prepare: false,
+    // application_name only: PgBouncer refuses other start-up parameters (localSettings instead).
+    connection: { application_name: config.applicationName },
     ...overrides,
   }) as Sql;
 }
@@ -545,6 +587,7 @@ interface SessionState {
   in_recovery: boolean;
   read_only: string;
   server_version: string;
+  backend_pid: number;
 }
 
 /** Does this session satisfy target_session_attrs, libpq style (checked on the session itself)? */
@@ -574,6 +617,11 @@ export interface Ready {
   attempts: number;
   elapsedMs: number;
   serverVersion: string;
+  /**
+   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
+   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
+   */
+  pooled: boolean;
 }
 
 export class NotReadyError extends Error {
@@ -602,21 +650,53 @@ export function dialTarget(target: Target): Socket {
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
  * from here: until the session is proven, a second socket is refused, which ends the attempt.
  */
-function oneSocketUntilProven(target: Target, dial: Dial): { socket: () => Socket; proven: () => void } {
+function oneSocketUntilProven(target: Target, dial: Dial): { socket: () => Socket; proven: () => void; explain: (error: unknown) => unknown } {
   let proving = true;
   let opened = 0;
+  let received = Buffer.alloc(0);
   return {
     socket: () => {
       if (proving && ++opened > 1) {
         throw kitError("CONNECTION_CLOSED", `${target.host}:${target.port} closed the connection during start-up`);
       }
+      const socket = dial(target);
+      // What the server said last, in clear text (postgres.js drops this listener for TLS).
+      socket.on("data", (chunk: Buffer) => {
+        if (proving) received = Buffer.concat([received, chunk]).subarray(-4096);
+      });
       // postgres.js reads host and port off its socket, for TLS server names and error messages.
-      return Object.assign(dial(target), { host: target.host, port: target.port });
+      return Object.assign(socket, { host: target.host, port: target.port });
     },
     proven: () => {
       proving = false;
+      received = Buffer.alloc(0);
+    },
+    /**
+     * A pooler that refuses a query (PgBouncer's "server login has been failing") sends an error
+     * and hangs up at once; postgres.js then reports only CONNECTION_CLOSED. Give the error back.
+     */
+    explain: (error) => {
+      const said = errorCode(error) === "CONNECTION_CLOSED" ? trailingError(received) : undefined;
+      // postgres.js's own error class takes the server's fields (its type declarations omit that).
+      return said ? new (postgres.PostgresError as unknown as new (fields: object) => Error)(said) : error;
     },
   };
+}
+
+/** The ErrorResponse these bytes end with, if any: what a server said before it hung up. */
+export function trailingError(bytes: Buffer): { severity: string; code: string; message: string } | undefined {
+  for (let at = bytes.length - 6; at >= 0; at--) {
+    if (bytes[at] !== 0x45 || bytes.readUInt32BE(at + 1) !== bytes.length - at - 1) continue;
+    const fields: Record<string, string> = {};
+    for (let field = at + 5; field < bytes.length - 1;) {
+      const end = bytes.indexOf(0, field + 1);
+      if (end === -1) break;
+      fields[String.fromCharCode(bytes[field]!)] = bytes.toString("utf8", field + 1, end);
+      field = end + 1;
+    }
+    if (fields.C && fields.M) return { severity: fields.S ?? "FATAL", code: fields.C, message: fields.M };
+  }
+  return undefined;
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
@@ -630,18 +710,21 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
     // `socket` is a documented postgres.js option its type declarations leave out.
     const sql = createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>);
     try {
-      const [state] = await withDeadline(
-        sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version`,
+      const rows = await withDeadline(
+        sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version, pg_backend_pid() as backend_pid`,
         connectTimeoutMs + DEFAULTS.graceMs,
         signal,
       );
-      if (sessionMatches(config.targetSessionAttrs, state!, index === config.targets.length - 1)) {
+      const state = rows[0]!;
+      if (sessionMatches(config.targetSessionAttrs, state, index === config.targets.length - 1)) {
         sockets.proven();
-        return { sql, target, serverVersion: state!.server_version };
+        // postgres.js keeps the BackendKeyData of the session on each result as `state`.
+        const cancelKey = (rows as unknown as { state?: { pid?: number } }).state;
+        return { sql, target, serverVersion: state.server_version, pooled: cancelKey?.pid !== state.backend_pid };
       }
       lastError = kitError("WRONG_SESSION_ATTRS", `${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`);
     } catch (error) {
-      lastError = error;
+      lastError = sockets.explain(error);
     }
     await closeClient(sql);
     if (signal?.aborted) throw lastError;
@@ -920,6 +1003,7 @@ function applyStep(sql: Sql, { name, sql: text, checksum }: SchemaStep, config: 
   const ledger = ledgerIdent(config);
   const [ledgerSchema] = config.ledgerTable.split(".").slice(-2, -1);
   return sql.begin(async (tx) => {
+    await tx.unsafe(localSettings(config));
     await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;
     if (ledgerSchema) await tx.unsafe(`create schema if not exists ${quoteIdent(ledgerSchema)}`);
     await tx.unsafe(`create table if not exists ${ledger} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`);
@@ -1203,9 +1287,9 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     for (;;) {
       const ready = await waitUntilReady(config, { signal, onAttempt, startedAt });
       sql = ready.sql;
-      reporter.event({ event: "ready", attempts: ready.attempts, elapsed_ms: ready.elapsedMs, host: ready.target.host, port: ready.target.port, server_version: ready.serverVersion });
+      reporter.event({ event: "ready", attempts: ready.attempts, elapsed_ms: ready.elapsedMs, host: ready.target.host, port: ready.target.port, server_version: ready.serverVersion, pooled: ready.pooled });
       if (values["wait-only"]) {
-        reporter.result(`ready: ${target} (PostgreSQL ${ready.serverVersion}) after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}`);
+        reporter.result(`ready: ${target} (PostgreSQL ${ready.serverVersion}${ready.pooled ? " through a pooler" : ""}) after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}`);
         return summary("ready", EXIT.ok, { attempts: ready.attempts });
       }
       reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; ${dryRun ? "checking what the schema would apply" : "applying the schema"}`);
@@ -1269,6 +1353,7 @@ function schemaHint(error: unknown): string {
   if (code === "MIGRATION_CHANGED") return "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file";
   if (code === "57014" || code === "55P03") return "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session";
   if (code === "42501") return "the user lacks a privilege the schema needs (CREATE on the schema?)";
+  if (code === "26000") return "a prepared statement vanished between transactions: a transaction pooler is in front; run schema work directly (--direct-url / DIRECT_URL)";
   return "fix the SQL; nothing of this step was applied (it ran in one transaction)";
 }
 

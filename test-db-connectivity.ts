@@ -21,9 +21,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type postgres from "postgres";
 import {
   abortOnSignals, BUILT_IN_STEP, closeClient, ConfigError, createClient, describeTarget, dialTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  formatMs, hint, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
+  formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
 
 const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
@@ -180,22 +181,34 @@ async function connectionWithRetry(context: SuiteContext): Promise<string> {
   }
 }
 
+/** The cancel key's pid of the session that ran a query: the server's pid, or one a pooler made up. */
+function clientKey(rows: object): number | undefined {
+  return (rows as { state?: { pid?: number } }).state?.pid;
+}
+
+/**
+ * Through a pooler N client connections share fewer server sessions, so sessions are counted by
+ * their cancel keys (PgBouncer gives each client its own), and the server's free slots limit
+ * nothing (the pooler queues).
+ */
 async function concurrentConnections(context: SuiteContext): Promise<string> {
   const { concurrency, signal } = context;
   const config = await selectedHost(context);
   const admin = await openOnce(config, signal);
   let capacity;
   try {
-    [capacity] = await withDeadline(admin<{ max: number; reserved: number; used: number }[]>`
+    capacity = await withDeadline(admin<{ max: number; reserved: number; used: number; pid: number }[]>`
       select current_setting('max_connections')::int as max,
              current_setting('superuser_reserved_connections')::int as reserved,
-             (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as used`, deadlineOf(config), signal);
+             (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as used,
+             pg_backend_pid() as pid`, deadlineOf(config), signal);
   } finally {
     await closeClient(admin);
   }
-  const { max, reserved, used } = capacity!;
+  const { max, reserved, used, pid } = capacity[0]!;
+  const pooled = clientKey(capacity) !== pid;
   const free = max - reserved - used;
-  if (concurrency > free) {
+  if (!pooled && concurrency > free) {
     throw new CheckFailure(
       `--concurrency ${concurrency} exceeds the ${free} free connection slots (max_connections=${max}, reserved=${reserved}, in use=${used})`,
       `lower --concurrency to ${Math.max(1, free)} or raise max_connections`,
@@ -209,11 +222,20 @@ async function concurrentConnections(context: SuiteContext): Promise<string> {
     );
     const failures = outcomes.filter((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
     if (failures.length > 0) {
-      throw new CheckFailure(`${failures.length} of ${concurrency} connections failed, first: ${explain(failures[0]!.reason)}`, hint(failures[0]!.reason, config));
+      const fix = pooled ? "in session mode the pooler's pool must hold them all: raise default_pool_size or lower --concurrency" : hint(failures[0]!.reason, config);
+      throw new CheckFailure(`${failures.length} of ${concurrency} connections failed, first: ${explain(failures[0]!.reason)}`, fix);
     }
-    const pids = new Set(outcomes.map((outcome) => (outcome.status === "fulfilled" ? outcome.value[0]!.pid : undefined)));
-    if (pids.size !== concurrency) throw new CheckFailure(`expected ${concurrency} separate sessions, got ${pids.size}`);
-    return `${concurrency}/${concurrency} connections in ${formatMs(performance.now() - startedAt)}; server allows ${max} (${reserved} reserved, ${used} in use before)`;
+    const answers = outcomes.map((outcome) => (outcome as PromiseFulfilledResult<{ pid: number }[]>).value);
+    const sessions = new Set(answers.map(clientKey)).size;
+    const serverSessions = new Set(answers.map((rows) => rows[0]!.pid)).size;
+    if (sessions !== concurrency || (!pooled && serverSessions !== concurrency)) {
+      throw new CheckFailure(`expected ${concurrency} separate sessions, got ${pooled ? sessions : serverSessions}`);
+    }
+    const elapsed = formatMs(performance.now() - startedAt);
+    if (pooled) {
+      return `${concurrency}/${concurrency} connections through the pooler in ${elapsed}, served by ${serverSessions} server session${serverSessions === 1 ? "" : "s"}; server allows ${max} (the pooler queues beyond its pool)`;
+    }
+    return `${concurrency}/${concurrency} connections in ${elapsed}; server allows ${max} (${reserved} reserved, ${used} in use before)`;
   } finally {
     await Promise.all(clients.map(closeClient));
   }
@@ -294,6 +316,11 @@ async function schemaValidation(context: SuiteContext): Promise<string> {
   }
 }
 
+/**
+ * The victim holds its session in a transaction while another client ends it: behind a
+ * transaction pooler that is the only way to know which server session is the victim's (and
+ * that the other client is not on the same one).
+ */
 async function reconnect(context: SuiteContext): Promise<string> {
   const { signal } = context;
   const config = await selectedHost(context);
@@ -304,46 +331,68 @@ async function reconnect(context: SuiteContext): Promise<string> {
   });
   let fresh: Sql | undefined;
   try {
-    const [{ pid }] = await withDeadline(victim<[{ pid: number }]>`select pg_backend_pid() as pid`, deadlineOf(config), signal);
-    const [{ terminated }] = await withDeadline(admin<[{ terminated: boolean }]>`select pg_terminate_backend(${pid}) as terminated`, deadlineOf(config), signal);
-    if (!terminated) throw new CheckFailure(`pg_terminate_backend(${pid}) returned false`, "the user needs pg_signal_backend or to own the session");
-    // The old client's next query may fail, succeed on a new socket, or (postgres.js on Bun)
-    // never settle: each is fine as long as it ends within the deadline and is then dropped.
-    const afterwards = await withDeadline(victim`select 1`, deadlineOf(config), signal).then(() => "answered on a new socket", (error) => `failed with ${errorCode(error)}`);
+    let pid = 0;
+    const inTransaction = await withDeadline(victim.begin(async (tx) => {
+      [{ pid }] = await tx<[{ pid: number }]>`select pg_backend_pid() as pid`;
+      const [{ terminated }] = await withDeadline(admin<[{ terminated: boolean }]>`select pg_terminate_backend(${pid}) as terminated`, deadlineOf(config), signal);
+      if (!terminated) throw new CheckFailure(`pg_terminate_backend(${pid}) returned false`, "the user needs pg_signal_backend or to own the session");
+      await tx`select 1`;
+    }), deadlineOf(config), signal).then(() => "answered", (error) => {
+      if (error instanceof CheckFailure) throw error;
+      return errorCode(error);
+    });
+    if (inTransaction === "answered") throw new CheckFailure(`session ${pid} still answered after pg_terminate_backend(${pid})`);
+    // The old client is dropped, not reused: postgres.js on Bun may leave its next query pending.
     await closeClient(victim);
     fresh = await openOnce(config, signal);
     const startedAt = performance.now();
     const [row] = await withDeadline(fresh`select pg_backend_pid() as pid`, deadlineOf(config), signal);
     if (row!.pid === pid) throw new CheckFailure(`the fresh client reused the terminated session ${pid}`);
-    return `session ${pid} terminated; old client ${afterwards}; fresh client answered in ${formatMs(performance.now() - startedAt)}`;
+    return `session ${pid} terminated mid-transaction: the client's query failed at once (${inTransaction}); a fresh client answered in ${formatMs(performance.now() - startedAt)}`;
   } finally {
     await Promise.all([closeClient(victim), closeClient(admin), closeClient(fresh)]);
   }
 }
 
+/**
+ * The kit sets --command-timeout at the start of each of its transactions (localSettings):
+ * behind a pooler a start-up parameter is refused and a session SET leaks to other clients.
+ * So the check proves the setting holds inside such a transaction, that the server cancels a
+ * query past it (57014), and that nothing set locally outlives its transaction.
+ */
 async function statementTimeout(context: SuiteContext): Promise<string> {
   const { signal } = context;
   const config = await selectedHost(context);
   const sql = await openOnce(config, signal);
+  const setting = async (tx: postgres.TransactionSql<{}>) => (await tx<[{ ms: number }]>`select setting::int as ms from pg_settings where name = 'statement_timeout'`)[0].ms;
   try {
-    const [{ ms }] = await withDeadline(sql<[{ ms: number }]>`select setting::int as ms from pg_settings where name = 'statement_timeout'`, deadlineOf(config), signal);
-    if (ms !== config.commandTimeoutMs) {
-      throw new CheckFailure(`the session's statement_timeout is ${ms} ms, not --command-timeout (${config.commandTimeoutMs} ms)`, "a pooler or ALTER ROLE ... SET statement_timeout may override it");
-    }
     const probeMs = SUITE_DEFAULTS.probeStatementTimeoutMs;
     const startedAt = performance.now();
     const outcome = await withDeadline(
       sql.begin(async (tx) => {
+        await tx.unsafe(localSettings(config));
+        const ms = await setting(tx);
+        if (ms !== config.commandTimeoutMs) {
+          throw new CheckFailure(`statement_timeout is ${ms} ms after the kit's SET LOCAL, not --command-timeout (${config.commandTimeoutMs} ms)`);
+        }
         await tx.unsafe(`set local statement_timeout = ${probeMs}`);
         await tx`select pg_sleep(${(probeMs * 10) / 1000})`;
-      }).then(() => "finished", (error) => errorCode(error)),
+      }).then(() => "finished", (error) => {
+        if (error instanceof CheckFailure) throw error;
+        return errorCode(error);
+      }),
       deadlineOf(config),
       signal,
     );
     if (outcome !== "57014") {
       throw new CheckFailure(`a query past a ${probeMs} ms statement_timeout ${outcome === "finished" ? "was not cancelled" : `failed with ${outcome}, not 57014`}`);
     }
-    return `session statement_timeout ${formatMs(ms)}; a query past ${probeMs} ms was cancelled by the server (57014) after ${formatMs(performance.now() - startedAt)}`;
+    const cancelledMs = performance.now() - startedAt;
+    const after = await withDeadline(sql.begin(setting), deadlineOf(config), signal);
+    if (after === probeMs || after === config.commandTimeoutMs) {
+      throw new CheckFailure(`statement_timeout ${after} ms outlived the transaction that set it`, "a SET leaks to other clients of a transaction pool: set it with SET LOCAL");
+    }
+    return `--command-timeout ${formatMs(config.commandTimeoutMs)} holds in the kit's transactions; a query past ${probeMs} ms was cancelled by the server (57014) after ${formatMs(cancelledMs)}; nothing outlived its transaction`;
   } finally {
     await closeClient(sql);
   }
@@ -509,7 +558,7 @@ Connection: --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:
   --url URL               postgres://user:pass@host:port/db
   --timeout S             how long Basic Connection may wait (default ${SUITE_DEFAULTS.timeoutSeconds})
   --connect-timeout S     per connection attempt (default ${SUITE_DEFAULTS.connectTimeoutSeconds})
-  --command-timeout S     the statement_timeout sessions must carry (default 60)
+  --command-timeout S     the statement_timeout the kit's transactions carry (default 60)
 
 Checks: ${CHECK_NAMES.join(", ")}
   --only NAME[,NAME]      run only these (e.g. --only basic,statement-timeout)

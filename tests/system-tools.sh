@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The system tools the tests run besides what npm installs: shellcheck (lints the shell
 # scripts), pg_isready (the Compose health check's own command, run against a real server) and
-# pg_basebackup (makes the streaming standbys of the failover tests); both from postgresql-client.
+# pg_basebackup (makes the streaming standbys of the failover tests); both from postgresql-client;
+# and PgBouncer (the pooler the tests put in front of a real server).
 # As root on Debian or Ubuntu this installs what is missing; elsewhere it says how, and fails.
 # Usage: bash tests/system-tools.sh    (npm test runs it first)
 set -Eeuo pipefail
@@ -13,6 +14,7 @@ missing_tools() {
   for tool in pg_isready pg_basebackup; do
     command -v "$tool" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$tool" >/dev/null || { echo postgresql-client; break; }
   done
+  [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null 2>&1 || echo pgbouncer
 }
 
 # usage: main
@@ -25,7 +27,7 @@ main() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "error: the tests need ${missing[*]}: sudo apt-get install ${missing[*]} (macOS: brew install shellcheck libpq)" >&2
+    echo "error: the tests need ${missing[*]}: sudo apt-get install ${missing[*]} (macOS: brew install shellcheck libpq pgbouncer)" >&2
     return 1
   fi
 }
