@@ -361,6 +361,7 @@ export const KIT_ERRORS = {
   FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
   CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
+  POOLER_NO_SERVER: "the login was accepted but no session followed before the connect timeout: a pooler waiting for its PostgreSQL",
   WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
   NO_MAINTENANCE_DATABASE: "--create-database found no maintenance database to create the target from (exit 4)",
   SIGINT: "interrupted by SIGINT (exit 130)",
@@ -385,7 +386,7 @@ const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTU
 const BUSY = new Set([
   "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
   "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
-  "CLIENT_DEADLINE", "WRONG_SESSION_ATTRS",
+  "CLIENT_DEADLINE", "WRONG_SESSION_ATTRS", "POOLER_NO_SERVER",
   "57P01", "57P02", "53300",
 ]);
 
@@ -496,6 +497,7 @@ export function hint(error: unknown, config: Config): string {
     EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,
     CONNECT_TIMEOUT: `${where} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
     CLIENT_DEADLINE: "the server stopped answering mid-query; the client was replaced",
+    POOLER_NO_SERVER: `${where} accepted the login but opened no session: a pooler (PgBouncer) whose PostgreSQL is down or unreachable? PgBouncer retries it every server_login_retry (default 15 s)`,
     CONNECTION_CLOSED: `${where} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
     ECONNRESET: `${where} reset the connection: a server restarting, or a proxy or firewall cutting it`,
     WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
@@ -678,9 +680,31 @@ function oneSocketUntilProven(target: Target, dial: Dial): { socket: () => Socke
     explain: (error) => {
       const said = errorCode(error) === "CONNECTION_CLOSED" ? trailingError(received) : undefined;
       // postgres.js's own error class takes the server's fields (its type declarations omit that).
-      return said ? new (postgres.PostgresError as unknown as new (fields: object) => Error)(said) : error;
+      if (said) return new (postgres.PostgresError as unknown as new (fields: object) => Error)(said);
+      if (errorCode(error) === "CONNECT_TIMEOUT" && loginWithoutSession(received)) {
+        return kitError("POOLER_NO_SERVER", `${target.host}:${target.port} accepted the login but opened no session within the connect timeout`);
+      }
+      return error;
     },
   };
+}
+
+/**
+ * Did these bytes (a server's answers during start-up) accept the login (SASLFinal or
+ * AuthenticationOk) without a session following (ReadyForQuery)? PostgreSQL sends the session
+ * at once; PgBouncer with no server connection yet authenticates the client itself, then waits.
+ */
+export function loginWithoutSession(bytes: Buffer): boolean {
+  // The one-byte answer to SSLRequest comes first when TLS was offered and declined.
+  let at = bytes[0] === 0x4e ? 1 : 0;
+  let accepted = false;
+  while (at + 5 <= bytes.length) {
+    const type = bytes[at];
+    if (type === 0x5a) return false;
+    if (type === 0x52 && at + 9 <= bytes.length && [0, 12].includes(bytes.readUInt32BE(at + 5))) accepted = true;
+    at += 1 + bytes.readUInt32BE(at + 1);
+  }
+  return accepted;
 }
 
 /** The ErrorResponse these bytes end with, if any: what a server said before it hung up. */
