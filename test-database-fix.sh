@@ -160,10 +160,15 @@ choose_provider() {
   say "provider: $provider (auto)"
 }
 
+# usage: check_bash MAJOR VERSION    (bash 5 is needed: now_ms reads EPOCHREALTIME)
+check_bash() {
+  (($1 >= 5)) ||
+    die 2 "bash 5 or newer is needed (this is bash $2): install it (macOS: brew install bash) and run 'bash test-database-fix.sh'"
+}
+
 # usage: preflight    (checks what the chosen provider needs; one line on what is missing)
 preflight() {
-  ((BASH_VERSINFO[0] >= 5)) ||
-    die 2 "bash 5 or newer is needed (this is bash $BASH_VERSION): install it (macOS: brew install bash) and run 'bash test-database-fix.sh'"
+  check_bash "${BASH_VERSINFO[0]}" "$BASH_VERSION"
   [[ "$(timeout --version 2>/dev/null || true)" == *"GNU coreutils"* ]] ||
     die 2 "GNU timeout is needed: install coreutils (Debian: apt-get install coreutils; macOS: brew install coreutils, then put its gnubin folder first in PATH)"
   command -v npm >/dev/null 2>&1 || command -v bun >/dev/null 2>&1 ||

@@ -218,6 +218,13 @@ describe("test-database-fix.sh", () => {
     }
   });
 
+  test("a bash older than 5 is named as a missing prerequisite, in one line", () => {
+    const run = sourced(`check_bash 3 3.2.57; echo "ran on" >&2`);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toBe("error: bash 5 or newer is needed (this is bash 3.2.57): install it (macOS: brew install bash) and run 'bash test-database-fix.sh'\n");
+    expect(sourced(`check_bash "\${BASH_VERSINFO[0]}" "$BASH_VERSION"`).code).toBe(0);
+  });
+
   test("a timeout that is not GNU's is named as a missing prerequisite, in one line", async () => {
     const run = await runFix(["--provider", "embedded"], { PATH: `${join(ROOT, "tests", "fixtures", "not-gnu")}:${process.env.PATH}` });
     temps.push(run.tmp);
