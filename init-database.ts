@@ -30,6 +30,9 @@ import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { createConnection, type Socket } from "node:net";
 import { basename, join, resolve } from "node:path";
+import { once } from "node:events";
+import { Stream, type Writable } from "node:stream";
+import { finished } from "node:stream/promises";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import postgres from "postgres";
 
@@ -57,6 +60,10 @@ export const DEFAULTS = {
   timeoutMs: 120_000,
   connectTimeoutMs: 10_000,
   commandTimeoutMs: 60_000,
+  /** lock_timeout of every schema step: DDL waiting longer for a lock is rolled back and retried. */
+  lockTimeoutMs: 5_000,
+  /** How often a running step looks at who blocks it, at most. */
+  blockerPollMs: 500,
   ledgerTable: "schema_migrations",
   poolMax: 10,
   keepAliveSeconds: 30,
@@ -139,6 +146,7 @@ export interface Options {
   timeout?: string | number;
   connectTimeout?: string | number;
   commandTimeout?: string | number;
+  lockTimeout?: string | number;
   maxRetries?: string | number;
   applicationName?: string;
   createDatabase?: boolean;
@@ -161,6 +169,7 @@ export interface Config {
   timeoutMs: number;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
+  lockTimeoutMs: number;
   maxRetries: number | undefined;
   createDatabase: boolean;
   ledgerTable: string;
@@ -328,6 +337,7 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
         seconds("PGCONNECT_TIMEOUT", env.PGCONNECT_TIMEOUT),
       ) ?? DEFAULTS.connectTimeoutMs,
     commandTimeoutMs: seconds("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
+    lockTimeoutMs: seconds("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs,
     maxRetries: undefined,
     createDatabase: options.createDatabase ?? false,
     ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
@@ -500,6 +510,7 @@ export function hint(error: unknown, config: Config): string {
     POOLER_NO_SERVER: `${where} accepted the login but opened no session: a pooler (PgBouncer) whose PostgreSQL is down or unreachable? PgBouncer retries it every server_login_retry (default 15 s)`,
     CONNECTION_CLOSED: `${where} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
     ECONNRESET: `${where} reset the connection: a server restarting, or a proxy or firewall cutting it`,
+    "55P03": "another session holds a lock the schema step needs (see \"blocked by\"): let it finish or end it, or raise --timeout to wait longer",
     WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
     TLS: "TLS failed: fix the server's certificate or choose another sslmode (disable, prefer, require)",
   };
@@ -894,22 +905,271 @@ export function quoteIdent(name: string): string {
 }
 
 // ---------------------------------------------------------------------------------------
+// SQL scripts, read as psql reads a file
+
+/** A line before a file's first statement that makes it run statement by statement, outside a transaction. */
+export const NO_TRANSACTION_MARKER = "-- init-database: no-transaction";
+const MARKER_LINE = /^[ \t]*--[ \t]*init-database:[ \t]*no-transaction[ \t]*\r?$/im;
+/** psql meta-commands that dumps hold and that mean nothing to a server: skipped. Any other is refused. */
+const SKIPPED_META_COMMANDS = /^\\(?:restrict|unrestrict)(?:\s|$)|^\\set\s+ON_ERROR_STOP(?:\s|$)/;
+/** COPY data goes to the server in pieces of about this many characters, cut at row ends. */
+const COPY_CHUNK_CHARS = 256 * 1024;
+/** How many top-level words of a statement the reader keeps to classify it. */
+const WORDS_KEPT = 16;
+
+export interface ScriptStatement {
+  /** Offsets of the statement in the file's text, without its `;`. */
+  start: number;
+  end: number;
+  /** Where it starts in the file, 1-based. */
+  line: number;
+  column: number;
+  /** Its first words outside quotes, comments and parentheses, in lower case. */
+  words: string[];
+  /** For `COPY ... FROM stdin`: the rows that follow it in the file, up to the line `\.`. */
+  data?: { start: number; end: number };
+}
+
+export interface Script {
+  name: string;
+  text: string;
+  statements: ScriptStatement[];
+  /** The file holds the no-transaction marker before its first statement. */
+  noTransaction: boolean;
+}
+
+const isSpace = (c: number) => c === 32 || (c >= 9 && c <= 13);
+const isIdentStart = (c: number) => (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c >= 128;
+const isIdentPart = (c: number) => isIdentStart(c) || (c >= 48 && c <= 57) || c === 36;
+const DOLLAR_QUOTE = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
+
+/** What PostgreSQL refuses inside a transaction block, named by the statement's first words; undefined when it runs in one. */
+export function needsNoTransaction(words: string[]): string | undefined {
+  const [first, second, third] = words;
+  const concurrently = words.includes("concurrently");
+  if (first === "vacuum") return "VACUUM";
+  if (first === "alter" && second === "system") return "ALTER SYSTEM";
+  if ((first === "create" || first === "drop") && (second === "database" || second === "tablespace")) return `${first} ${second}`.toUpperCase();
+  if (first === "create" && concurrently && (second === "index" || (second === "unique" && third === "index"))) return `CREATE ${second === "unique" ? "UNIQUE " : ""}INDEX CONCURRENTLY`;
+  if (first === "drop" && second === "index" && third === "concurrently") return "DROP INDEX CONCURRENTLY";
+  if (first === "reindex" && (concurrently || second === "database" || second === "system")) return concurrently ? "REINDEX ... CONCURRENTLY" : `REINDEX ${second!.toUpperCase()}`;
+  if (first === "alter" && second === "table" && concurrently && words.includes("detach")) return "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY";
+  if (first === "alter" && second === "database" && words.includes("tablespace")) return "ALTER DATABASE ... SET TABLESPACE";
+  if (first === "cluster" && words.length === 1) return "CLUSTER without a table";
+  if ((first === "commit" || first === "rollback") && second === "prepared") return `${first.toUpperCase()} PREPARED`;
+  return undefined;
+}
+
+/** BEGIN, COMMIT and the like: a step is already one transaction. */
+function transactionControl(words: string[]): "begin" | "commit" | "other" | undefined {
+  const [first, second] = words;
+  const plain = words.length === 1 || (words.length === 2 && (second === "work" || second === "transaction"));
+  if (first === "begin" || (first === "start" && second === "transaction")) return plain || (first === "start" && words.length === 2) ? "begin" : "other";
+  if (first === "commit" || first === "end") return plain ? "commit" : "other";
+  if ((first === "rollback" || first === "abort") && second !== "to") return "other";
+  return undefined;
+}
+
+function isCopyFromStdin(words: string[]): boolean {
+  return words[0] === "copy" && words.some((word, index) => word === "from" && words[index + 1] === "stdin");
+}
+
+/**
+ * Split a file into statements by PostgreSQL's lexical rules, as psql does: `'...'` (with
+ * `''`), `E'...'` (with backslash escapes), `$tag$...$tag$`, `"..."`, `--` and nested
+ * `/* *\/` comments, parentheses, and `BEGIN ... END` bodies of SQL-standard functions.
+ * `COPY ... FROM stdin` takes the rows after it up to a line `\.` (kept as offsets, never
+ * copied); `\restrict`, `\unrestrict` and `\set ON_ERROR_STOP` are skipped; any other psql
+ * meta-command is refused, as is a statement PostgreSQL refuses in a transaction block in a
+ * file without the no-transaction marker. Throws SchemaError naming the file and line.
+ */
+export function readScript(text: string, name: string): Script {
+  const statements: ScriptStatement[] = [];
+  const length = text.length;
+  let line = 1;
+  let lineStart = 0;
+  let counted = 0;
+  /** Line and column of offset `at`; offsets only grow, so newlines are counted once. */
+  const locate = (at: number) => {
+    for (let newline = text.indexOf("\n", counted); newline !== -1 && newline < at; newline = text.indexOf("\n", newline + 1)) {
+      line++;
+      lineStart = newline + 1;
+    }
+    counted = Math.max(counted, at);
+    return { line, column: at - lineStart + 1 };
+  };
+  const fail = (atLine: number, message: string, fix: string): never => {
+    throw new SchemaError(`${name}, line ${atLine}: ${message}`, "SCHEMA_FAILED", fix);
+  };
+
+  let current: ScriptStatement | undefined;
+  let parens = 0;
+  let beginDepth = 0;
+  let routineWords = "";
+  let identifiers = 0;
+  const finish = (end: number) => {
+    if (current) {
+      current.end = end;
+      statements.push(current);
+    }
+    current = undefined;
+    parens = beginDepth = identifiers = 0;
+    routineWords = "";
+  };
+
+  let i = 0;
+  while (i < length) {
+    const c = text.charCodeAt(i);
+    if (isSpace(c)) {
+      i++;
+      continue;
+    }
+    if (c === 45 && text.charCodeAt(i + 1) === 45) { // -- comment
+      const newline = text.indexOf("\n", i);
+      i = newline === -1 ? length : newline;
+      continue;
+    }
+    if (c === 47 && text.charCodeAt(i + 1) === 42) { // /* comment */, nested
+      let depth = 0;
+      while (i < length) {
+        if (text.charCodeAt(i) === 47 && text.charCodeAt(i + 1) === 42) { depth++; i += 2; }
+        else if (text.charCodeAt(i) === 42 && text.charCodeAt(i + 1) === 47) { i += 2; if (--depth === 0) break; }
+        else i++;
+      }
+      continue;
+    }
+    if (c === 92) { // a psql meta-command: up to the end of the line
+      const newline = text.indexOf("\n", i);
+      const command = text.slice(i, newline === -1 ? length : newline).replace(/\r$/, "");
+      if (!SKIPPED_META_COMMANDS.test(command)) {
+        const word = /^\\\S*/.exec(command)![0];
+        fail(locate(i).line, `psql meta-command ${word} cannot run here (only \\restrict, \\unrestrict and \\set ON_ERROR_STOP are understood, and skipped)`,
+          `remove ${word} from the file: a schema file is plain SQL plus COPY data (${word === "\\c" || word === "\\connect" ? "the kit connects to one database, given by the URL" : "run psql for scripts that need it"})`);
+      }
+      i = newline === -1 ? length : newline;
+      continue;
+    }
+    if (!current) current = { start: i, end: i, ...locate(i), words: [] };
+    if (c === 39) { // 'string'
+      i = endOfQuoted(text, i, 39, false);
+    } else if (c === 34) { // "identifier"
+      i = endOfQuoted(text, i, 34, false);
+    } else if (c === 36) { // $tag$ ... $tag$, else a parameter like $1
+      DOLLAR_QUOTE.lastIndex = i;
+      const tag = DOLLAR_QUOTE.exec(text)?.[0];
+      if (tag) {
+        const close = text.indexOf(tag, i + tag.length);
+        i = close === -1 ? length : close + tag.length;
+      } else i++;
+    } else if (isIdentStart(c)) {
+      let j = i + 1;
+      while (j < length && isIdentPart(text.charCodeAt(j))) j++;
+      const word = text.slice(i, j).toLowerCase();
+      if ((word === "e") && text.charCodeAt(j) === 39) {
+        i = endOfQuoted(text, j, 39, true);
+        continue;
+      }
+      if (parens === 0 && current.words.length < WORDS_KEPT) current.words.push(word);
+      // psql's own rule: inside CREATE [OR REPLACE] FUNCTION|PROCEDURE, BEGIN ... END (and CASE ... END) hold semicolons.
+      if (identifiers < 4) routineWords += ["create", "or", "replace", "function", "procedure"].includes(word) ? word[0] : "-";
+      identifiers++;
+      if (/^c(?:f|p|orf|orp)/.test(routineWords) && parens === 0) {
+        if (word === "begin") beginDepth++;
+        else if (word === "case" && beginDepth > 0) beginDepth++;
+        else if (word === "end" && beginDepth > 0) beginDepth--;
+      }
+      i = j;
+    } else if (c >= 48 && c <= 57) {
+      while (i < length && (isIdentPart(text.charCodeAt(i)) || text.charCodeAt(i) === 46)) i++;
+    } else if (c === 40) {
+      parens++;
+      i++;
+    } else if (c === 41) {
+      if (parens > 0) parens--;
+      i++;
+    } else if (c === 59 && parens === 0 && beginDepth === 0) {
+      const statement = current;
+      finish(i);
+      i++;
+      if (isCopyFromStdin(statement.words)) i = copyData(text, statement, i, fail);
+    } else i++;
+  }
+  if (current) finish(text.trimEnd().length);
+
+  const firstStart = statements[0]?.start ?? length;
+  const noTransaction = MARKER_LINE.test(text.slice(0, firstStart));
+  if (noTransaction) return { name, text, statements, noTransaction };
+  const kept = statements.filter((statement, index) => {
+    const control = transactionControl(statement.words);
+    // A file wrapped in BEGIN ... COMMIT for psql: the step is that transaction already.
+    if (control === "begin" && index === 0) return false;
+    if (control === "commit" && index === statements.length - 1 && transactionControl(statements[0]!.words) === "begin") return false;
+    if (control) {
+      fail(statement.line, `${statement.words.join(" ").toUpperCase()} inside a step: each step runs in one transaction of its own`,
+        `remove it, or put "${NO_TRANSACTION_MARKER}" before the first statement to run the file statement by statement`);
+    }
+    const refused = needsNoTransaction(statement.words);
+    if (refused) {
+      fail(statement.line, `${refused} cannot run inside a transaction block, and the file has no marker`,
+        `put the line "${NO_TRANSACTION_MARKER}" before the first statement: the file then runs statement by statement in autocommit (keep such statements in a file of their own)`);
+    }
+    return true;
+  });
+  return { name, text, statements: kept, noTransaction };
+}
+
+/** The offset just past a quoted string or identifier that opens at `open`; `backslashes` for E'' strings. */
+function endOfQuoted(text: string, open: number, quote: number, backslashes: boolean): number {
+  for (let i = open + 1; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (backslashes && c === 92) i++;
+    else if (c === quote) {
+      if (text.charCodeAt(i + 1) !== quote) return i + 1;
+      i++;
+    }
+  }
+  return text.length;
+}
+
+/** Attach the rows after a COPY ... FROM stdin (from the next line up to a line `\.`); returns where reading goes on. */
+function copyData(text: string, statement: ScriptStatement, afterSemicolon: number, fail: (line: number, message: string, fix: string) => never): number {
+  const fix = "put the rows after the statement and end them with a line \\. (as pg_dump writes them), or load the data another way";
+  const newline = text.indexOf("\n", afterSemicolon);
+  if (newline === -1) fail(statement.line, "COPY ... FROM stdin has no data after it (no line \\. before the end of the file)", fix);
+  const start = newline + 1;
+  for (let at = start; at !== -1 && at < text.length; ) {
+    if (text.startsWith("\\.", at)) {
+      const after = at + 2;
+      const rest = after === text.length ? after : text.charCodeAt(after) === 10 ? after + 1 : text.startsWith("\r\n", after) ? after + 2 : -1;
+      if (rest !== -1) {
+        statement.data = { start, end: at };
+        return rest;
+      }
+    }
+    const next = text.indexOf("\n\\.", at);
+    at = next === -1 ? -1 : next + 1;
+  }
+  return fail(statement.line, "COPY ... FROM stdin has no line \\. ending its data before the end of the file", fix);
+}
+
+// ---------------------------------------------------------------------------------------
 // Schema
 
 export interface SchemaStep {
   name: string;
   sql: string;
   checksum: string;
+  script: Script;
 }
 
 export class SchemaError extends Error {
-  constructor(message: string, readonly code: KitErrorCode = "SCHEMA_FAILED") {
+  constructor(message: string, readonly code: KitErrorCode = "SCHEMA_FAILED", readonly fix?: string) {
     super(message);
   }
 }
 
 function step(name: string, sql: string): SchemaStep {
-  return { name, sql, checksum: createHash("sha256").update(sql).digest("hex") };
+  return { name, sql, checksum: createHash("sha256").update(sql).digest("hex"), script: readScript(sql, name) };
 }
 
 /** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
@@ -943,7 +1203,16 @@ export interface StepResult {
   ms: number;
 }
 
-type Cancellable = Promise<unknown> & { cancel(): unknown };
+/** A step waiting for a lock another session holds, before its next attempt. */
+export interface LockWait {
+  step: string;
+  attempt: number;
+  delayMs: number;
+  /** The sessions it waited behind: pid, application, state, how long their query has run, its start. */
+  blockers: string[];
+}
+
+type Cancellable = PromiseLike<unknown> & { cancel(): unknown };
 
 /**
  * On SIGINT/SIGTERM the server must stop the running statement now: closing our socket alone
@@ -959,9 +1228,8 @@ function cancelOnAbort(signal: AbortSignal | undefined) {
   };
   signal?.addEventListener("abort", cancel, { once: true });
   return {
-    track<Query extends Cancellable>(query: Query): Query {
-      inflight = { query, ended: query.then(() => {}, () => {}) };
-      return query;
+    track(query: Cancellable): void {
+      inflight = { query, ended: Promise.resolve(query).then(() => {}, () => {}) };
     },
     async release(): Promise<void> {
       signal?.removeEventListener("abort", cancel);
@@ -971,20 +1239,96 @@ function cancelOnAbort(signal: AbortSignal | undefined) {
 }
 
 /**
- * Apply each pending step in its own transaction under an advisory lock, recording it in the
- * ledger, so that replicas starting together apply it exactly once. An up-to-date database
- * costs one query and takes no lock.
+ * A deadline that restarts on every sign of progress: a step may run many statements, each
+ * bounded by statement_timeout on the server, so the client gives up only when one answer is
+ * overdue. Rejects with CLIENT_DEADLINE, or with the abort reason when `signal` fires.
+ */
+function progressDeadline(ms: number, signal?: AbortSignal) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let fail: (reason: unknown) => void = () => {};
+  const expired = new Promise<never>((_, reject) => {
+    fail = reject;
+  });
+  expired.catch(() => {});
+  const touch = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => fail(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms`)), ms);
+  };
+  const onAbort = () => fail(signal!.reason);
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener("abort", onAbort, { once: true });
+  touch();
+  return {
+    expired,
+    touch,
+    stop: () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    },
+  };
+}
+
+/** The ledger, resolved once per run: always addressed schema-qualified, the advisory-lock key made from that name. */
+export interface Ledger {
+  ident: string;
+  lockKey: string;
+  /** The schema was named in --ledger-table, so the kit creates it if missing. */
+  createSchema: string | undefined;
+}
+
+/**
+ * `--ledger-table NAME` without a schema means the schema of a fresh session (normally
+ * public), asked once: a step that empties search_path (as pg_dump output does) cannot
+ * move it, and two spellings of the same table share one lock.
+ */
+export async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Ledger> {
+  const parts = config.ledgerTable.split(".");
+  const table = parts.at(-1)!;
+  let schema = parts.length > 1 ? parts[0] : undefined;
+  if (schema === undefined) {
+    const [row] = await withDeadline(sql<{ schema: string | null }[]>`select current_schema() as schema`, deadline, signal);
+    if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
+    schema = row.schema;
+  }
+  return { ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined };
+}
+
+/** What the ledger records, step name to checksum; empty when there is no ledger yet. */
+export async function readLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal, ledger?: Ledger): Promise<Record<string, string>> {
+  const { ident } = ledger ?? (await resolveLedger(sql, config, deadline, signal));
+  const query = sql.unsafe(`select coalesce(json_object_agg(name, checksum), '{}') as applied from ${ident}`);
+  const rows = await withDeadline(query, deadline, signal).catch((error) => {
+    if (errorCode(error) === "42P01") return [{ applied: {} }];
+    throw error;
+  });
+  return (rows[0]?.applied ?? {}) as Record<string, string>;
+}
+
+/** How long the client waits for one answer: the server's statement_timeout plus a grace. */
+function answerDeadline(config: Config): number {
+  return config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
+}
+
+/**
+ * Apply each pending step under an advisory lock, recording it in the ledger, so that replicas
+ * starting together apply it exactly once. A step that meets a lock held by another session
+ * for longer than --lock-timeout is rolled back and retried (jittered backoff) until `deadlineAt`,
+ * each wait reported through `onWait`; past the deadline it is a NotReadyError (exit 3).
  */
 export async function applySchema(
   sql: Sql,
   steps: SchemaStep[],
   config: Config,
-  { signal, onStep, dryRun = false }: { signal?: AbortSignal; onStep?: (result: StepResult) => void; dryRun?: boolean } = {},
+  { signal, onStep, onWait, dryRun = false, deadlineAt = Date.now() + config.timeoutMs }: {
+    signal?: AbortSignal; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; dryRun?: boolean; deadlineAt?: number;
+  } = {},
 ): Promise<StepResult[]> {
-  const deadline = config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
-  const applied = await readLedger(sql, config, deadline, signal);
+  const deadline = answerDeadline(config);
+  const ledger = await resolveLedger(sql, config, deadline, signal);
+  const applied = await readLedger(sql, config, deadline, signal, ledger);
   const results: StepResult[] = [];
-  const statements = cancelOnAbort(signal);
+  const cancels = cancelOnAbort(signal);
+  const context: StepContext = { sql, config, ledger, signal, deadlineAt, track: cancels.track, onWait };
   try {
     for (const step of steps) {
       assertUnchanged(step.name, applied[step.name], step.checksum);
@@ -995,58 +1339,291 @@ export async function applySchema(
         continue;
       }
       const startedAt = performance.now();
-      const status = await withDeadline(applyStep(sql, step, config, statements.track), deadline, signal);
+      let status: StepStatus;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          status = await (step.script.noTransaction ? applyOutsideTransaction(step, context) : applyInTransaction(step, context));
+          break;
+        } catch (error) {
+          if (errorCode(error) !== "55P03") throw error;
+          await waitForLocks(step, context, attempt, error);
+        }
+      }
       const result = { name: step.name, status, ms: Math.round(performance.now() - startedAt) };
       results.push(result);
       onStep?.(result);
     }
   } finally {
-    await statements.release();
+    await cancels.release();
   }
   if (!dryRun && steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
   return results;
 }
 
-/** The ledger table's name, quoted for SQL. */
-export function ledgerIdent(config: Config): string {
-  return config.ledgerTable.split(".").map(quoteIdent).join(".");
+type StepStatus = "applied" | "already applied";
+
+interface StepContext {
+  sql: Sql;
+  config: Config;
+  ledger: Ledger;
+  signal: AbortSignal | undefined;
+  deadlineAt: number;
+  track: (query: Cancellable) => void;
+  onWait: ((wait: LockWait) => void) | undefined;
 }
 
-/** What the ledger records, step name to checksum; empty when there is no ledger yet. One query. */
-export async function readLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Record<string, string>> {
-  const query = sql.unsafe(`select coalesce(json_object_agg(name, checksum), '{}') as applied from ${ledgerIdent(config)}`);
-  const rows = await withDeadline(query, deadline, signal).catch((error) => {
-    if (errorCode(error) === "42P01") return [{ applied: {} }];
-    throw error;
-  });
-  return (rows[0]?.applied ?? {}) as Record<string, string>;
+/** Back off before the next attempt at a lock, or give up at the deadline (exit 3). */
+async function waitForLocks(step: SchemaStep, context: StepContext, attempt: number, error: unknown): Promise<void> {
+  const blockers = (error as { blockers?: string[] }).blockers ?? [];
+  const delayMs = retryDelay("busy", attempt);
+  const left = context.deadlineAt - Date.now();
+  if (left <= delayMs) {
+    const elapsedMs = context.config.timeoutMs - left;
+    throw new NotReadyError(error, attempt, elapsedMs,
+      `${step.name} could not get its locks within --lock-timeout in ${attempt} attempt${attempt === 1 ? "" : "s"} before the deadline${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
+  }
+  context.onWait?.({ step: step.name, attempt, delayMs, blockers });
+  await sleep(delayMs, context.signal);
 }
 
-/** One step in one transaction: lock, re-check the ledger inside the lock, apply, record. */
-function applyStep(sql: Sql, { name, sql: text, checksum }: SchemaStep, config: Config, track: <Query extends Cancellable>(query: Query) => Query) {
-  const ledger = ledgerIdent(config);
-  const [ledgerSchema] = config.ledgerTable.split(".").slice(-2, -1);
-  return sql.begin(async (tx) => {
-    await tx.unsafe(localSettings(config));
-    await tx`select pg_advisory_xact_lock(hashtext(${"pg-startup-kit:" + config.ledgerTable}))`;
-    if (ledgerSchema) await tx.unsafe(`create schema if not exists ${quoteIdent(ledgerSchema)}`);
-    await tx.unsafe(`create table if not exists ${ledger} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`);
-    const [row] = await tx.unsafe(`select checksum from ${ledger} where name = $1`, [name]);
-    assertUnchanged(name, row?.checksum, checksum);
-    if (row) return "already applied" as const;
-    await track(tx.unsafe(text)).catch((error) => {
-      throw Object.assign(error, { step: name, where: lineAndColumn(text, Number(error.position)) });
-    });
-    await tx.unsafe(`insert into ${ledger} (name, checksum) values ($1, $2)`, [name, checksum]);
+/**
+ * Everything a step may have set for the session ends with it: RESET ALL undoes SET and
+ * set_config(..., false) (to the values of a fresh session: the server's, the role's and the
+ * start-up packet's), and role and session authorization are not part of RESET ALL. Run inside
+ * the step's own transaction, this holds behind a transaction pooler too, where the next
+ * transaction may be another client's on the same server session.
+ */
+const RESET_SESSION = "reset all; set session authorization default; reset role";
+
+/** Run queries of one step: each bounded by the step's progress deadline, the last one cancellable on a signal. */
+function runner(context: StepContext, progress: ReturnType<typeof progressDeadline>) {
+  return async <T>(work: PromiseLike<T>, cancellable: Cancellable = work as unknown as Cancellable): Promise<T> => {
+    context.track(cancellable);
+    const result = await Promise.race([work, progress.expired]);
+    progress.touch();
+    return result;
+  };
+}
+type Run = ReturnType<typeof runner>;
+/** A step runs on a transaction's connection or on one reserved for it. */
+type Session = Sql | postgres.TransactionSql<{}>;
+
+async function ensureLedger(conn: Session, ledger: Ledger, name: string, run: Run): Promise<string | undefined> {
+  const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
+  await run(conn.unsafe(ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
+  const [row] = await run(conn.unsafe(`select checksum from ${ledger.ident} where name = $1`, [name]));
+  return row?.checksum;
+}
+
+/** One step in one transaction: timeouts, lock, re-check the ledger inside the lock, apply, reset the session, record. */
+async function applyInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
+  const { sql, config, ledger } = context;
+  const progress = progressDeadline(answerDeadline(config), context.signal);
+  const run = runner(context, progress);
+  const work = sql.begin(async (tx) => {
+    // SET LOCAL (set_config(..., true)) ends with the transaction, so nothing leaks through a pooler.
+    // The advisory lock is waited for under statement_timeout only: the holder is a replica doing the work.
+    const [session] = await run(tx.unsafe(
+      `select set_config('statement_timeout', $1, true), set_config('lock_timeout', '0', true), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
+    await run(tx`select pg_advisory_xact_lock(hashtext(${ledger.lockKey}))`);
+    const recorded = await ensureLedger(tx, ledger, step.name, run);
+    assertUnchanged(step.name, recorded, step.checksum);
+    if (recorded) return "already applied" as const;
+    await run(tx.unsafe(`select set_config('lock_timeout', $1, true)`, [String(config.lockTimeoutMs)]));
+    const watcher = watchBlockers(sql, Number(session!.pid), config);
+    try {
+      for (const statement of step.script.statements) {
+        await runStatement(tx, step, statement, run, progress.touch).catch((error) => {
+          throw annotate(error, step, statement, watcher.stop());
+        });
+      }
+    } finally {
+      watcher.stop();
+    }
+    await run(tx.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', true)`));
+    await run(tx.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)`, [step.name, step.checksum]));
     return "applied" as const;
   });
+  try {
+    return (await Promise.race([work, progress.expired])) as StepStatus;
+  } finally {
+    progress.stop();
+  }
 }
 
-/** Where a server error's character position (1-based) falls in a file: "line 3, column 14". */
-export function lineAndColumn(text: string, position: number): string | undefined {
-  if (!Number.isInteger(position) || position < 1) return undefined;
-  const before = [...text].slice(0, position - 1).join("").split("\n");
-  return `line ${before.length}, column ${before.at(-1)!.length + 1}`;
+/** Statements that leave an INVALID index behind when they fail. */
+function buildsIndexConcurrently(words: string[]): boolean {
+  return (words[0] === "create" || words[0] === "reindex") && words.includes("concurrently");
+}
+
+/**
+ * A file with the no-transaction marker: statement by statement in autocommit on one
+ * connection, under a session-level advisory lock held on that same connection (a
+ * transaction-level lock on another connection would deadlock with CREATE INDEX
+ * CONCURRENTLY, which waits for every older transaction). The session is the kit's own here
+ * (such a step needs a direct connection), so its timeouts are session settings, reset after.
+ */
+async function applyOutsideTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
+  const { sql, config, ledger } = context;
+  const progress = progressDeadline(answerDeadline(config), context.signal);
+  const run = runner(context, progress);
+  let conn: postgres.ReservedSql<{}> | undefined;
+  try {
+    conn = await Promise.race([sql.reserve(), progress.expired]);
+    const [session] = await run(conn.unsafe(
+      `select set_config('statement_timeout', $1, false), set_config('lock_timeout', '0', false), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
+    await run(conn`select pg_advisory_lock(hashtext(${ledger.lockKey}))`);
+    const recorded = await ensureLedger(conn, ledger, step.name, run);
+    assertUnchanged(step.name, recorded, step.checksum);
+    if (recorded) return "already applied";
+    await run(conn.unsafe(`select set_config('lock_timeout', $1, false)`, [String(config.lockTimeoutMs)]));
+    const ran: ScriptStatement[] = [];
+    for (const statement of step.script.statements) {
+      const building = buildsIndexConcurrently(statement.words);
+      const invalidBefore = building ? await invalidIndexes(conn, run) : [];
+      for (let attempt = 1; ; attempt++) {
+        const watcher = watchBlockers(sql, Number(session!.pid), config);
+        try {
+          await runStatement(conn, step, statement, run, progress.touch);
+          break;
+        } catch (error) {
+          const failure = annotate(error, step, statement, watcher.stop());
+          // Nothing of a statement that timed out on a lock stays behind, except an index built concurrently.
+          if (errorCode(error) === "55P03" && !building) {
+            await waitForLocks(step, context, attempt, failure);
+            continue;
+          }
+          const invalid = building ? (await invalidIndexes(conn, run).catch(() => [])).filter((name) => !invalidBefore.includes(name)) : [];
+          throw partlyApplied(failure, step, ran, invalid);
+        } finally {
+          watcher.stop();
+        }
+      }
+      ran.push(statement);
+    }
+    await run(conn.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', false)`));
+    await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)`, [step.name, step.checksum]));
+    return "applied";
+  } finally {
+    progress.stop();
+    if (conn) {
+      await withDeadline(conn.unsafe(`${RESET_SESSION}; select pg_advisory_unlock_all()`), DEFAULTS.graceMs).catch(() => {});
+      conn.release();
+    }
+  }
+}
+
+async function invalidIndexes(conn: Sql, run: Run): Promise<string[]> {
+  const rows = await run(conn<{ name: string }[]>`select indexrelid::regclass::text as name from pg_index where not indisvalid`);
+  return rows.map((row) => row.name);
+}
+
+/** Say what a failed no-transaction step left behind: the statements that ran (committed), and any INVALID index. */
+function partlyApplied(error: unknown, step: SchemaStep, ran: ScriptStatement[], invalid: string[]): unknown {
+  if (typeof error !== "object" || error === null) return error;
+  const notes = [
+    ran.length === 0
+      ? "nothing of this step ran before it"
+      : `already ran and stay applied (autocommit): ${ran.length} statement${ran.length === 1 ? "" : "s"}, at line${ran.length === 1 ? "" : "s"} ${ran.map((statement) => statement.line).join(", ")}`,
+    ...invalid.map((name) => `left behind: INVALID index ${name}; remove it with DROP INDEX CONCURRENTLY ${name};`),
+  ];
+  const fix = invalid.length > 0
+    ? `run DROP INDEX CONCURRENTLY ${invalid.join(", ")}; fix the cause, then re-run: the step is not recorded and runs again from its first statement`
+    : `fix the cause and re-run: the step is not recorded and runs again from its first statement, so make the statements that already ran safe to repeat (IF NOT EXISTS)`;
+  return Object.assign(error, { notes, fix });
+}
+
+/** Attach the step, the file's line and column, and the sessions that blocked it to a server error. */
+function annotate(error: unknown, step: SchemaStep, statement: ScriptStatement, blockers: string[]): unknown {
+  if (typeof error !== "object" || error === null || error instanceof SchemaError) return error;
+  const position = Number((error as { position?: string }).position);
+  return Object.assign(error, { step: step.name, location: statementLocation(step.script, statement, position), blockers });
+}
+
+/**
+ * Where in the file a server error points: the statement's line, plus the server's character
+ * position within the statement when it gives one ("line 3, column 14"; else "line 3").
+ */
+export function statementLocation(script: Script, statement: ScriptStatement, position?: number): string {
+  const { text } = script;
+  if (position === undefined || !Number.isInteger(position) || position < 1) return `line ${statement.line}`;
+  let at = statement.start;
+  // The server counts characters; JavaScript strings count UTF-16 units.
+  for (let counted = 1; counted < position && at < statement.end; counted++) at += text.codePointAt(at)! > 0xffff ? 2 : 1;
+  const before = text.slice(statement.start, at);
+  const lastNewline = before.lastIndexOf("\n");
+  const newlines = before.split("\n").length - 1;
+  const lineStart = lastNewline === -1 ? statement.start - (statement.column - 1) : statement.start + lastNewline + 1;
+  return `line ${statement.line + newlines}, column ${[...text.slice(lineStart, at)].length + 1}`;
+}
+
+/** Send one statement; for COPY ... FROM stdin stream its rows from the file in pieces, with backpressure. */
+async function runStatement(conn: Session, step: SchemaStep, statement: ScriptStatement, run: Run, touch: () => void): Promise<void> {
+  const { text } = step.script;
+  const query = conn.unsafe(text.slice(statement.start, statement.end));
+  if (!statement.data) {
+    const result: unknown = await run(query);
+    // postgres.js answers a COPY it did not expect with a stream and waits forever: end it.
+    if (result instanceof Stream) {
+      (result as Stream & { destroy(error: Error): void }).destroy(new Error("no COPY data in the file"));
+      throw new SchemaError(`${step.name}, line ${statement.line}: the statement exchanges COPY data, which the file does not hold`, "SCHEMA_FAILED", "use COPY ... FROM stdin followed by its rows and a line \\., as pg_dump writes it");
+    }
+    return;
+  }
+  // postgres.js 3.4 drops a server error that arrives after the last row was sent (it only
+  // reaches the query's reject, already settled by then, and the stream waits forever for
+  // its end): catch it there.
+  const copy = query as unknown as { reject(error: unknown): void };
+  let rejectCopy: (error: unknown) => void = () => {};
+  const serverFailed = new Promise<never>((_, reject) => (rejectCopy = reject));
+  const reject = copy.reject;
+  copy.reject = (error) => {
+    rejectCopy(error);
+    reject(error);
+  };
+  const stream = (await run(query.writable(), query)) as unknown as Writable;
+  const done = Promise.race([finished(stream), serverFailed]);
+  done.catch(() => {});
+  const { start, end } = statement.data;
+  for (let at = start; at < end; ) {
+    let cut = Math.min(at + COPY_CHUNK_CHARS, end);
+    if (cut < end) {
+      const rowEnd = text.lastIndexOf("\n", cut - 1);
+      if (rowEnd >= at) cut = rowEnd + 1;
+      else if (/[\ud800-\udbff]/.test(text[cut - 1]!)) cut--;
+    }
+    if (!stream.write(text.slice(at, cut))) await run(Promise.race([once(stream, "drain"), done]), query);
+    touch();
+    at = cut;
+  }
+  stream.end();
+  await run(done, query);
+}
+
+/**
+ * While a step runs, look now and then at who blocks its session (pg_blocking_pids), so that
+ * a lock timeout can name them. `stop` returns the last sessions seen blocking it.
+ */
+function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[] } {
+  let seen: string[] = [];
+  let stopped = false;
+  const everyMs = Math.min(DEFAULTS.blockerPollMs, Math.max(50, config.lockTimeoutMs / 2 || DEFAULTS.blockerPollMs));
+  let timer: ReturnType<typeof setTimeout> = setTimeout(async function poll() {
+    const rows = await withDeadline(sql<{ pid: number; application: string; state: string; seconds: number; query: string }[]>`
+      select pid, coalesce(nullif(application_name, ''), '?') as application, coalesce(state, '?') as state,
+             coalesce(round(extract(epoch from clock_timestamp() - query_start))::int, 0) as seconds,
+             left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 60) as query
+        from pg_stat_activity where pid = any(pg_blocking_pids(${pid}))`, DEFAULTS.graceMs).catch(() => []);
+    if (rows.length > 0) seen = rows.map((row) => `pid ${row.pid} (${row.application}, ${row.state}, query started ${row.seconds} s ago: ${row.query})`);
+    if (!stopped) timer = setTimeout(poll, everyMs);
+  }, everyMs);
+  return {
+    stop() {
+      stopped = true;
+      clearTimeout(timer);
+      return seen;
+    },
+  };
 }
 
 function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
@@ -1192,9 +1769,9 @@ export function explain(error: unknown): string {
   if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
-  const { where, position } = error as { where?: string; position?: string };
-  const location = where ? ` (${where})` : position ? ` (at character ${position})` : "";
-  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${location}`;
+  const { location, position } = error as { location?: string; position?: string };
+  const at = location ? ` (${location})` : position ? ` (at character ${position})` : "";
+  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1211,6 +1788,7 @@ const FLAGS = {
   timeout: { type: "string" },
   "connect-timeout": { type: "string" },
   "command-timeout": { type: "string" },
+  "lock-timeout": { type: "string" },
   "max-retries": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
@@ -1265,6 +1843,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       timeout: values.timeout,
       connectTimeout: values["connect-timeout"],
       commandTimeout: values["command-timeout"],
+      lockTimeout: values["lock-timeout"],
       maxRetries: values["max-retries"],
       createDatabase: values["create-database"],
       ledgerTable: values["ledger-table"],
@@ -1274,6 +1853,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
     }
   } catch (error) {
+    // A schema file the kit cannot run as it stands (a psql meta-command, COPY without its data): exit 1 before anything runs.
+    if (error instanceof SchemaError) {
+      reporter.error(`schema refused: ${error.message}`, schemaHint(error));
+      return summary("schema failed", EXIT.schemaFailed, { code: error.code });
+    }
     // The password may sit in a malformed URL: hide anything that looks like one.
     reporter.addSecret(values.url);
     reporter.addSecret(env.DATABASE_URL);
@@ -1323,6 +1907,11 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         const results = await applySchema(sql, steps, config, {
           signal,
           dryRun,
+          deadlineAt: startedAt + config.timeoutMs,
+          onWait: ({ step, attempt, delayMs, blockers }) => {
+            reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
+            reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
+          },
           onStep: (result) => {
             reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
             reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
@@ -1356,8 +1945,8 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     }
     if (phase === "schema" && classifyError(error) === "fatal") {
       const step = (error as { step?: string }).step;
-      reporter.error(`schema failed${step ? ` in ${step}` : ""}: ${explain(error)}`, schemaHint(error));
-      return summary("schema failed", EXIT.schemaFailed, { code: errorCode(error), step, message: explain(error), where: (error as { where?: string }).where });
+      reporter.error(`schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, schemaHint(error));
+      return summary("schema failed", EXIT.schemaFailed, { code: errorCode(error), step, message: explain(error), where: (error as { location?: string }).location });
     }
     if (phase === "schema") {
       reporter.error(`${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, hint(error, config));
@@ -1371,14 +1960,25 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
   }
 }
 
+/** The server's detail and context, and what a no-transaction step left behind: one indented line each. */
+function schemaDetails(error: unknown): string {
+  const { detail, where, notes = [] } = error as { detail?: string; where?: string; notes?: string[] };
+  const lines = [detail && `detail: ${detail}`, where && `where: ${where.replaceAll("\n", " <- ")}`, ...notes].filter(Boolean);
+  return lines.map((line) => `\n  ${line}`).join("");
+}
+
+/** The server's own hint first, then the kit's advice for the case. */
 function schemaHint(error: unknown): string {
+  const { fix, hint: serverHint } = error as { fix?: string; hint?: string };
   const code = errorCode(error);
-  if (code === "FOREIGN_TABLES") return "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database";
-  if (code === "MIGRATION_CHANGED") return "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file";
-  if (code === "57014" || code === "55P03") return "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session";
-  if (code === "42501") return "the user lacks a privilege the schema needs (CREATE on the schema?)";
-  if (code === "26000") return "a prepared statement vanished between transactions: a transaction pooler is in front; run schema work directly (--direct-url / DIRECT_URL)";
-  return "fix the SQL; nothing of this step was applied (it ran in one transaction)";
+  const advice = fix ??
+    (code === "FOREIGN_TABLES" ? "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database"
+    : code === "MIGRATION_CHANGED" ? "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file"
+    : code === "57014" ? "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session"
+    : code === "42501" ? "the user lacks a privilege the schema needs (CREATE on the schema?)"
+    : code === "26000" ? "a prepared statement vanished between transactions: a transaction pooler is in front; run schema work directly (--direct-url / DIRECT_URL)"
+    : "fix the SQL; nothing of this step was applied (it ran in one transaction)");
+  return serverHint ? `${serverHint} (the server's hint); ${advice}` : advice;
 }
 
 const USAGE = `Wait until PostgreSQL accepts queries, then apply the schema exactly once.
@@ -1401,6 +2001,8 @@ Timeouts (seconds):
   --timeout S             overall deadline for becoming ready (default ${DEFAULTS.timeoutMs / 1000})
   --connect-timeout S     per connection attempt (default ${DEFAULTS.connectTimeoutMs / 1000})
   --command-timeout S     statement_timeout for every statement, 0 for none (default ${DEFAULTS.commandTimeoutMs / 1000})
+  --lock-timeout S        lock_timeout of every schema step, 0 for none; a step that hits it is
+                          rolled back and retried until --timeout (default ${DEFAULTS.lockTimeoutMs / 1000})
   --max-retries N         give up after N attempts even before the deadline
 
 Output:

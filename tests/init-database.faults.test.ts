@@ -227,7 +227,7 @@ describe("8-12: faults while the schema is being applied", () => {
     const database = await cluster.freshDatabase();
     const holder = postgres({ host: cluster.host, port: cluster.port, user: cluster.user, password: PASSWORD, database, max: 1, fetch_types: false });
     try {
-      await holder`select pg_advisory_lock(hashtext('pg-startup-kit:schema_migrations'))`;
+      await holder`select pg_advisory_lock(hashtext('pg-startup-kit:public.schema_migrations'))`;
       const run = await init(["--command-timeout", "1", "--timeout", "30"], { DATABASE_URL: cluster.url({ database }) });
       expect(run.code).toBe(EXIT.schemaFailed);
       expect(run.stderr).toContain("57014");

@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { EXIT, FLOW_BACKEND_SCHEMA, FLOW_BACKEND_TABLES, lineAndColumn } from "../init-database.ts";
+import { EXIT, FLOW_BACKEND_SCHEMA, FLOW_BACKEND_TABLES } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
 import { events, expectNoSecret, ROOT, runScript } from "./helpers.ts";
 
@@ -34,11 +34,6 @@ function migrations(files: Record<string, string>): string {
 
 const tablesOf = async (database: string) =>
   (await cluster.query<{ t: string }>(`select tablename as t from pg_tables where schemaname = 'public' order by 1`, database)).map((row) => row.t);
-
-test("lineAndColumn turns a server position into a line and column", () => {
-  expect(lineAndColumn("select 1;\nselect bad;\n", 18)).toBe("line 2, column 8");
-  expect(lineAndColumn("x", Number.NaN)).toBeUndefined();
-});
 
 describe("the built-in schema", () => {
   test("is refused on a database holding other tables: exit 1, nothing changed, the tables and the flags named", async () => {
