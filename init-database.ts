@@ -1856,7 +1856,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     // A schema file the kit cannot run as it stands (a psql meta-command, COPY without its data): exit 1 before anything runs.
     if (error instanceof SchemaError) {
       reporter.error(`schema refused: ${error.message}`, schemaHint(error));
-      return summary("schema failed", EXIT.schemaFailed, { code: error.code });
+      return summary("schema failed", EXIT.schemaFailed, { code: error.code, message: error.message });
     }
     // The password may sit in a malformed URL: hide anything that looks like one.
     reporter.addSecret(values.url);
