@@ -64,6 +64,8 @@ export const DEFAULTS = {
   lockTimeoutMs: 5_000,
   /** How often a running step looks at who blocks it, at most. */
   blockerPollMs: 500,
+  /** The longest pause between two tries at the kit's advisory lock while a replica holds it. */
+  lockPollCapMs: 250,
   ledgerTable: "schema_migrations",
   poolMax: 10,
   keepAliveSeconds: 30,
@@ -370,6 +372,7 @@ export const KIT_ERRORS = {
   MIGRATION_CHANGED: "an applied step's file changed since it was recorded (exit 1)",
   FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
   CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
+  LOCK_WAIT: "another session held the kit's advisory lock for longer than --command-timeout (exit 1)",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
   POOLER_NO_SERVER: "the login was accepted but no session followed before the connect timeout: a pooler waiting for its PostgreSQL",
   WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
@@ -1345,7 +1348,7 @@ export async function applySchema(
           status = await (step.script.noTransaction ? applyOutsideTransaction(step, context) : applyInTransaction(step, context));
           break;
         } catch (error) {
-          if (errorCode(error) !== "55P03") throw error;
+          if (errorCode(error) !== "55P03" || step.script.noTransaction) throw error;
           await waitForLocks(step, context, attempt, error);
         }
       }
@@ -1415,22 +1418,50 @@ async function ensureLedger(conn: Session, ledger: Ledger, name: string, run: Ru
   return row?.checksum;
 }
 
-/** One step in one transaction: timeouts, lock, re-check the ledger inside the lock, apply, reset the session, record. */
+/**
+ * The kit's advisory lock is taken with pg_try_advisory_*_lock and polled, never waited for
+ * inside a statement or an open transaction: such a waiter holds a snapshot, and CREATE INDEX
+ * CONCURRENTLY in a replica's no-transaction step waits for every older snapshot while the
+ * waiter waits for that replica's lock, a deadlock. Between tries nothing is held. Polling
+ * stops after --command-timeout (the whole deadline when that is 0): the holder is a replica
+ * doing the work, or a stuck session.
+ */
+function lockPoller(step: SchemaStep, context: StepContext) {
+  const { config, ledger } = context;
+  const giveUpAt = config.commandTimeoutMs === 0 ? context.deadlineAt : Date.now() + config.commandTimeoutMs;
+  let attempt = 0;
+  return async () => {
+    if (Date.now() >= giveUpAt) {
+      throw kitError("LOCK_WAIT", `${step.name}: another session held the kit's advisory lock for ${ledger.ident} for longer than --command-timeout (${formatMs(config.commandTimeoutMs)})`);
+    }
+    await sleep(Math.max(0, Math.min(retryDelay("busy", ++attempt), DEFAULTS.lockPollCapMs, giveUpAt - Date.now())), context.signal);
+  };
+}
+
+/** One step in one transaction: timeouts, lock (else end the transaction and try again), re-check the ledger inside the lock, apply, reset the session, record. */
 async function applyInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
+  const pause = lockPoller(step, context);
+  for (;;) {
+    const status = await oneTransaction(step, context);
+    if (status !== "locked") return status;
+    await pause();
+  }
+}
+
+async function oneTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus | "locked"> {
   const { sql, config, ledger } = context;
   const progress = progressDeadline(answerDeadline(config), context.signal);
   const run = runner(context, progress);
   const work = sql.begin(async (tx) => {
     // SET LOCAL (set_config(..., true)) ends with the transaction, so nothing leaks through a pooler.
-    // The advisory lock is waited for under statement_timeout only: the holder is a replica doing the work.
     const [session] = await run(tx.unsafe(
-      `select set_config('statement_timeout', $1, true), set_config('lock_timeout', '0', true), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
-    await run(tx`select pg_advisory_xact_lock(hashtext(${ledger.lockKey}))`);
+      `select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), pg_backend_pid() as pid, pg_try_advisory_xact_lock(hashtext($3)) as locked`,
+      [String(config.commandTimeoutMs), String(config.lockTimeoutMs), ledger.lockKey]));
+    if (!session?.locked) return "locked" as const;
     const recorded = await ensureLedger(tx, ledger, step.name, run);
     assertUnchanged(step.name, recorded, step.checksum);
     if (recorded) return "already applied" as const;
-    await run(tx.unsafe(`select set_config('lock_timeout', $1, true)`, [String(config.lockTimeoutMs)]));
-    const watcher = watchBlockers(sql, Number(session!.pid), config);
+    const watcher = watchBlockers(sql, Number(session.pid), config);
     try {
       for (const statement of step.script.statements) {
         await runStatement(tx, step, statement, run, progress.touch).catch((error) => {
@@ -1445,7 +1476,7 @@ async function applyInTransaction(step: SchemaStep, context: StepContext): Promi
     return "applied" as const;
   });
   try {
-    return (await Promise.race([work, progress.expired])) as StepStatus;
+    return (await Promise.race([work, progress.expired])) as StepStatus | "locked";
   } finally {
     progress.stop();
   }
@@ -1472,15 +1503,19 @@ async function applyOutsideTransaction(step: SchemaStep, context: StepContext): 
     conn = await Promise.race([sql.reserve(), progress.expired]);
     const [session] = await run(conn.unsafe(
       `select set_config('statement_timeout', $1, false), set_config('lock_timeout', '0', false), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
-    await run(conn`select pg_advisory_lock(hashtext(${ledger.lockKey}))`);
+    const pause = lockPoller(step, context);
+    while (!(await run(conn`select pg_try_advisory_lock(hashtext(${ledger.lockKey})) as locked`))[0]?.locked) await pause();
     const recorded = await ensureLedger(conn, ledger, step.name, run);
     assertUnchanged(step.name, recorded, step.checksum);
     if (recorded) return "already applied";
-    await run(conn.unsafe(`select set_config('lock_timeout', $1, false)`, [String(config.lockTimeoutMs)]));
     const ran: ScriptStatement[] = [];
     for (const statement of step.script.statements) {
       const building = buildsIndexConcurrently(statement.words);
       const invalidBefore = building ? await invalidIndexes(conn, run) : [];
+      // Building an index concurrently takes only SHARE UPDATE EXCLUSIVE, which blocks no reads or
+      // writes, then waits for every older transaction: a lock timeout there would only leave an
+      // INVALID index behind, so it runs without one.
+      await run(conn.unsafe(`select set_config('lock_timeout', $1, false)`, [building ? "0" : String(config.lockTimeoutMs)]));
       for (let attempt = 1; ; attempt++) {
         const watcher = watchBlockers(sql, Number(session!.pid), config);
         try {
@@ -1488,7 +1523,7 @@ async function applyOutsideTransaction(step: SchemaStep, context: StepContext): 
           break;
         } catch (error) {
           const failure = annotate(error, step, statement, watcher.stop());
-          // Nothing of a statement that timed out on a lock stays behind, except an index built concurrently.
+          // Nothing of a statement that timed out on a lock stays behind (it is not an index built concurrently).
           if (errorCode(error) === "55P03" && !building) {
             await waitForLocks(step, context, attempt, failure);
             continue;
@@ -1975,6 +2010,7 @@ function schemaHint(error: unknown): string {
     (code === "FOREIGN_TABLES" ? "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database"
     : code === "MIGRATION_CHANGED" ? "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file"
     : code === "57014" ? "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session"
+    : code === "LOCK_WAIT" ? "is another session holding a lock? a replica applying a long step needs a larger --command-timeout; else end that session"
     : code === "42501" ? "the user lacks a privilege the schema needs (CREATE on the schema?)"
     : code === "26000" ? "a prepared statement vanished between transactions: a transaction pooler is in front; run schema work directly (--direct-url / DIRECT_URL)"
     : "fix the SQL; nothing of this step was applied (it ran in one transaction)");
