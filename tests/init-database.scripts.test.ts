@@ -362,7 +362,7 @@ describe("against a real server", () => {
         });
       expect(released).toBe(true);
       expect(run.code).toBe(EXIT.ok);
-      expect(run.stderr).toMatch(/alter\.sql: lock not granted within --lock-timeout \(attempt 1\); rolled back, retrying in \d+ ms; blocked by pid \d+ \(lock-holder, idle in transaction, query started \d+ s ago: lock table busy in access exclusive mode\)/);
+      expect(run.stderr).toMatch(/alter\.sql: lock not granted within --lock-timeout \(attempt \d+\); rolled back, retrying in \d+ ms; blocked by pid \d+ \(lock-holder, idle in transaction, query started \d+ s ago: lock table busy in access exclusive mode\)/);
       const waits = events(run.stdout).filter((event) => event.event === "lock_wait");
       expect(waits.length).toBeGreaterThan(0);
       expect(await cluster.query(`select count(*)::int as n from information_schema.columns where table_name = 'busy' and column_name = 'note'`, database)).toEqual([{ n: 1 }]);
