@@ -5,7 +5,7 @@
  * database is often not up yet ("connection refused", "the database system is starting up").
  *
  * Usage:
- *   bun run init-database.ts [--url URL] [--wait-only] [--schema FILE | --migrations DIR]
+ *   bun run init-database.ts [--url URL] [--direct-url URL] [--wait-only] [--schema FILE | --migrations DIR]
  *                            [--ledger-table NAME] [--dry-run] [--create-database]
  *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
  *                            [--max-retries N] [--json] [--quiet] [--help]
@@ -14,7 +14,7 @@
  *   --url > DATABASE_URL > PGHOST PGPORT PGUSER PGPASSWORD PGPASSWORD_FILE PGDATABASE
  *   PGSSLMODE PGAPPNAME PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS > POSTGRES_HOST POSTGRES_PORT
  *   POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB > localhost:5432.
- *   NO_COLOR turns colour off.
+ *   --direct-url > DIRECT_URL: schema work goes there, past a pooler. NO_COLOR turns colour off.
  *
  * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
  *   3 not ready before the deadline (or retries exhausted), 4 fatal connection error
@@ -84,7 +84,8 @@ export const DEFAULTS = {
 const SHORT_SECRET = 8;
 const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
 const SESSION_ATTRS = ["any", "read-write", "primary", "read-only", "standby", "prefer-standby"] as const;
-const URL_PARAMETERS = ["sslmode", "application_name", "connect_timeout", "target_session_attrs"] as const;
+// pgbouncer=true (Prisma's spelling) is the kit's own: never sent to the server.
+const URL_PARAMETERS = ["sslmode", "application_name", "connect_timeout", "target_session_attrs", "pgbouncer"] as const;
 export type SslMode = (typeof SSL_MODES)[number];
 export type TargetSessionAttrs = (typeof SESSION_ATTRS)[number];
 
@@ -153,6 +154,8 @@ export interface Options {
   applicationName?: string;
   createDatabase?: boolean;
   ledgerTable?: string;
+  /** Where schema work goes past a pooler (--direct-url; else DIRECT_URL). */
+  directUrl?: string;
 }
 
 export interface Target {
@@ -175,6 +178,14 @@ export interface Config {
   maxRetries: number | undefined;
   createDatabase: boolean;
   ledgerTable: string;
+  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. */
+  pooler: "transaction" | undefined;
+  /**
+   * The connection for schema work, past the pooler (--direct-url / DIRECT_URL): waiting and
+   * checking go through `targets`, applying the schema goes here. Undefined: schema work goes
+   * through `targets` too.
+   */
+  direct: Config | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -343,7 +354,19 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
     maxRetries: undefined,
     createDatabase: options.createDatabase ?? false,
     ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
+    pooler: oneOf("pgbouncer", url.params.pgbouncer, ["true", "false"]) === "true" ? "transaction" : undefined,
+    direct: undefined,
   };
+  const directUrl = first(options.directUrl, env.DIRECT_URL);
+  if (directUrl) {
+    const source = options.directUrl !== undefined ? "--direct-url" : "DIRECT_URL";
+    try {
+      config.direct = parseConfig({ ...options, url: directUrl, directUrl: undefined }, { ...env, DIRECT_URL: undefined }, readFile);
+    } catch (error) {
+      // The nested parse names its URL "--url"; this one is the direct URL.
+      throw error instanceof ConfigError ? new ConfigError(error.message.replace(/^--url\b/, source), error.fix) : error;
+    }
+  }
   if (options.maxRetries !== undefined) {
     const retries = Number(options.maxRetries);
     if (!Number.isInteger(retries) || retries < 1) {
@@ -846,7 +869,8 @@ export function followTarget(config: Config, found: Target): () => Promise<Socke
 /**
  * Wait for the database and return a ready postgres.js client (a pool; `clientOptions` go to
  * postgres.js). With several hosts or a target_session_attrs, the pool follows a failover (see
- * followTarget). `env` stands for process.env, as in parseConfig. Throws ConfigError,
+ * followTarget). Every query it runs is bounded (boundedPool); behind a pooler it uses unnamed
+ * statements. `env` stands for process.env, as in parseConfig. Throws ConfigError,
  * NotReadyError, or the fatal error from the server.
  *
  * @example
@@ -856,12 +880,63 @@ export function followTarget(config: Config, found: Target): () => Promise<Socke
  */
 export async function connect(options: Options = {}, clientOptions: postgres.Options<{}> = {}, env: Env = process.env): Promise<Sql> {
   const config = parseConfig(options, env);
-  const overrides = { fetch_types: true, ...clientOptions };
-  if (config.targets.length === 1 && config.targetSessionAttrs === "any") return (await waitUntilReady(config, { overrides })).sql;
-  const { sql, target } = await waitUntilReady(config, { overrides: { max: 1 } });
+  const { sql, target, pooled } = await waitUntilReady(config, { overrides: { max: 1 } });
   await closeClient(sql);
+  const follow = config.targets.length === 1 && config.targetSessionAttrs === "any" ? {} : { socket: followTarget(config, target) };
+  // Named statements only where a session is known to be ours: not behind a pooler (pgbouncer=true or detected).
+  const prepare = !pooled && config.pooler === undefined;
   // `socket` is a documented postgres.js option its type declarations leave out.
-  return createClient(config, target, { ...overrides, socket: followTarget(config, target) } as postgres.Options<{}>);
+  return boundedPool(createClient(config, target, { fetch_types: true, prepare, ...clientOptions, ...follow } as postgres.Options<{}>), config);
+}
+
+type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
+
+/**
+ * A connect() pool whose every query is bounded without a start-up parameter (a pooler refuses
+ * them) or a session SET (it would leak to other clients of a transaction pool): each
+ * transaction opens with localSettings (the server enforces --command-timeout), and each query
+ * outside one gets a client-side deadline of --command-timeout plus a grace, counted from when
+ * it is awaited, after which it is cancelled on the server and rejected with CLIENT_DEADLINE.
+ */
+export function boundedPool(sql: Sql, config: Config): Sql {
+  if (config.commandTimeoutMs === 0) return sql;
+  const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
+  const bound = <T>(query: T): T => {
+    if (!(query instanceof Promise) || typeof (query as unknown as PendingQuery).cancel !== "function") return query;
+    const pending = query as unknown as PendingQuery;
+    const then = pending.then;
+    let armed = false;
+    // Armed on first await, not on creation: a query used as a fragment of another never runs.
+    pending.then = function (this: PendingQuery, ...args: Parameters<PendingQuery["then"]>) {
+      if (!armed) {
+        armed = true;
+        const timer = setTimeout(() => {
+          pending.cancel();
+          pending.reject(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)`));
+        }, ms);
+        then.call(pending, () => clearTimeout(timer), () => clearTimeout(timer));
+      }
+      return then.apply(pending, args);
+    } as PendingQuery["then"];
+    return query;
+  };
+  return new Proxy(sql, {
+    apply: (target, self, args) => bound(Reflect.apply(target, self, args)),
+    get: (target, key, receiver) => {
+      const value = Reflect.get(target, key, receiver);
+      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args));
+      if (key === "begin") {
+        return (...args: unknown[]) => {
+          const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
+          return (target.begin as (...rest: unknown[]) => unknown)(...args, async (tx: postgres.TransactionSql<{}>) => {
+            await tx.unsafe(localSettings(config));
+            return body(tx);
+          });
+        };
+      }
+      return value;
+    },
+  });
 }
 
 /** Where --create-database connects to create the target: the ones createdb tries, in its order. */
@@ -1814,6 +1889,7 @@ export function explain(error: unknown): string {
 
 const FLAGS = {
   url: { type: "string" },
+  "direct-url": { type: "string" },
   "wait-only": { type: "boolean" },
   schema: { type: "string" },
   migrations: { type: "string" },
@@ -1882,10 +1958,12 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       maxRetries: values["max-retries"],
       createDatabase: values["create-database"],
       ledgerTable: values["ledger-table"],
+      directUrl: values["direct-url"],
     }, env);
     if (!values["wait-only"]) {
       steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
       config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
+      if (config.direct) config.direct.targetSessionAttrs = writableSessionAttrs(config.direct.targetSessionAttrs);
     }
   } catch (error) {
     // A schema file the kit cannot run as it stands (a psql meta-command, COPY without its data): exit 1 before anything runs.
@@ -1894,12 +1972,12 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       return summary("schema failed", EXIT.schemaFailed, { code: error.code, message: error.message });
     }
     // The password may sit in a malformed URL: hide anything that looks like one.
-    reporter.addSecret(values.url);
-    reporter.addSecret(env.DATABASE_URL);
+    for (const url of [values.url, env.DATABASE_URL, values["direct-url"], env.DIRECT_URL]) reporter.addSecret(url);
     reporter.error(error instanceof ConfigError ? error.message : explain(error), error instanceof ConfigError ? error.fix : "see --help");
     return summary("usage error", EXIT.usage, { code: errorCode(error), message: firstLine(error) });
   }
   reporter.addSecret(config.password);
+  reporter.addSecret(config.direct?.password);
   const target = describeTarget(config);
 
   const controller = new AbortController();
@@ -1916,7 +1994,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     const dryRun = Boolean(values["dry-run"]);
     if (config.createDatabase && values["wait-only"]) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
     if (config.createDatabase && !values["wait-only"]) {
-      const outcome = await ensureDatabase(config, { signal, onAttempt, startedAt, dryRun });
+      const outcome = await ensureDatabase(config.direct ?? config, { signal, onAttempt, startedAt, dryRun });
       reporter.event({ event: "database", name: config.database, status: outcome });
       if (outcome === "created") reporter.info(`created database ${config.database}`);
       if (outcome === "would create") {
@@ -1936,6 +2014,13 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
         return summary("ready", EXIT.ok, { attempts: ready.attempts });
       }
       reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; ${dryRun ? "checking what the schema would apply" : "applying the schema"}`);
+      if (config.direct) {
+        // Schema work past the pooler: a transaction pooler cannot keep a session lock or a session.
+        await closeClient(sql);
+        sql = undefined;
+        reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
+        sql = (await waitUntilReady(config.direct, { signal, onAttempt, startedAt })).sql;
+      }
       phase = "schema";
       try {
         await guardBuiltInSchema(sql, steps, config, signal);
@@ -2022,7 +2107,10 @@ const USAGE = `Wait until PostgreSQL accepts queries, then apply the schema exac
 Usage: bun run init-database.ts [options]
 
 Connection (first found wins): --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:5432
-  --url URL               postgres://user:pass@host:port/db (several hosts: h1:5432,h2:5432)
+  --url URL               postgres://user:pass@host:port/db (several hosts: h1:5432,h2:5432);
+                          ?pgbouncer=true says a transaction pooler is in front
+  --direct-url URL        schema work goes here, past the pooler (else DIRECT_URL); waiting
+                          and checking still go through --url
   --create-database       create the database if it does not exist (from the "postgres" or
                           "template1" database; with --dry-run only say so; ignored with --wait-only)
 
@@ -2036,7 +2124,7 @@ What to do:
 Timeouts (seconds):
   --timeout S             overall deadline for becoming ready (default ${DEFAULTS.timeoutMs / 1000})
   --connect-timeout S     per connection attempt (default ${DEFAULTS.connectTimeoutMs / 1000})
-  --command-timeout S     statement_timeout for every statement, 0 for none (default ${DEFAULTS.commandTimeoutMs / 1000})
+  --command-timeout S     statement_timeout of the kit's transactions (SET LOCAL), 0 for none (default ${DEFAULTS.commandTimeoutMs / 1000})
   --lock-timeout S        lock_timeout of every schema step, 0 for none; a step that hits it is
                           rolled back and retried until --timeout (default ${DEFAULTS.lockTimeoutMs / 1000})
   --max-retries N         give up after N attempts even before the deadline
