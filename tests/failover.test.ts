@@ -10,7 +10,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { connect, errorCode, EXIT, withDeadline } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, runScript } from "./helpers.ts";
+import { events, expectNoSecret, runScript, until } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "fail-over:Pa55@word";
@@ -53,14 +53,6 @@ function migrations(dir: string, names = ["001_accounts.sql", "002_audit.sql", "
   return dir;
 }
 
-/** Poll until `probe` returns true (observable state, not a sleep), failing after `ms`. */
-async function until(what: string, probe: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const giveUpAt = Date.now() + ms;
-  while (!(await probe().catch(() => false))) {
-    if (Date.now() > giveUpAt) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(20);
-  }
-}
 
 describe("a failover in the middle of a deploy", () => {
   let primary: Cluster;

@@ -28,8 +28,10 @@ export async function runScript(
   script: string,
   args: string[],
   env: Record<string, string | undefined> = {},
-  { killAfterMs = 60_000, signalAfterMs, signal = "SIGTERM", onStart }: {
+  { killAfterMs = 60_000, signalAfterMs, signal = "SIGTERM", onStart, onStdout }: {
     killAfterMs?: number; signalAfterMs?: number; signal?: NodeJS.Signals; onStart?: (child: Bun.Subprocess) => void;
+    /** Called with everything printed so far, as it comes: to act on what the process says it did. */
+    onStdout?: (soFar: string) => void;
   } = {},
 ): Promise<Run> {
   const startedAt = performance.now();
@@ -39,7 +41,16 @@ export async function runScript(
   onStart?.(child);
   const killer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
   const signaller = signalAfterMs === undefined ? undefined : setTimeout(() => child.kill(signal), signalAfterMs);
-  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  const readStdout = async () => {
+    let text = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      text += decoder.decode(chunk, { stream: true });
+      onStdout?.(text);
+    }
+    return text + decoder.decode();
+  };
+  const [stdout, stderr, code] = await Promise.all([readStdout(), new Response(child.stderr).text(), child.exited]);
   clearTimeout(killer);
   clearTimeout(signaller);
   const ms = performance.now() - startedAt;
@@ -60,4 +71,13 @@ export function expectNoSecret(run: Pick<Run, "stdout" | "stderr">, ...secrets: 
 /** Parse NDJSON output, failing on any line that is not JSON. */
 export function events(stdout: string): Record<string, unknown>[] {
   return stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line));
+}
+
+/** Poll until `probe` returns true (observable state, not a sleep), failing after `ms`. */
+export async function until(what: string, probe: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const giveUpAt = Date.now() + ms;
+  while (!(await probe().catch(() => false))) {
+    if (Date.now() > giveUpAt) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
 }

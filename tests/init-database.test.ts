@@ -273,7 +273,7 @@ describe("init-database.ts against a real server", () => {
   });
 
   test("connect() returns a ready client for library use", async () => {
-    const sql = await connect({ url: cluster.url(), timeout: 5 });
+    const sql = await connect({ url: cluster.url(), timeout: 5 }, {}, {});
     try {
       const [row] = await withDeadline(sql`select current_user as who`, 5_000);
       expect(row).toEqual({ who: "postgres" });
