@@ -412,7 +412,8 @@ export function kitError(code: KitErrorCode, message: string): Error & { code: K
 
 /**
  * not-listening: nothing answers yet (poll fast, it costs the server nothing);
- * starting: the server answers "starting up" (poll fast, it will be ready soon);
+ * starting: the server answers "starting up", or is a standby where a primary is wanted (poll
+ *   fast, it will be ready soon: a failover promotes a standby within seconds);
  * busy: the server is there but overloaded, restarting or dropping us (back off);
  * fatal: retrying cannot help (exit 4).
  */
@@ -422,7 +423,7 @@ const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTU
 const BUSY = new Set([
   "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
   "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
-  "CLIENT_DEADLINE", "WRONG_SESSION_ATTRS", "POOLER_NO_SERVER",
+  "CLIENT_DEADLINE", "POOLER_NO_SERVER",
   "57P01", "57P02", "53300",
 ]);
 
@@ -459,7 +460,7 @@ export function classifyError(error: unknown): ErrorClass {
   if (pooler) return pooler.errorClass;
   const code = errorCode(error);
   if (NOT_LISTENING.has(code)) return "not-listening";
-  if (code === "57P03") return "starting";
+  if (code === "57P03" || code === "WRONG_SESSION_ATTRS") return "starting";
   if (BUSY.has(code) || code.startsWith("08")) return "busy";
   return "fatal";
 }
@@ -760,16 +761,42 @@ export function trailingError(bytes: Buffer): { severity: string; code: string; 
   return undefined;
 }
 
+/**
+ * Sessions on hosts that answered but did not match target_session_attrs (a standby where a
+ * primary is wanted), kept open between attempts: asking the same session again sees a
+ * promotion within one poll, for one query instead of a new connection and authentication.
+ */
+type Sockets = ReturnType<typeof oneSocketUntilProven>;
+
+export class Parked {
+  private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
+  take(target: Target) {
+    const session = this.sessions.get(target);
+    this.sessions.delete(target);
+    return session;
+  }
+  park(target: Target, session: { sql: Sql; sockets: Sockets }): void {
+    this.sessions.set(target, session);
+  }
+  async close(): Promise<void> {
+    const sessions = [...this.sessions.values()];
+    this.sessions.clear();
+    await Promise.all(sessions.map(({ sql }) => closeClient(sql)));
+  }
+}
+
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget) {
+async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()) {
   let lastError: unknown;
   for (const [index, target] of config.targets.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
     // The attempt made at the deadline still gets time enough to succeed.
     const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadlineAt - Date.now()));
-    const sockets = oneSocketUntilProven(target, dial);
-    // `socket` is a documented postgres.js option its type declarations leave out.
-    const sql = createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>);
+    const { sql, sockets } = parked.take(target) ?? (() => {
+      const sockets = oneSocketUntilProven(target, dial);
+      // `socket` is a documented postgres.js option its type declarations leave out.
+      return { sql: createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>), sockets };
+    })();
     try {
       const rows = await withDeadline(
         sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version, pg_backend_pid() as backend_pid`,
@@ -784,6 +811,8 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
         return { sql, target, serverVersion: state.server_version, pooled: cancelKey?.pid !== state.backend_pid };
       }
       lastError = kitError("WRONG_SESSION_ATTRS", `${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`);
+      parked.park(target, { sql, sockets });
+      continue;
     } catch (error) {
       lastError = sockets.explain(error);
     }
@@ -806,28 +835,33 @@ export async function waitUntilReady(
   const deadlineAt = startedAt + config.timeoutMs;
   let busyInARow = 0;
   let cause: unknown;
-  for (let attempt = 1; ; attempt++) {
-    const cutShort = deadlineAt - Date.now() < config.connectTimeoutMs;
-    try {
-      const found = await tryTargets(config, deadlineAt, signal, overrides, dial);
-      return { ...found, attempts: attempt, elapsedMs: Date.now() - startedAt };
-    } catch (error) {
-      if (signal?.aborted) throw signal.reason;
-      const errorClass = classifyError(error);
-      if (errorClass === "fatal") throw error;
-      // A timeout in an attempt the deadline cut short says nothing new: keep the cause before it.
-      const timedOut = ["CONNECT_TIMEOUT", "CLIENT_DEADLINE"].includes(errorCode(error));
-      if (!(cutShort && timedOut && cause)) cause = error;
-      busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
-      const delayMs = nextDelay(errorClass, busyInARow, deadlineAt - Date.now());
-      const elapsedMs = Date.now() - startedAt;
-      onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs: delayMs ?? 0 });
-      if (delayMs === undefined) throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
-      if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
-        throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${attempt} attempts`);
+  const parked = new Parked();
+  try {
+    for (let attempt = 1; ; attempt++) {
+      const cutShort = deadlineAt - Date.now() < config.connectTimeoutMs;
+      try {
+        const found = await tryTargets(config, deadlineAt, signal, overrides, dial, parked);
+        return { ...found, attempts: attempt, elapsedMs: Date.now() - startedAt };
+      } catch (error) {
+        if (signal?.aborted) throw signal.reason;
+        const errorClass = classifyError(error);
+        if (errorClass === "fatal") throw error;
+        // A timeout in an attempt the deadline cut short says nothing new: keep the cause before it.
+        const timedOut = ["CONNECT_TIMEOUT", "CLIENT_DEADLINE"].includes(errorCode(error));
+        if (!(cutShort && timedOut && cause)) cause = error;
+        busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
+        const delayMs = nextDelay(errorClass, busyInARow, deadlineAt - Date.now());
+        const elapsedMs = Date.now() - startedAt;
+        onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs: delayMs ?? 0 });
+        if (delayMs === undefined) throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
+        if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
+          throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${attempt} attempts`);
+        }
+        await sleep(delayMs, signal);
       }
-      await sleep(delayMs, signal);
     }
+  } finally {
+    await parked.close();
   }
 }
 
@@ -843,18 +877,23 @@ export function followTarget(config: Config, found: Target): () => Promise<Socke
   let current: Target | undefined = found;
   let finding: Promise<unknown> | undefined;
   let lastFindAt = 0;
+  // Standby sessions kept while a connection waits for a promotion; closed once none waits.
+  const parked = new Parked();
   const find = () => (finding ??= (async () => {
     await sleep(Math.max(0, lastFindAt + DEFAULTS.pollMs - Date.now()));
     lastFindAt = Date.now();
-    const { sql, target } = await tryTargets(config, Date.now() + config.connectTimeoutMs, undefined, { max: 1 });
-    await closeClient(sql);
+    const { sql, target } = await tryTargets(config, Date.now() + config.connectTimeoutMs, undefined, { max: 1 }, dialTarget, parked);
+    await Promise.all([closeClient(sql), parked.close()]);
     current = target;
   })().finally(() => (finding = undefined)));
   return async () => {
     const giveUpAt = Date.now() + config.connectTimeoutMs;
     while (!current) {
-      await find().catch((error) => {
-        if (Date.now() >= giveUpAt || classifyError(error) === "fatal") throw error;
+      await find().catch(async (error) => {
+        if (Date.now() >= giveUpAt || classifyError(error) === "fatal") {
+          await parked.close();
+          throw error;
+        }
       });
     }
     const target = current;

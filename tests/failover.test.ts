@@ -10,12 +10,13 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { connect, errorCode, EXIT, withDeadline } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
+import { FaultProxy } from "./proxy.ts";
 import { events, expectNoSecret, runScript, until } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "fail-over:Pa55@word";
 
-describe("a lone standby", () => {
+describe("the deadline, used whole", () => {
   let primary: Cluster;
   let standby: Cluster;
 
@@ -28,14 +29,28 @@ describe("a lone standby", () => {
     await primary?.destroy();
   });
 
-  test("the deadline is used whole: the last attempt is made at the deadline, then exit 3", async () => {
+  test("backing off from a host that hangs up, the last attempt is made at the deadline, then exit 3", async () => {
+    const proxy = await FaultProxy.start(undefined, { mode: "close" });
+    try {
+      const run = await runScript(SCRIPT, ["--wait-only", "--timeout", "2", "--json"], { DATABASE_URL: primary.url({ port: proxy.port }) });
+      expect(run.code).toBe(EXIT.notReady);
+      const attempts = events(run.stdout).filter((event) => event.event === "attempt");
+      expect(attempts.every((attempt) => attempt.class === "busy")).toBe(true);
+      // Jittered backoff (up to 1.6 s by the sixth attempt) used to give up whenever the next delay passed the deadline.
+      expect(attempts.at(-1)!.elapsed_ms as number).toBeGreaterThanOrEqual(1_990);
+      expect(attempts.slice(0, -1).every((attempt) => (attempt.delay_ms as number) > 0)).toBe(true);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  test("a lone standby is polled for a promotion until the deadline, then exit 3", async () => {
     const run = await runScript(SCRIPT, ["--timeout", "2", "--json"], { DATABASE_URL: standby.url() });
     expect(run.code).toBe(EXIT.notReady);
     const attempts = events(run.stdout).filter((event) => event.event === "attempt");
-    expect(attempts.every((attempt) => attempt.code === "WRONG_SESSION_ATTRS")).toBe(true);
-    // Backoff with jitter would often have given up 0.5 to 1.5 s early.
+    expect(attempts.every((attempt) => attempt.code === "WRONG_SESSION_ATTRS" && attempt.class === "starting")).toBe(true);
     expect(attempts.at(-1)!.elapsed_ms as number).toBeGreaterThanOrEqual(1_990);
-    expect(attempts.slice(0, -1).every((attempt) => (attempt.delay_ms as number) > 0)).toBe(true);
+    expect(attempts.length).toBeLessThanOrEqual(41); // polled, 20 a second at most
     expect(run.stderr).toContain("is the primary up?");
     expectNoSecret(run, PASSWORD);
   });
