@@ -10,10 +10,12 @@
  *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
  *                            [--max-retries N] [--json] [--quiet] [--help]
  *
- * Environment (first found wins, field by field):
- *   --url > DATABASE_URL > PGHOST PGPORT PGUSER PGPASSWORD PGPASSWORD_FILE PGDATABASE
- *   PGSSLMODE PGAPPNAME PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS > POSTGRES_HOST POSTGRES_PORT
- *   POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB > localhost:5432.
+ * Environment (first found wins, keyword by keyword, as libpq reads them; KEYWORDS lists all):
+ *   --url > DATABASE_URL > libpq's PG* variables (PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD
+ *   PGPASSWORD_FILE PGDATABASE PGOPTIONS PGSSLMODE PGSSLROOTCERT PGSSLCERT PGSSLKEY PGAPPNAME
+ *   PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS PGLOADBALANCEHOSTS PGPASSFILE ...) > POSTGRES_HOST
+ *   POSTGRES_PORT POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB >
+ *   ~/.pgpass > the local Unix socket (/var/run/postgresql or /tmp), port 5432.
  *   --direct-url > DIRECT_URL: schema work goes there, past a pooler. NO_COLOR turns colour off.
  *
  * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
@@ -27,12 +29,14 @@
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
  */
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync, statSync } from "node:fs";
-import { createConnection, type Socket } from "node:net";
-import { basename, join, resolve } from "node:path";
 import { once } from "node:events";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { createConnection, isIP, type Socket } from "node:net";
+import { homedir } from "node:os";
+import { basename, join, resolve } from "node:path";
 import { Stream, type Writable } from "node:stream";
 import { finished } from "node:stream/promises";
+import { checkServerIdentity, connect as tlsConnect, rootCertificates, type SecureVersion } from "node:tls";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import postgres from "postgres";
 
@@ -51,7 +55,10 @@ export const EXIT = {
 
 /** Every default, in one place. Times in milliseconds. */
 export const DEFAULTS = {
+  /** What a password file line names a connection through the default socket directory. */
   host: "localhost",
+  /** Where the server's socket is when no host is given: the first that exists (libpq's DEFAULT_PGSOCKET_DIR). */
+  socketDirs: ["/var/run/postgresql", "/tmp"],
   port: 5432,
   user: "postgres",
   sslmode: "prefer" as SslMode,
@@ -82,12 +89,8 @@ export const DEFAULTS = {
 
 /** Secrets shorter than this are redacted only where they stand alone (see redact). */
 const SHORT_SECRET = 8;
-const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
-const SESSION_ATTRS = ["any", "read-write", "primary", "read-only", "standby", "prefer-standby"] as const;
-// pgbouncer=true (Prisma's spelling) is the kit's own: never sent to the server.
-const URL_PARAMETERS = ["sslmode", "application_name", "connect_timeout", "target_session_attrs", "pgbouncer"] as const;
-export type SslMode = (typeof SSL_MODES)[number];
-export type TargetSessionAttrs = (typeof SESSION_ATTRS)[number];
+export type SslMode = "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full";
+export type TargetSessionAttrs = "any" | "read-write" | "primary" | "read-only" | "standby" | "prefer-standby";
 
 /** The built-in Flow-Backend schema; `--schema FILE` or `--migrations DIR` replace it. */
 export const FLOW_BACKEND_TABLES = ["users", "orders", "payments", "notifications"] as const;
@@ -151,6 +154,7 @@ export interface Options {
   commandTimeout?: string | number;
   lockTimeout?: string | number;
   maxRetries?: string | number;
+  /** The program's name, used when neither application_name nor PGAPPNAME is set (libpq's fallback_application_name). */
   applicationName?: string;
   createDatabase?: boolean;
   ledgerTable?: string;
@@ -158,9 +162,33 @@ export interface Options {
   directUrl?: string;
 }
 
+/**
+ * One server to try. `host` is what libpq calls the host: a name, an address, or a socket
+ * directory; `socket` is the socket file when it is one; `hostaddr` is where TCP goes when given.
+ */
 export interface Target {
   host: string;
   port: number;
+  hostaddr?: string;
+  socket?: string;
+  /** From the password file, when neither the URL nor the environment gave a password. */
+  password?: string;
+}
+
+/** TLS as libpq would do it; file contents are read once, when the configuration is resolved. */
+export interface Tls {
+  mode: SslMode;
+  negotiation: "postgres" | "direct";
+  /** Check the server's certificate chain (verify-ca, verify-full, or require with a root certificate). */
+  verifyChain: boolean;
+  verifyHost: boolean;
+  ca?: string | string[];
+  cert?: string;
+  key?: string;
+  passphrase?: string;
+  sni: boolean;
+  minVersion?: SecureVersion;
+  maxVersion?: SecureVersion;
 }
 
 export interface Config {
@@ -169,8 +197,14 @@ export interface Config {
   password: string | undefined;
   database: string;
   sslmode: SslMode;
+  tls: Tls;
   applicationName: string;
   targetSessionAttrs: TargetSessionAttrs;
+  loadBalanceHosts: "disable" | "random";
+  /** libpq's `options`: command-line switches (`-c name=value`) the server applies to the session. */
+  options: string | undefined;
+  /** TCP keepalive idle time in seconds; 0 turns keepalives off. */
+  keepAliveSeconds: number;
   timeoutMs: number;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
@@ -186,6 +220,8 @@ export interface Config {
    * through `targets` too.
    */
   direct: Config | undefined;
+  /** Warnings met while resolving (a password file with loose permissions), for the caller to print. */
+  notices: string[];
 }
 
 type Env = Record<string, string | undefined>;
@@ -200,72 +236,202 @@ export class ConfigError extends Error {
   }
 }
 
-interface UrlParts {
-  hosts?: string[];
-  ports?: (number | undefined)[];
-  user?: string;
-  password?: string;
-  database?: string;
-  params: Partial<Record<(typeof URL_PARAMETERS)[number], string>>;
+const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
+/**
+ * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer), one row each: the PG* variable libpq
+ * reads for it, the values it accepts, and why the kit refuses it (or one of its values) when
+ * it cannot honour it. Nothing is dropped in silence; a keyword not in this table is refused,
+ * as libpq refuses it.
+ */
+export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
+  host: { env: "PGHOST" },
+  hostaddr: { env: "PGHOSTADDR" },
+  port: { env: "PGPORT" },
+  dbname: { env: "PGDATABASE" },
+  user: { env: "PGUSER" },
+  password: { env: "PGPASSWORD" },
+  passfile: { env: "PGPASSFILE" },
+  options: { env: "PGOPTIONS" },
+  application_name: { env: "PGAPPNAME" },
+  fallback_application_name: {},
+  connect_timeout: { env: "PGCONNECT_TIMEOUT" },
+  client_encoding: { env: "PGCLIENTENCODING", values: ["UTF8", "UTF-8", "unicode", "auto"], refused: "postgres.js reads and writes text as UTF-8 only; use UTF8 (or leave it unset)" },
+  target_session_attrs: { env: "PGTARGETSESSIONATTRS", values: ["any", "read-write", "primary", "read-only", "standby", "prefer-standby"] },
+  load_balance_hosts: { env: "PGLOADBALANCEHOSTS", values: ["disable", "random"] },
+  keepalives: {},
+  keepalives_idle: {},
+  keepalives_interval: { refusedValues: { "*": "the runtime cannot set TCP_KEEPINTVL; leave it unset (the system default applies)" } },
+  keepalives_count: { refusedValues: { "*": "the runtime cannot set TCP_KEEPCNT; leave it unset (the system default applies)" } },
+  tcp_user_timeout: { refusedValues: { "*": "the runtime cannot set TCP_USER_TIMEOUT; leave it unset or 0" } },
+  sslmode: { env: "PGSSLMODE", values: ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] },
+  sslnegotiation: { env: "PGSSLNEGOTIATION", values: ["postgres", "direct"] },
+  sslrootcert: { env: "PGSSLROOTCERT" },
+  sslcert: { env: "PGSSLCERT" },
+  sslkey: { env: "PGSSLKEY" },
+  sslpassword: {},
+  sslsni: { env: "PGSSLSNI", values: ["0", "1"] },
+  ssl_min_protocol_version: { env: "PGSSLMINPROTOCOLVERSION", values: ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] },
+  ssl_max_protocol_version: { env: "PGSSLMAXPROTOCOLVERSION", values: ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] },
+  sslcompression: { env: "PGSSLCOMPRESSION", values: ["0", "1"], refusedValues: { "1": "TLS compression is disabled in every current TLS library" } },
+  channel_binding: {
+    env: "PGCHANNELBINDING", values: ["disable", "prefer", "require"],
+    refusedValues: { require: "the client (postgres.js) authenticates with SCRAM-SHA-256 but not SCRAM-SHA-256-PLUS, so it cannot bind the channel; use prefer (libpq's default) or disable" },
+  },
+  gssencmode: { env: "PGGSSENCMODE", values: ["disable", "prefer", "require"], refusedValues: { require: `${NO_GSSAPI}; use prefer or disable` } },
+  sslcrl: { env: "PGSSLCRL", refused: "certificate revocation lists are not checked by the kit" },
+  sslcrldir: { env: "PGSSLCRLDIR", refused: "certificate revocation lists are not checked by the kit" },
+  sslcertmode: { env: "PGSSLCERTMODE", refused: "the client certificate is sent when sslcert (or ~/.postgresql/postgresql.crt) is there; the mode cannot be chosen" },
+  sslkeylogfile: { refused: "TLS key logging is not supported" },
+  require_auth: { env: "PGREQUIREAUTH", refused: "the client (postgres.js) cannot restrict the authentication methods it accepts" },
+  requirepeer: { env: "PGREQUIREPEER", refused: "the runtime cannot read the peer credentials of a Unix socket" },
+  krbsrvname: { env: "PGKRBSRVNAME", refused: NO_GSSAPI },
+  gsslib: { env: "PGGSSLIB", refused: NO_GSSAPI },
+  gssdelegation: { env: "PGGSSDELEGATION", refused: NO_GSSAPI },
+  service: { env: "PGSERVICE", refused: "connection service files (pg_service.conf) are not read; put the settings in the URL or PG* variables" },
+  replication: { refused: "replication connections are not what the kit makes" },
+  min_protocol_version: { env: "PGMINPROTOCOLVERSION", refused: "the client (postgres.js) speaks protocol 3.0 only" },
+  max_protocol_version: { env: "PGMAXPROTOCOLVERSION", refused: "the client (postgres.js) speaks protocol 3.0 only" },
+  scram_client_key: { refused: "SCRAM keys from a pass-through proxy are not supported" },
+  scram_server_key: { refused: "SCRAM keys from a pass-through proxy are not supported" },
+  oauth_issuer: { refused: "OAuth authentication is not supported by the client (postgres.js)" },
+  oauth_client_id: { refused: "OAuth authentication is not supported by the client (postgres.js)" },
+  oauth_client_secret: { refused: "OAuth authentication is not supported by the client (postgres.js)" },
+  oauth_scope: { refused: "OAuth authentication is not supported by the client (postgres.js)" },
+  // The kit's own (Prisma's spelling), never sent to the server: a transaction pooler is in front.
+  pgbouncer: { values: ["true", "false"] },
+};
+export type Keyword = keyof typeof KEYWORDS & string;
+/** What a URL sets, keyword by keyword (libpq's names), percent-decoded. */
+export type Conninfo = Partial<Record<Keyword, string>>;
+
+const ENCODE_PASSWORD = "; if the password holds / ? # @ or %, percent-encode them (/ as %2F, ? as %3F, # as %23, @ as %40, % as %25)";
+
+/**
+ * libpq's percent-decoding: %XX only, %00 refused (libpq forbids NUL), `+` stays `+`.
+ * The error names the part, never its text.
+ */
+function uriDecode(text: string, what: string, fail: (message: string) => ConfigError): string {
+  if (!text.includes("%")) return text;
+  const bytes: number[] = [];
+  const encoder = new TextEncoder();
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] !== "%") {
+      bytes.push(...encoder.encode(text[i]!));
+      continue;
+    }
+    const hex = text.slice(i + 1, i + 3);
+    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) throw fail(`the ${what} has a malformed %-escape (% must be followed by two hex digits)`);
+    if (hex === "00") throw fail(`the ${what} holds %00, which libpq refuses (no NUL bytes)`);
+    bytes.push(parseInt(hex, 16));
+    i += 2;
+  }
+  return new TextDecoder().decode(new Uint8Array(bytes));
 }
 
-function decode(part: string, what: string, source: string): string {
-  try {
-    return decodeURIComponent(part);
-  } catch {
-    throw new ConfigError(`${source}: the ${what} has a malformed %-escape; percent-encode special characters (e.g. @ as %40)`);
-  }
-}
-
-function parsePort(text: string, source: string): number {
-  const port = Number(text);
-  if (!/^\d+$/.test(text) || port < 1 || port > 65535) {
-    throw new ConfigError(`${source}: port "${text}" is not a number from 1 to 65535`);
-  }
-  return port;
+/** The keyword nearest to a mistyped one (edit distance 2 at most), to suggest it. */
+function nearestKeyword(word: string): string | undefined {
+  const distance = (a: string, b: string) => {
+    let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      const next = [i];
+      for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      row = next;
+    }
+    return row[b.length]!;
+  };
+  const [best] = Object.keys(KEYWORDS).map((keyword) => [keyword, distance(word, keyword)] as const).sort((x, y) => x[1] - y[1]);
+  return best && best[1] <= 2 ? best[0] : undefined;
 }
 
 /**
- * Parse `postgres://user:password@host1:port1,host2:port2/db?param=value`, libpq style.
- * The last `@` ends the credentials, so an unescaped `@` in a password still works.
+ * Parse `postgres[ql]://[user[:password]@][host][:port][,...][/dbname][?keyword=value&...]` as
+ * libpq does (its grammar, percent-decoding and keyword check), into keyword values.
+ * One deliberate difference: the LAST "@" before the path ends the credentials (libpq takes
+ * the first), so an unencoded "@" in a password works. Errors never quote the URL: any part
+ * of it may be a password that an unencoded character has pushed elsewhere.
  */
-export function parseUrl(url: string, source: string): UrlParts {
-  const scheme = /^postgres(?:ql)?:\/\//i.exec(url);
-  if (!scheme) throw new ConfigError(`${source}: not a postgres:// or postgresql:// URL`);
+export function parseUrl(url: string, source: string): Conninfo {
+  const scheme = /^postgres(?:ql)?:\/\//.exec(url);
+  const slashAt = url.indexOf("/", scheme?.[0].length ?? 0);
+  // An "@" after the path starts means the credentials were cut short: a "/" in the password.
+  const cutShort = slashAt !== -1 && url.indexOf("@", slashAt) !== -1;
+  const fail = (message: string, suspect = cutShort) => new ConfigError(`${source}: ${message}${suspect ? ENCODE_PASSWORD : ""}`);
+  if (!scheme) throw fail("not a postgres:// or postgresql:// URL (key=value connection strings are not supported)");
+  const decode = (text: string, what: string) => uriDecode(text, what, (message) => fail(message));
+  const parts: Conninfo = {};
   let rest = url.slice(scheme[0].length);
-  const queryAt = rest.indexOf("?");
-  const query = queryAt === -1 ? "" : rest.slice(queryAt + 1);
-  if (queryAt !== -1) rest = rest.slice(0, queryAt);
-  const at = rest.lastIndexOf("@");
-  const credentials = at === -1 ? undefined : rest.slice(0, at);
-  rest = rest.slice(at + 1);
-  const slash = rest.indexOf("/");
-  const hostList = slash === -1 ? rest : rest.slice(0, slash);
-  const path = slash === -1 ? "" : rest.slice(slash + 1);
 
-  const parts: UrlParts = { params: {} };
-  if (credentials !== undefined) {
+  const authorityEnd = rest.indexOf("/") === -1 ? rest.length : rest.indexOf("/");
+  const at = rest.slice(0, authorityEnd).lastIndexOf("@");
+  if (at !== -1) {
+    const credentials = rest.slice(0, at);
     const colon = credentials.indexOf(":");
-    const user = colon === -1 ? credentials : credentials.slice(0, colon);
-    if (user) parts.user = decode(user, "user name", source);
-    if (colon !== -1) parts.password = decode(credentials.slice(colon + 1), "password", source);
-  }
-  if (hostList) {
-    const entries = hostList.split(",").map((entry) => {
-      const match = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(entry)!;
-      const host = decode(match[1]!.replace(/^\[(.*)\]$/, "$1"), "host", source);
-      if (!host && match[2] === undefined) throw new ConfigError(`${source}: empty host in the host list`);
-      return { host, port: match[2] === undefined ? undefined : parsePort(match[2], source) };
-    });
-    if (entries.some((entry) => entry.host)) parts.hosts = entries.map((entry) => entry.host || DEFAULTS.host);
-    parts.ports = entries.map((entry) => entry.port);
-  }
-  if (path) parts.database = decode(path, "database name", source);
-  for (const [key, value] of new URLSearchParams(query)) {
-    if (!(URL_PARAMETERS as readonly string[]).includes(key)) {
-      throw new ConfigError(`${source}: unsupported URL parameter "${key}"; supported: ${URL_PARAMETERS.join(", ")}`);
+    const user = decode(colon === -1 ? credentials : credentials.slice(0, colon), "user name");
+    if (user) parts.user = user;
+    if (colon !== -1) {
+      const password = decode(credentials.slice(colon + 1), "password");
+      if (password) parts.password = password;
     }
-    parts.params[key as (typeof URL_PARAMETERS)[number]] = value;
+    rest = rest.slice(at + 1);
+  } else if (cutShort) {
+    throw fail(`the URL has an "@" after its first "/", so its credentials cannot be told apart`, true);
+  }
+
+  const hosts: string[] = [];
+  const ports: string[] = [];
+  let i = 0;
+  for (;;) {
+    if (rest[i] === "[") {
+      const close = rest.indexOf("]", i);
+      if (close === -1) throw fail(`an IPv6 host address has no closing "]"`);
+      if (close === i + 1) throw fail("an IPv6 host address in [] is empty");
+      hosts.push(decode(rest.slice(i + 1, close), "host"));
+      i = close + 1;
+      if (i < rest.length && !":/?,".includes(rest[i]!)) throw fail(`unexpected character after an IPv6 host address's "]" (expected ":", "/", "?" or ",")`);
+    } else {
+      const end = rest.slice(i).search(/[:/?,]/);
+      const stop = end === -1 ? rest.length : i + end;
+      hosts.push(decode(rest.slice(i, stop), "host"));
+      i = stop;
+    }
+    let port = "";
+    if (rest[i] === ":") {
+      const end = rest.slice(i + 1).search(/[/?,]/);
+      const stop = end === -1 ? rest.length : i + 1 + end;
+      port = decode(rest.slice(i + 1, stop), "port");
+      i = stop;
+    }
+    ports.push(port);
+    if (rest[i] !== ",") break;
+    i++;
+  }
+  if (hosts.join(",")) parts.host = hosts.join(",");
+  if (ports.join(",")) parts.port = ports.join(",");
+
+  let query = "";
+  if (rest[i] === "/") {
+    const queryAt = rest.indexOf("?", i);
+    const database = decode(rest.slice(i + 1, queryAt === -1 ? undefined : queryAt), "database name");
+    if (database) parts.dbname = database;
+    if (queryAt !== -1) query = rest.slice(queryAt + 1);
+  } else if (rest[i] === "?") {
+    query = rest.slice(i + 1);
+  }
+  if (query === "") return parts;
+  for (const [index, parameter] of query.split("&").entries()) {
+    const which = `query parameter ${index + 1}`;
+    const pieces = parameter.split("=");
+    if (pieces.length < 2) throw fail(`${which} has no "=" between keyword and value`);
+    if (pieces.length > 2) throw fail(`${which} has more than one "="; percent-encode "=" in a value as %3D`);
+    let keyword = decode(pieces[0]!, `keyword of ${which}`);
+    let value = decode(pieces[1]!, `value of ${which}`);
+    // libpq's compatibility with JDBC URLs.
+    if (keyword === "ssl" && value === "true") [keyword, value] = ["sslmode", "require"];
+    if (!Object.hasOwn(KEYWORDS, keyword)) {
+      const near = nearestKeyword(keyword);
+      throw fail(`${which} is not a libpq connection keyword${near ? ` (did you mean "${near}"?)` : ""}; the keywords are listed in the README`);
+    }
+    parts[keyword] = value;
   }
   return parts;
 }
@@ -275,8 +441,7 @@ function readSecret(variable: string, path: string, readFile: ReadFile): string 
   try {
     return readFile(path).replace(/\r?\n$/, "");
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? "unreadable";
-    throw new ConfigError(`${variable}=${path} cannot be read (${code}); fix the path or its permissions, or unset ${variable}`);
+    throw new ConfigError(`${variable}=${path} cannot be read (${errorCode(error)}); fix the path or its permissions, or unset ${variable}`);
   }
 }
 
@@ -298,64 +463,260 @@ function seconds(name: string, value: string | number | undefined, { allowZero =
   return Math.round(number * 1000);
 }
 
-function oneOf<T extends string>(name: string, value: string | undefined, allowed: readonly T[]): T | undefined {
-  if (value === undefined || value === "") return undefined;
-  if (!(allowed as readonly string[]).includes(value)) {
-    throw new ConfigError(`${name} "${value}" is not one of ${allowed.join(", ")}`);
-  }
-  return value as T;
-}
-
 /** The first value that is set; the order of the arguments is the precedence. */
 function first<T>(...candidates: (T | undefined)[]): T | undefined {
   return candidates.find((candidate) => candidate !== undefined && candidate !== "");
 }
 
+/** The local socket directory libpq would use: the first of DEFAULTS.socketDirs that exists. */
+export function defaultSocketDir(exists: (path: string) => boolean = existsSync): string {
+  return DEFAULTS.socketDirs.find(exists) ?? DEFAULTS.socketDirs.at(-1)!;
+}
+
 /**
- * Resolve the whole configuration once. Precedence, field by field:
- * options (flags) > the URL (`--url`, else DATABASE_URL) > libpq PG* variables >
- * the postgres image's POSTGRES_* variables > DEFAULTS.
+ * libpq's password file: `host:port:database:user:password` lines, a field of just `*`
+ * matching anything, `\\` escaping `:` and `\\`. Like libpq, a file others can read is
+ * ignored with a warning.
+ */
+function passwordFromFile(path: string, wanted: [string, string, string, string], notices: string[], readFile: ReadFile): string | undefined {
+  let text: string;
+  try {
+    const stat = statSync(path);
+    if (!stat.isFile()) {
+      notices.push(`password file ${path} is not a plain file; ignored`);
+      return undefined;
+    }
+    if (stat.mode & 0o077) {
+      notices.push(`password file ${path} has group or world access; permissions should be u=rw (0600) or less; ignored`);
+      return undefined;
+    }
+    text = readFile(path);
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split(/\r?\n/)) {
+    if (line.startsWith("#")) continue;
+    const fields = [{ raw: "", value: "" }];
+    for (let i = 0; i < line.length; i++) {
+      const field = fields.at(-1)!;
+      if (line[i] === "\\" && i + 1 < line.length) {
+        field.raw += line[i]! + line[i + 1]!;
+        field.value += line[++i]!;
+      } else if (line[i] === ":") {
+        if (fields.length === 5) break;
+        fields.push({ raw: "", value: "" });
+      } else {
+        field.raw += line[i]!;
+        field.value += line[i]!;
+      }
+    }
+    if (fields.length < 5) continue;
+    if (wanted.every((value, index) => fields[index]!.raw === "*" || fields[index]!.value === value)) return fields[4]!.value;
+  }
+  return undefined;
+}
+
+/** libpq's integers: optional sign and surrounding spaces, nothing else. */
+function libpqInteger(keyword: string, setting: Setting): number {
+  if (!/^\s*[+-]?\d+\s*$/.test(setting.value)) throw settingError(setting, keyword, "is not an integer");
+  return Number(setting.value);
+}
+
+interface Setting {
+  value: string;
+  /** Where it came from: a URL source (never quoted in messages) or a variable's name. */
+  from: string;
+  quotable: boolean;
+}
+
+function settingError(setting: Setting, keyword: string, problem: string): ConfigError {
+  const what = setting.quotable ? `${setting.from}="${setting.value}"` : `${setting.from}: ${keyword}`;
+  return new ConfigError(`${what} ${problem}`);
+}
+
+/** The targets, by libpq's list rules: as many as hosts (or hostaddrs); one port for all, or one each. */
+function targetsFrom(host: Setting | undefined, hostaddr: Setting | undefined, port: Setting | undefined, socketDir: string): Target[] {
+  const hosts = host ? host.value.split(",") : [""];
+  const addresses = hostaddr ? hostaddr.value.split(",") : undefined;
+  if (addresses && host && addresses.length !== hosts.length) {
+    throw new ConfigError(`${hostaddr!.from}: ${addresses.length} hostaddr values for ${hosts.length} hosts; give one for each host`);
+  }
+  const count = addresses?.length ?? hosts.length;
+  const ports = port ? port.value.split(",") : [""];
+  if (ports.length !== 1 && ports.length !== count) {
+    throw new ConfigError(`${port!.from}: ${ports.length} ports for ${count} hosts; give one port for all, or one for each host`);
+  }
+  return Array.from({ length: count }, (_, index) => {
+    const text = (ports.length === 1 ? ports[0] : ports[index])!.trim();
+    const number = text === "" ? DEFAULTS.port : /^\d+$/.test(text) ? Number(text) : NaN;
+    if (!(number >= 1 && number <= 65535)) {
+      throw settingError(port!, "port", `is not a number from 1 to 65535${port!.quotable ? "" : ENCODE_PASSWORD}`);
+    }
+    const address = addresses?.[index] || undefined;
+    const name = (host ? hosts[index] : "") || (address ? "" : socketDir);
+    const target: Target = { host: name || address!, port: number };
+    if (address) target.hostaddr = address;
+    else if (name.startsWith("/")) target.socket = `${name}/.s.PGSQL.${number}`;
+    else if (name.startsWith("@")) target.socket = `\0${name.slice(1)}/.s.PGSQL.${number}`;
+    return target;
+  });
+}
+
+/** A certificate or key file: read at once, so that a wrong path is a configuration error (exit 2). */
+function readTlsFile(setting: Setting, keyword: string, readFile: ReadFile, { key = false } = {}): string {
+  try {
+    if (key) {
+      const { mode, uid } = statSync(setting.value);
+      const loose = uid === 0 ? mode & 0o137 : mode & 0o077;
+      if (loose) throw new ConfigError(`${setting.from}: private key file ${setting.value} has group or world access; it must be u=rw (0600) or less, or u=rw,g=r (0640) if owned by root`);
+    }
+    return readFile(setting.value);
+  } catch (error) {
+    if (error instanceof ConfigError) throw error;
+    throw new ConfigError(`${setting.from}: ${keyword} file ${setting.value} cannot be read (${errorCode(error)}); fix the path or its permissions`);
+  }
+}
+
+/** The trusted roots for sslrootcert=system: OpenSSL's default file, as libpq uses, else the runtime's bundle. */
+function systemRoots(env: Env, readFile: ReadFile): string | string[] {
+  for (const path of [env.SSL_CERT_FILE, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]) {
+    if (!path) continue;
+    try {
+      return readFile(path);
+    } catch {
+      // try the next place
+    }
+  }
+  return [...rootCertificates];
+}
+
+/** TLS settings, with libpq's defaults (~/.postgresql/root.crt, postgresql.crt, postgresql.key) and checks. */
+function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: string, env: Env, readFile: ReadFile): Tls {
+  // libpq uses a certificate file only when it is there (and the defaults under ~/.postgresql the same way).
+  const present = (found: Setting | undefined, name: string): Setting | undefined => {
+    const candidate = found ?? { value: join(home, ".postgresql", name), from: `the default ${name}`, quotable: false };
+    return candidate.value === "system" || existsSync(candidate.value) ? candidate : undefined;
+  };
+  const rootcert = setting("sslrootcert");
+  const system = rootcert?.value === "system";
+  const modeSetting = setting("sslmode");
+  // libpq: with sslrootcert=system the default mode becomes verify-full, and nothing weaker is allowed.
+  const mode = (modeSetting?.value ?? (system ? "verify-full" : DEFAULTS.sslmode)) as SslMode;
+  if (system && mode !== "verify-full" && mode !== "disable") {
+    throw settingError(modeSetting!, "sslmode", `is too weak for sslrootcert=system; use verify-full`);
+  }
+  const negotiation = (setting("sslnegotiation")?.value ?? "postgres") as Tls["negotiation"];
+  if (negotiation === "direct" && !["require", "verify-ca", "verify-full"].includes(mode)) {
+    throw new ConfigError(`sslnegotiation=direct needs sslmode require, verify-ca or verify-full (sslmode is ${mode})`);
+  }
+  const root = present(rootcert, "root.crt");
+  if ((mode === "verify-ca" || mode === "verify-full") && !root) {
+    throw new ConfigError(`sslmode=${mode} needs the server's root certificate and ${rootcert ? `the sslrootcert file ${rootcert.value} does not exist` : `there is no ${join(home, ".postgresql", "root.crt")}`}: set sslrootcert (or PGSSLROOTCERT) to its file, or to "system" for the system's trusted roots`);
+  }
+  const certSetting = present(setting("sslcert"), "postgresql.crt");
+  const keySetting = certSetting && present(setting("sslkey"), "postgresql.key");
+  const tls: Tls = {
+    mode,
+    negotiation,
+    // libpq: under require, a root certificate that is there makes the check verify-ca.
+    verifyChain: mode !== "disable" && Boolean(root),
+    verifyHost: mode === "verify-full",
+    sni: setting("sslsni")?.value !== "0",
+  };
+  if (root && mode !== "disable") tls.ca = system ? systemRoots(env, readFile) : readTlsFile(root, "sslrootcert", readFile);
+  if (certSetting && mode !== "disable") tls.cert = readTlsFile(certSetting, "sslcert", readFile);
+  if (keySetting && mode !== "disable") tls.key = readTlsFile(keySetting, "sslkey", readFile, { key: true });
+  const passphrase = setting("sslpassword")?.value;
+  if (passphrase) tls.passphrase = passphrase;
+  const min = setting("ssl_min_protocol_version")?.value ?? "TLSv1.2";
+  const max = setting("ssl_max_protocol_version")?.value;
+  tls.minVersion = min as SecureVersion;
+  if (max) tls.maxVersion = max as SecureVersion;
+  return tls;
+}
+
+/**
+ * Resolve the whole configuration once. Precedence, keyword by keyword:
+ * options (flags) > the URL (`--url`, else DATABASE_URL) > libpq's PG* variables >
+ * the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
  */
 export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
   const urlSource = options.url !== undefined ? "--url" : "DATABASE_URL";
   const rawUrl = first(options.url, env.DATABASE_URL);
-  const url: UrlParts = rawUrl ? parseUrl(rawUrl, urlSource) : { params: {} };
+  const url: Conninfo = rawUrl ? parseUrl(rawUrl, urlSource) : {};
+  const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
+  const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
-  const hosts = first(url.hosts, env.PGHOST?.split(","), env.POSTGRES_HOST?.split(",")) ?? [DEFAULTS.host];
-  const fallbackPort = first(
-    env.PGPORT ? parsePort(env.PGPORT, "PGPORT") : undefined,
-    env.POSTGRES_PORT ? parsePort(env.POSTGRES_PORT, "POSTGRES_PORT") : undefined,
-  ) ?? DEFAULTS.port;
-  const targets = hosts.map((host, index) => ({ host, port: url.ports?.[index] ?? fallbackPort }));
+  /** The precedence chain, written once: the URL, then libpq's PG* variable, then the postgres image's variable. */
+  const setting = (keyword: Keyword): Setting | undefined => {
+    const variable = KEYWORDS[keyword]!.env;
+    const found =
+      first(url[keyword]) !== undefined ? { value: url[keyword]!, from: urlSource, quotable: false }
+      : variable && first(env[variable]) !== undefined ? { value: env[variable]!, from: variable, quotable: true }
+      : first(compose[keyword]) !== undefined ? { value: compose[keyword]!, from: composeNames[keyword]!, quotable: true }
+      : undefined;
+    if (!found) return undefined;
+    const { values, refused, refusedValues } = KEYWORDS[keyword]!;
+    const allowed = values?.find((value) => value.toLowerCase() === found.value.trim().toLowerCase());
+    if (refused && !allowed) throw settingError(found, keyword, `cannot be honoured: ${refused}`);
+    if (values && !allowed) throw settingError(found, keyword, `is not one of ${values.join(", ")}`);
+    const refusal = refusedValues?.[allowed ?? "*"];
+    if (refusal && !(allowed === undefined && /^\s*0\s*$/.test(found.value))) throw settingError(found, keyword, `cannot be honoured: ${refusal}`);
+    return { ...found, value: allowed ?? found.value };
+  };
+  // Every keyword set anywhere is checked, so that none is dropped in silence.
+  const settings = Object.fromEntries(Object.keys(KEYWORDS).map((keyword) => [keyword, setting(keyword)])) as Record<Keyword, Setting | undefined>;
+  const value = (keyword: Keyword) => settings[keyword]?.value;
 
-  const user = first(url.user, env.PGUSER, env.POSTGRES_USER) ?? DEFAULTS.user;
+  const integer = (keyword: Keyword) => (settings[keyword] ? libpqInteger(keyword, settings[keyword]!) : undefined);
+  const targets = targetsFrom(settings.host, settings.hostaddr, settings.port, defaultSocketDir());
+  const user = value("user") ?? DEFAULTS.user;
+  const database = value("dbname") ?? user;
   const password = first(url.password, passwordFrom("PGPASSWORD", env, readFile), passwordFrom("POSTGRES_PASSWORD", env, readFile));
-  const database = first(url.database, env.PGDATABASE, env.POSTGRES_DB) ?? user;
+  const notices: string[] = [];
+  if (password === undefined) {
+    const home = env.HOME || homedir();
+    const passfile = value("passfile") ?? join(home, ".pgpass");
+    for (const target of targets) {
+      // libpq looks up the host, else the hostaddr, and "localhost" for the default socket directory.
+      const host = target.host === defaultSocketDir() && target.socket ? DEFAULTS.host : target.host;
+      const found = passwordFromFile(passfile, [host, String(target.port), database, user], notices, readFile);
+      if (found !== undefined) target.password = found;
+    }
+  }
 
+  // libpq: connect_timeout is whole seconds, at least 2; 0 or less means no limit (the overall deadline still holds).
+  const libpqTimeout = integer("connect_timeout");
+  const timeoutMs = seconds("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
+  const connectTimeoutMs =
+    seconds("--connect-timeout", options.connectTimeout) ??
+    (libpqTimeout === undefined ? DEFAULTS.connectTimeoutMs : libpqTimeout <= 0 ? timeoutMs : Math.max(2, libpqTimeout) * 1000);
+  const keepalives = integer("keepalives");
+  const keepAliveIdle = integer("keepalives_idle");
+
+  const tls = tlsFrom((keyword) => settings[keyword], env.HOME || homedir(), env, readFile);
   const config: Config = {
     targets,
     user,
     password,
     database,
-    sslmode: oneOf("sslmode", first(url.params.sslmode, env.PGSSLMODE), SSL_MODES) ?? DEFAULTS.sslmode,
-    applicationName: first(options.applicationName, url.params.application_name, env.PGAPPNAME) ?? DEFAULTS.applicationName,
-    targetSessionAttrs:
-      oneOf("target_session_attrs", first(url.params.target_session_attrs, env.PGTARGETSESSIONATTRS), SESSION_ATTRS) ??
-      DEFAULTS.targetSessionAttrs,
-    timeoutMs: seconds("--timeout", options.timeout) ?? DEFAULTS.timeoutMs,
-    connectTimeoutMs:
-      first(
-        seconds("--connect-timeout", options.connectTimeout),
-        seconds("connect_timeout", url.params.connect_timeout),
-        seconds("PGCONNECT_TIMEOUT", env.PGCONNECT_TIMEOUT),
-      ) ?? DEFAULTS.connectTimeoutMs,
+    sslmode: tls.mode,
+    tls,
+    applicationName: first(value("application_name"), value("fallback_application_name"), options.applicationName) ?? DEFAULTS.applicationName,
+    targetSessionAttrs: (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs,
+    loadBalanceHosts: (value("load_balance_hosts") ?? "disable") as Config["loadBalanceHosts"],
+    options: value("options"),
+    keepAliveSeconds: keepalives === 0 ? 0 : keepAliveIdle && keepAliveIdle > 0 ? keepAliveIdle : DEFAULTS.keepAliveSeconds,
+    timeoutMs,
+    connectTimeoutMs,
     commandTimeoutMs: seconds("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
     lockTimeoutMs: seconds("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs,
     maxRetries: undefined,
     createDatabase: options.createDatabase ?? false,
     ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
-    pooler: oneOf("pgbouncer", url.params.pgbouncer, ["true", "false"]) === "true" ? "transaction" : undefined,
+    pooler: value("pgbouncer") === "true" ? "transaction" : undefined,
     direct: undefined,
+    notices,
   };
   const directUrl = first(options.directUrl, env.DIRECT_URL);
   if (directUrl) {
@@ -380,6 +741,12 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
   return config;
 }
 
+/** Every secret a configuration holds, for redaction. */
+export function secretsOf(config: Config): string[] {
+  const secrets = [config.password, config.tls.passphrase, ...config.targets.map((target) => target.password)];
+  return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
+}
+
 // ---------------------------------------------------------------------------------------
 // Errors, retries, redaction
 
@@ -398,8 +765,10 @@ export const KIT_ERRORS = {
   LOCK_WAIT: "another session held the kit's advisory lock for longer than --command-timeout (exit 1)",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
   POOLER_NO_SERVER: "the login was accepted but no session followed before the connect timeout: a pooler waiting for its PostgreSQL",
+  CONNECT_TIMEOUT: "no connection or no answer to the TLS request within the connect timeout (postgres.js uses the same code for its own)",
   WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
   NO_MAINTENANCE_DATABASE: "--create-database found no maintenance database to create the target from (exit 4)",
+  TLS_REFUSED: "sslmode requires TLS and the server does not offer it (exit 4)",
   SIGINT: "interrupted by SIGINT (exit 130)",
   SIGTERM: "interrupted by SIGTERM (exit 143)",
 } as const;
@@ -505,10 +874,19 @@ export function redact(text: string, secrets: (string | undefined)[] = []): stri
   return result.replace(/(postgres(?:ql)?:\/\/[^:@/\s]*:)[^\s]*@/gi, "$1***@");
 }
 
-/** The target as a URL with the password hidden, for messages. */
+/** Where a target is, for messages: `host:port`, or the socket file. */
+export function where(target: Target): string {
+  return target.socket ? `socket ${target.socket.replace("\0", "@")}` : `${target.host}:${target.port}`;
+}
+
+/** The target as a URL with the password hidden, for messages; sockets as libpq writes them (`?host=/dir`). */
 export function describeTarget(config: Config): string {
   const user = encodeURIComponent(config.user);
-  const credentials = config.password === undefined ? user : `${user}:***`;
+  const credentials = config.password === undefined && config.targets.every((target) => target.password === undefined) ? user : `${user}:***`;
+  if (config.targets.some((target) => target.socket)) {
+    const hosts = config.targets.map((target) => target.host).join(",");
+    return `postgres://${credentials}@/${config.database}?host=${hosts}&port=${config.targets.map((target) => target.port).join(",")}`;
+  }
   const hosts = config.targets.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(",");
   return `postgres://${credentials}@${hosts}/${config.database}`;
 }
@@ -519,7 +897,10 @@ export function hint(error: unknown, config: Config): string {
   const pooler = poolerMessage(error);
   if (pooler) return pooler.hint;
   const code = errorCode(error);
-  const where = config.targets.map(({ host, port }) => `${host}:${port}`).join(", ");
+  const places = config.targets.map(where).join(", ");
+  const defaultSocket = config.targets.some((target) => target.socket && target.host === defaultSocketDir())
+    ? ` (no host was given, so the local socket directory ${defaultSocketDir()}; set PGHOST or a host in the URL for TCP)`
+    : "";
   const hints: Record<string, string> = {
     "26000": "a prepared statement vanished: a transaction pooler (PgBouncer pool_mode=transaction) is in front; add pgbouncer=true to the URL, or use prepare: false",
     "28P01": "check the password (PGPASSWORD, POSTGRES_PASSWORD or the URL); in Compose an old volume may hold a different password (docker compose down -v resets it)",
@@ -529,24 +910,26 @@ export function hint(error: unknown, config: Config): string {
     "42501": `user "${config.user}" lacks a privilege it needs (CONNECT on the database, CREATE on the schema)`,
     "53300": "the server is full: raise max_connections or shrink the pools of other clients",
     "57P03": "the server is still starting or recovering",
-    ECONNREFUSED: `nothing listens on ${where}: is the server up and the port right?`,
+    ECONNREFUSED: `nothing listens on ${places}: is the server up and the port right?${defaultSocket}`,
+    ENOENT: `no server socket at ${places}: is the server up, with this port and unix_socket_directories?${defaultSocket}`,
+    TLS_REFUSED: "the server has TLS turned off (ssl = off): turn it on in postgresql.conf with a certificate, or use sslmode=prefer or disable on a network you trust",
     ENOTFOUND: `the host name does not resolve: in Compose use the service name, on the same network`,
     EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,
-    CONNECT_TIMEOUT: `${where} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
+    CONNECT_TIMEOUT: `${places} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
     CLIENT_DEADLINE: "the server stopped answering mid-query; the client was replaced",
-    POOLER_NO_SERVER: `${where} accepted the login but opened no session: a pooler (PgBouncer) whose PostgreSQL is down or unreachable? PgBouncer retries it every server_login_retry (default 15 s)`,
-    CONNECTION_CLOSED: `${where} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
-    ECONNRESET: `${where} reset the connection: a server restarting, or a proxy or firewall cutting it`,
+    POOLER_NO_SERVER: `${places} accepted the login but opened no session: a pooler (PgBouncer) whose PostgreSQL is down or unreachable? PgBouncer retries it every server_login_retry (default 15 s)`,
+    CONNECTION_CLOSED: `${places} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
+    ECONNRESET: `${places} reset the connection: a server restarting, or a proxy or firewall cutting it`,
     "55P03": "another session holds a lock the schema step needs (see \"blocked by\"): let it finish or end it, or raise --timeout to wait longer",
     WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
-    TLS: "TLS failed: fix the server's certificate or choose another sslmode (disable, prefer, require)",
+    TLS: `the server's certificate failed the check sslmode=${config.sslmode} asks for: check sslrootcert (the CA that signed it)${config.tls.verifyHost ? " and that the certificate names the host you connect to" : ""}, or choose a weaker sslmode`,
   };
   return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (isTlsError(error) ? hints.TLS! : "");
 }
 
 function isTlsError(error: unknown): boolean {
   const code = errorCode(error);
-  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
+  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.startsWith("ERR_OSSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -581,11 +964,73 @@ export async function closeClient(sql: Sql | undefined): Promise<void> {
   await withDeadline(sql.end({ timeout: 0 }), 1_000).catch(() => {});
 }
 
-function sslOption(mode: SslMode): postgres.Options<{}>["ssl"] {
-  const modes: Record<SslMode, postgres.Options<{}>["ssl"]> = {
-    disable: false, allow: "allow", prefer: "prefer", require: "require", "verify-ca": "verify-full", "verify-full": "verify-full",
-  };
-  return modes[mode];
+const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+
+/**
+ * A socket to one target, TLS negotiated as libpq does: an SSLRequest first (or TLS at once
+ * with sslnegotiation=direct), never TLS over a Unix socket; a server that refuses TLS under
+ * sslmode=require or stricter ends the attempt with TLS_REFUSED, which is fatal. postgres.js
+ * then speaks over it as over a plain socket. (`allow` is treated as `prefer`.)
+ */
+export function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Promise<Socket> {
+  const { tls } = config;
+  // postgres.js reads host and port off its socket, for its error messages.
+  const named = <S extends Socket>(socket: S) => Object.assign(socket, { host: target.host, port: target.port });
+  // Connection errors (ENOENT, ECONNREFUSED) reject here, before postgres.js listens on the socket.
+  return new Promise((resolve, reject) => {
+    const raw = dial(target);
+    let secure: Socket | undefined;
+    const closed = () => fail(kitError("CONNECTION_CLOSED", `${where(target)} closed the connection before start-up`));
+    const settle = () => {
+      clearTimeout(timer);
+      for (const socket of [raw, secure]) {
+        socket?.removeListener("error", fail);
+        socket?.removeListener("close", closed);
+      }
+    };
+    const fail = (error: unknown) => {
+      settle();
+      (secure ?? raw).destroy();
+      reject(error);
+    };
+    const timer = setTimeout(() => fail(kitError("CONNECT_TIMEOUT", `${where(target)} did not answer within ${config.connectTimeoutMs} ms`)), config.connectTimeoutMs);
+    const done = (socket: Socket) => {
+      settle();
+      resolve(named(socket));
+    };
+    const upgrade = () => {
+      secure = tlsConnect({
+        socket: raw,
+        servername: tls.sni && !isIP(target.host) ? target.host : undefined,
+        ALPNProtocols: tls.negotiation === "direct" ? ["postgresql"] : undefined,
+        rejectUnauthorized: tls.verifyChain,
+        checkServerIdentity: (_name, certificate) => (tls.verifyHost ? checkServerIdentity(target.host, certificate) : undefined),
+        ca: tls.ca, cert: tls.cert, key: tls.key, passphrase: tls.passphrase, minVersion: tls.minVersion, maxVersion: tls.maxVersion,
+      });
+      secure.once("error", fail);
+      secure.once("close", closed);
+      secure.once("secureConnect", () => done(secure!));
+    };
+    raw.once("error", fail);
+    raw.once("close", closed);
+    if (target.socket || tls.mode === "disable") {
+      raw.once("connect", () => done(raw));
+      return;
+    }
+    if (tls.negotiation === "direct") {
+      raw.once("connect", upgrade);
+      return;
+    }
+    raw.write(SSL_REQUEST);
+    raw.once("data", (answer: Buffer) => {
+      if (answer.length === 1 && answer[0] === 0x53) return upgrade(); // "S"
+      const required = tls.mode === "require" || tls.mode === "verify-ca" || tls.mode === "verify-full";
+      if (answer.length === 1 && answer[0] === 0x4e && !required) return done(raw); // "N"
+      fail(kitError("TLS_REFUSED", answer[0] === 0x4e
+        ? `server does not support SSL, but SSL was required (sslmode=${tls.mode})`
+        : "the server's answer to the TLS request was not S or N: is this a PostgreSQL server?"));
+    });
+  });
 }
 
 /**
@@ -599,28 +1044,30 @@ export function localSettings(config: Config): string {
 
 /** A postgres.js client for one host, with the kit's timeouts; `overrides` come from library users. */
 export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}): Sql {
-  const socketPath = target.host.startsWith("/") ? `${target.host}/.s.PGSQL.${target.port}` : undefined;
   return postgres({
     host: target.host,
     port: target.port,
-    path: socketPath,
     user: config.user,
-    password: config.password ?? "",
+    password: target.password ?? config.password ?? "",
     database: config.database,
-    ssl: sslOption(config.sslmode),
+    // openSocket negotiates TLS (libpq's sslmode, certificate files, sslnegotiation); postgres.js must not again.
+    ssl: false,
+    // `socket` is a documented postgres.js option its type declarations leave out.
+    socket: () => openSocket(config, target),
     max: DEFAULTS.poolMax,
     connect_timeout: config.connectTimeoutMs / 1000,
-    keep_alive: DEFAULTS.keepAliveSeconds,
+    keep_alive: config.keepAliveSeconds,
     fetch_types: false,
     onnotice: () => {},
     target_session_attrs: undefined,
     // Unnamed statements only: a transaction pooler hands each transaction a different server
     // session, where a named one does not exist (26000).
     prepare: false,
-    // application_name only: PgBouncer refuses other start-up parameters (localSettings instead).
-    connection: { application_name: config.applicationName },
+    // application_name only (PgBouncer refuses other start-up parameters: localSettings instead),
+    // and `options` when the user sets it, which libpq sends as a start-up parameter too.
+    connection: { application_name: config.applicationName, ...(config.options ? { options: config.options } : {}) },
     ...overrides,
-  }) as Sql;
+  } as postgres.Options<{}>) as Sql;
 }
 
 interface SessionState {
@@ -674,15 +1121,14 @@ export class NotReadyError extends Error {
 /** Opens the socket for a target; the connectivity suite dials a forwarder in its place. */
 export type Dial = (target: Target) => Socket;
 
-/** A socket to the target over its own transport: a Unix socket for a directory, else TCP. */
+/** A socket to the target over its own transport: a Unix socket for a directory, else TCP (to hostaddr when given). */
 export function dialTarget(target: Target): Socket {
-  if (!target.host.startsWith("/")) return createConnection({ host: target.host, port: target.port });
-  const path = `${target.host}/.s.PGSQL.${target.port}`;
+  if (!target.socket) return createConnection({ host: target.hostaddr ?? target.host, port: target.port });
   // Bun reports a missing socket file after the socket has closed, when postgres.js no longer
   // listens (an unhandled error, and CONNECTION_CLOSED instead of ENOENT): stat it first, which
-  // throws the system's own ENOENT, and never leave a late error unhandled.
-  statSync(path);
-  return createConnection({ path }).on("error", () => {});
+  // throws the system's own ENOENT, and never leave a late error unhandled. (An abstract socket has no file.)
+  if (!target.socket.startsWith("\0")) statSync(target.socket);
+  return createConnection({ path: target.socket }).on("error", () => {});
 }
 
 /**
@@ -690,22 +1136,21 @@ export function dialTarget(target: Target): Socket {
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
  * from here: until the session is proven, a second socket is refused, which ends the attempt.
  */
-function oneSocketUntilProven(target: Target, dial: Dial): { socket: () => Socket; proven: () => void; explain: (error: unknown) => unknown } {
+function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { socket: () => Promise<Socket>; proven: () => void; explain: (error: unknown) => unknown } {
   let proving = true;
   let opened = 0;
   let received = Buffer.alloc(0);
   return {
-    socket: () => {
+    socket: async () => {
       if (proving && ++opened > 1) {
-        throw kitError("CONNECTION_CLOSED", `${target.host}:${target.port} closed the connection during start-up`);
+        throw kitError("CONNECTION_CLOSED", `${where(target)} closed the connection during start-up`);
       }
-      const socket = dial(target);
-      // What the server said last, in clear text (postgres.js drops this listener for TLS).
+      const socket = await openSocket(config, target, dial);
+      // What the server said last (decrypted, under TLS).
       socket.on("data", (chunk: Buffer) => {
         if (proving) received = Buffer.concat([received, chunk]).subarray(-4096);
       });
-      // postgres.js reads host and port off its socket, for TLS server names and error messages.
-      return Object.assign(socket, { host: target.host, port: target.port });
+      return socket;
     },
     proven: () => {
       proving = false;
@@ -720,7 +1165,7 @@ function oneSocketUntilProven(target: Target, dial: Dial): { socket: () => Socke
       // postgres.js's own error class takes the server's fields (its type declarations omit that).
       if (said) return new (postgres.PostgresError as unknown as new (fields: object) => Error)(said);
       if (errorCode(error) === "CONNECT_TIMEOUT" && loginWithoutSession(received)) {
-        return kitError("POOLER_NO_SERVER", `${target.host}:${target.port} accepted the login but opened no session within the connect timeout`);
+        return kitError("POOLER_NO_SERVER", `${where(target)} accepted the login but opened no session within the connect timeout`);
       }
       return error;
     },
@@ -788,14 +1233,21 @@ export class Parked {
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
 async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()) {
   let lastError: unknown;
-  for (const [index, target] of config.targets.entries()) {
+  // load_balance_hosts=random: libpq shuffles the hosts for each connection attempt.
+  const order = [...config.targets];
+  for (let i = order.length - 1; i > 0 && config.loadBalanceHosts === "random"; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  for (const [index, target] of order.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
     // The attempt made at the deadline still gets time enough to succeed.
     const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadlineAt - Date.now()));
     const { sql, sockets } = parked.take(target) ?? (() => {
-      const sockets = oneSocketUntilProven(target, dial);
+      const attemptConfig = { ...config, connectTimeoutMs };
+      const sockets = oneSocketUntilProven(attemptConfig, target, dial);
       // `socket` is a documented postgres.js option its type declarations leave out.
-      return { sql: createClient({ ...config, connectTimeoutMs }, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>), sockets };
+      return { sql: createClient(attemptConfig, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>), sockets };
     })();
     try {
       const rows = await withDeadline(
@@ -810,7 +1262,7 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
         const cancelKey = (rows as unknown as { state?: { pid?: number } }).state;
         return { sql, target, serverVersion: state.server_version, pooled: cancelKey?.pid !== state.backend_pid };
       }
-      lastError = kitError("WRONG_SESSION_ATTRS", `${target.host}:${target.port} does not match target_session_attrs=${config.targetSessionAttrs}`);
+      lastError = kitError("WRONG_SESSION_ATTRS", `${where(target)} does not match target_session_attrs=${config.targetSessionAttrs}`);
       parked.park(target, { sql, sockets });
       continue;
     } catch (error) {
@@ -2015,8 +2467,8 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     reporter.error(error instanceof ConfigError ? error.message : explain(error), error instanceof ConfigError ? error.fix : "see --help");
     return summary("usage error", EXIT.usage, { code: errorCode(error), message: firstLine(error) });
   }
-  reporter.addSecret(config.password);
-  reporter.addSecret(config.direct?.password);
+  secretsOf(config).forEach((secret) => reporter.addSecret(secret));
+  [...config.notices, ...(config.direct?.notices ?? [])].forEach((notice) => reporter.info(`warning: ${notice}`));
   const target = describeTarget(config);
 
   const controller = new AbortController();
@@ -2145,8 +2597,10 @@ const USAGE = `Wait until PostgreSQL accepts queries, then apply the schema exac
 
 Usage: bun run init-database.ts [options]
 
-Connection (first found wins): --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:5432
-  --url URL               postgres://user:pass@host:port/db (several hosts: h1:5432,h2:5432);
+Connection (first found wins, as libpq reads it): --url, DATABASE_URL, PG* variables,
+POSTGRES_* variables, ~/.pgpass, the local Unix socket (/var/run/postgresql or /tmp) port 5432
+  --url URL               postgres://user:pass@host:port/db?keyword=value (libpq's URI; several
+                          hosts: h1:5432,h2:5432; socket: postgres://user@/db?host=/dir);
                           ?pgbouncer=true says a transaction pooler is in front
   --direct-url URL        schema work goes here, past the pooler (else DIRECT_URL); waiting
                           and checking still go through --url

@@ -24,7 +24,7 @@ import { join } from "node:path";
 import type postgres from "postgres";
 import {
   abortOnSignals, BUILT_IN_STEP, closeClient, ConfigError, createClient, describeTarget, dialTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
+  formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, secretsOf, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
 
 const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
@@ -110,7 +110,7 @@ function forwarder(relay: Target, target: Target): Promise<Server> {
       upstream.on("error", () => client.destroy());
     });
     server.once("error", reject);
-    if (relay.host.startsWith("/")) server.listen(join(relay.host, `.s.PGSQL.${relay.port}`), () => resolve(server));
+    if (relay.socket) server.listen(relay.socket, () => resolve(server));
     else server.listen(relay.port, relay.host, () => resolve(server));
   });
 }
@@ -154,9 +154,9 @@ async function basicConnection(context: SuiteContext): Promise<string> {
 async function connectionWithRetry(context: SuiteContext): Promise<string> {
   const config = await selectedHost(context);
   const real = config.targets[0]!;
-  const unix = real.host.startsWith("/");
+  const unix = real.socket !== undefined;
   const dir = unix ? mkdtempSync(join(tmpdir(), "pg-kit-relay-")) : undefined;
-  const relay: Target = dir ? { host: dir, port: real.port } : { host: "127.0.0.1", port: await freeLoopbackPort() };
+  const relay: Target = dir ? { host: dir, port: real.port, socket: join(dir, `.s.PGSQL.${real.port}`) } : { host: "127.0.0.1", port: await freeLoopbackPort() };
   let server: Server | undefined;
   let opening: Promise<Server> | undefined;
   const refused: string[] = [];
@@ -515,7 +515,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
     return EXIT.usage;
   }
   const { config } = context;
-  reporter.addSecret(config.password);
+  secretsOf(config).forEach((secret) => reporter.addSecret(secret));
 
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
@@ -528,7 +528,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
     const totalMs = Math.round(performance.now() - startedAt);
     const passed = results.filter((result) => result.ok).length;
     const failed = results.length - passed;
-    if (values.junit) writeFileSync(values.junit, redact(junitXml(results, totalMs), [config.password]));
+    if (values.junit) writeFileSync(values.junit, redact(junitXml(results, totalMs), secretsOf(config)));
     reporter.event({ event: "summary", ok: failed === 0, passed, failed, ms: totalMs, target: describeTarget(config) });
     const rule = "=".repeat(60);
     reporter.result([

@@ -2,8 +2,9 @@
 # The system tools the tests run besides what npm installs: shellcheck (lints the shell
 # scripts), pg_isready (the Compose health check's own command, run against a real server) and
 # pg_basebackup (makes the streaming standbys of the failover tests); both from postgresql-client;
-# PgBouncer (the pooler the tests put in front of a real server); and PostgreSQL 15's pg_dump and
-# psql (real dumps to apply, and the reference a schema file is read by), from postgresql-client-15.
+# PgBouncer (the pooler the tests put in front of a real server); PostgreSQL 15's pg_dump and
+# psql (real dumps to apply, and the reference a schema file is read by), from postgresql-client-15;
+# and openssl (makes the certificates of the TLS tests).
 # As root on Debian or Ubuntu this installs what is missing; elsewhere it says how, and fails.
 # Usage: bash tests/system-tools.sh    (npm test runs it first)
 set -Eeuo pipefail
@@ -17,6 +18,7 @@ missing_tools() {
   done
   [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null 2>&1 || echo pgbouncer
   [[ -x /usr/lib/postgresql/15/bin/pg_dump && -x /usr/lib/postgresql/15/bin/psql ]] || echo postgresql-client-15
+  command -v openssl >/dev/null 2>&1 || echo openssl
 }
 
 # usage: main

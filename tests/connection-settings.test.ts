@@ -1,0 +1,186 @@
+/**
+ * Connection settings against real servers: Unix sockets (hostless URLs, Cloud SQL's socket
+ * path), the password file, `options`, and TLS: a server without TLS under sslmode=require,
+ * and a server with a certificate made here by openssl (require, verify-full through hostaddr,
+ * a host name the certificate does not name, a CA that did not sign it).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { execFileSync } from "node:child_process";
+import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { connect, EXIT } from "../init-database.ts";
+import { Cluster } from "./cluster.ts";
+import { events, expectNoSecret, runScript } from "./helpers.ts";
+
+const SCRIPT = "init-database.ts";
+const PASSWORD = "Hunter2Secret-pw";
+
+/** Every substring of 4 characters or more of the password: none may be printed. */
+function expectNoFragment(text: string): void {
+  for (let length = 4; length <= PASSWORD.length; length++) {
+    for (let start = 0; start + length <= PASSWORD.length; start++) expect(text).not.toContain(PASSWORD.slice(start, start + length));
+  }
+}
+
+/** A CA and a server certificate for DNS:localhost signed by it, and a second, unrelated CA. */
+function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string } {
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kit test CA");
+  openssl("req", "-x509", ...ec, "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA");
+  openssl("req", ...ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost");
+  writeFileSync(join(dir, "san.ext"), "subjectAltName=DNS:localhost\n");
+  openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext");
+  return { ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key") };
+}
+
+describe("Unix sockets, the password file and options, on a server without TLS", () => {
+  let cluster: Cluster;
+  let cloudSqlDir: string;
+
+  beforeAll(async () => {
+    cluster = await Cluster.create({ password: PASSWORD, start: false });
+    // Cloud SQL's Auth Proxy puts the socket in /cloudsql/PROJECT:REGION:INSTANCE.
+    cloudSqlDir = join(cluster.dir, "cloudsql", "my-project:europe-west1:my-instance");
+    mkdirSync(cloudSqlDir, { recursive: true });
+    if (cluster.identity.uid !== undefined) {
+      chownSync(join(cluster.dir, "cloudsql"), cluster.identity.uid, cluster.identity.gid!);
+      chownSync(cloudSqlDir, cluster.identity.uid, cluster.identity.gid!);
+    }
+    cluster.configure({ unix_socket_directories: `'${cluster.dir},${cloudSqlDir}'` });
+    await cluster.start();
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  test("a hostless URL with ?host=DIR connects through the socket, and says so", async () => {
+    const url = `postgres://postgres:${PASSWORD}@/postgres?host=${encodeURIComponent(cluster.dir)}&port=${cluster.port}`;
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url });
+    expect(run.code).toBe(EXIT.ok);
+    expect(run.stdout).toContain(`ready: postgres://postgres:***@/postgres?host=${cluster.dir}&port=${cluster.port}`);
+    expectNoSecret(run, PASSWORD);
+  });
+
+  test("postgres://user@/db takes the socket directory from PGHOST, as libpq does", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: "postgres://postgres@/postgres", PGHOST: cluster.dir, PGPORT: String(cluster.port), PGPASSWORD: PASSWORD });
+    expect(run.code).toBe(EXIT.ok);
+  });
+
+  test("Cloud SQL's socket URL works", async () => {
+    const url = `postgres://postgres:${PASSWORD}@/postgres?host=${cloudSqlDir}&port=${cluster.port}`;
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url });
+    expect(run.code).toBe(EXIT.ok);
+  });
+
+  test("a socket nobody listens on is waited for, then named in the hint", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only", "--timeout", "1"], { DATABASE_URL: `postgres://postgres@/postgres?host=${cluster.dir}&port=1` });
+    expect(run.code).toBe(EXIT.notReady);
+    expect(run.stderr).toContain(`hint: no server socket at socket ${cluster.dir}/.s.PGSQL.1`);
+  });
+
+  test("the password comes from PGPASSFILE when none is given; a file others can read is ignored with a warning", async () => {
+    const passfile = join(cluster.dir, "pgpass");
+    writeFileSync(passfile, `127.0.0.1:${cluster.port}:*:postgres:${PASSWORD}\n`, { mode: 0o600 });
+    const url = `postgres://postgres@127.0.0.1:${cluster.port}/postgres`;
+    const good = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url, PGPASSFILE: passfile });
+    expect(good.code).toBe(EXIT.ok);
+    expect(good.stdout).toContain("postgres://postgres:***@127.0.0.1");
+    chmodSync(passfile, 0o644);
+    const loose = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url, PGPASSFILE: passfile });
+    expect(loose.code).toBe(EXIT.fatal);
+    expect(loose.stderr).toContain(`warning: password file ${passfile} has group or world access`);
+    expectNoSecret(good, PASSWORD);
+    expectNoSecret(loose, PASSWORD);
+  });
+
+  test("options (URL) and PGOPTIONS set session settings, as libpq sends them", async () => {
+    const sql = await connect({ url: `${cluster.url()}?options=-c%20work_mem%3D7MB`, timeout: 10 }, { max: 1 });
+    try {
+      expect((await sql`show work_mem`)[0]!.work_mem).toBe("7MB");
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: cluster.url(), PGOPTIONS: "-c no_such_setting=1" });
+    expect(run.code).toBe(EXIT.fatal);
+    expect(run.stderr).toContain("no_such_setting");
+  });
+
+  test("sslmode=require against a server without TLS is fatal at once, in libpq's words", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: `${cluster.url()}?sslmode=require` });
+    expect(run.code).toBe(EXIT.fatal);
+    expect(run.stderr).toContain("server does not support SSL, but SSL was required");
+    expect(run.stderr).toMatch(/^hint: the server has TLS turned off/m);
+    expect(events(run.stdout).filter((event) => event.event === "attempt")).toEqual([]);
+    expect(events(run.stdout).at(-1)).toMatchObject({ exit_code: EXIT.fatal, code: "TLS_REFUSED" });
+    expectNoSecret(run, PASSWORD);
+  });
+
+  test("a malformed URL prints no fragment of the password, and says to percent-encode it", async () => {
+    for (const url of [
+      `postgres://postgres:${PASSWORD.slice(0, 6)}/${PASSWORD.slice(6)}@127.0.0.1:${cluster.port}/postgres`,
+      `postgres://postgres:${PASSWORD.slice(0, 6)}?${PASSWORD.slice(6)}@127.0.0.1:${cluster.port}/postgres?foo=1`,
+      `postgres://postgres:${PASSWORD.slice(0, 6)}%zz${PASSWORD.slice(6)}@127.0.0.1:${cluster.port}/postgres`,
+    ]) {
+      const run = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: url });
+      expect(run.code).toBe(EXIT.usage);
+      expectNoFragment(run.stdout + run.stderr);
+      expect(run.stderr.split("\n")[0]).toMatch(/^error: DATABASE_URL: /);
+    }
+  });
+});
+
+describe("TLS against a server with a certificate", () => {
+  let cluster: Cluster;
+  let files: ReturnType<typeof makeCertificates>;
+
+  beforeAll(async () => {
+    cluster = await Cluster.create({ password: PASSWORD, start: false });
+    const certs = join(cluster.dir, "certs");
+    mkdirSync(certs);
+    files = makeCertificates(certs);
+    if (cluster.identity.uid !== undefined) {
+      for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
+    }
+    chmodSync(files.key, 0o600);
+    cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'` });
+    await cluster.start();
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  test("sslmode=require connects over TLS", async () => {
+    const sql = await connect({ url: `${cluster.url()}?sslmode=require`, timeout: 10 }, { max: 1 });
+    try {
+      expect((await sql`select ssl from pg_stat_ssl where pid = pg_backend_pid()`)[0]!.ssl).toBe(true);
+    } finally {
+      await sql.end({ timeout: 1 });
+    }
+  });
+
+  test("verify-full with the CA passes for the name on the certificate, reached through hostaddr", async () => {
+    const url = `postgres://postgres:${PASSWORD}@localhost:${cluster.port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert=${encodeURIComponent(files.ca)}`;
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url });
+    expect(run.code).toBe(EXIT.ok);
+  });
+
+  test("verify-full fails at once for a host the certificate does not name; verify-ca passes there", async () => {
+    const base = `${cluster.url()}?sslrootcert=${encodeURIComponent(files.ca)}`;
+    const full = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: `${base}&sslmode=verify-full` });
+    expect(full.code).toBe(EXIT.fatal);
+    expect(events(full.stdout).filter((event) => event.event === "attempt")).toEqual([]);
+    expect(full.stderr).toMatch(/^hint: the server's certificate failed the check sslmode=verify-full/m);
+    const ca = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: `${base}&sslmode=verify-ca` });
+    expect(ca.code).toBe(EXIT.ok);
+  });
+
+  test("a CA that did not sign the certificate fails at once, even under require", async () => {
+    for (const mode of ["verify-ca", "require"]) {
+      const run = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: `${cluster.url()}?sslmode=${mode}&sslrootcert=${encodeURIComponent(files.otherCa)}` });
+      expect(run.code).toBe(EXIT.fatal);
+      expect(events(run.stdout).filter((event) => event.event === "attempt")).toEqual([]);
+      expectNoSecret(run, PASSWORD);
+    }
+  });
+});
