@@ -135,12 +135,12 @@ export function formatUptime(ms: number): string {
 /** The one check that waits (up to --timeout): the rest run on the connection it proved. */
 async function basicConnection(context: SuiteContext): Promise<string> {
   const { config, signal } = context;
-  const { sql, target } = await waitUntilReady(config, { signal, overrides: { max: 1 } });
+  const { sql, target, pooled } = await waitUntilReady(config, { signal, overrides: { max: 1 } });
   context.target = target;
   try {
     const startedAt = performance.now();
     const [row] = await withDeadline(sql`select 1 as one, current_setting('server_version') as version`, deadlineOf(config), signal);
-    return `PostgreSQL ${row!.version}, SELECT 1 round trip ${formatMs(performance.now() - startedAt)}`;
+    return `PostgreSQL ${row!.version}${pooled ? " through a pooler" : ""}, SELECT 1 round trip ${formatMs(performance.now() - startedAt)}`;
   } finally {
     await closeClient(sql);
   }

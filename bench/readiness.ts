@@ -9,13 +9,20 @@
  * script's schedule (1 s, x1.5, cap 30 s, 10 attempts); Compose health checks computed from
  * their timing rules (interval 10 s as in the original; start_interval 1 s as in ours).
  *
+ * With --pooler the waiters are init-database.ts --wait-only directly and through a PgBouncer
+ * (tests/pgbouncer.ts, transaction mode, started with the server down) with its stock
+ * server_login_retry (15 s) and with server_login_retry = 1: the pooler decides when it tries
+ * PostgreSQL again, so that setting bounds how soon anything behind it can notice.
+ *
  * Usage: bun bench/readiness.ts [--rounds N]    (writes bench/results/readiness.json and bench/readiness.svg)
+ *        bun bench/readiness.ts --pooler [--rounds N]   (writes bench/results/readiness-pooler.json)
  *        bun bench/readiness.ts --chart-only     (redraws the chart from the saved results)
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Cluster, freePort } from "../tests/cluster.ts";
+import { PgBouncer } from "../tests/pgbouncer.ts";
 import { machine, ROOT, summarise, table, timed, wallClock, type Summary } from "./support.ts";
 
 const DELAYS_S = [0.7, 1.0, 1.6, 2.3, 3.2, 4.1, 5.2, 6.4];
@@ -25,6 +32,8 @@ const PG_ISREADY = Bun.which("pg_isready") ?? "/usr/lib/postgresql/15/bin/pg_isr
 interface Waiter {
   name: string;
   command: (port: number) => string[];
+  /** Wait through a PgBouncer with these settings, started for the trial before the server. */
+  pooler?: Record<string, string>;
 }
 
 const WAITERS: Waiter[] = [
@@ -33,26 +42,39 @@ const WAITERS: Waiter[] = [
   { name: "original schedule (1 s x1.5)", command: () => [process.execPath, "bench/original-schedule.ts"] },
 ];
 
+const POOLER_WAITERS: Waiter[] = [
+  WAITERS[0]!,
+  { ...WAITERS[0]!, name: "--wait-only through PgBouncer, stock (server_login_retry 15 s)", pooler: {} },
+  { ...WAITERS[0]!, name: "--wait-only through PgBouncer, server_login_retry = 1", pooler: { server_login_retry: "1" } },
+];
+
 /** A Compose health check notices at its first run after the server is ready. */
 function healthCheckLag(readyAfterMs: number, intervalMs: number): number {
   return Math.ceil(readyAfterMs / intervalMs) * intervalMs - readyAfterMs;
 }
 
-async function trial(cluster: Cluster, delayS: number) {
+async function trial(cluster: Cluster, delayS: number, waiters: Waiter[]) {
   const env = { DATABASE_URL: cluster.url() };
-  const startedAt = wallClock();
-  const reference = timed([process.execPath, "bench/reference-poller.ts"], env);
-  const waiters = WAITERS.map((waiter) => timed(waiter.command(cluster.port), env));
-  await Bun.sleep(delayS * 1000);
-  await cluster.start({ wait: false });
-  const readyAt = Number((await reference).stdout.trim());
-  const ended = await Promise.all(waiters);
-  await cluster.stop("fast");
-  const lags: Record<string, number> = {};
-  WAITERS.forEach((waiter, index) => (lags[waiter.name] = ended[index]!.endedAt - readyAt));
-  lags["Compose health check, interval 10 s"] = healthCheckLag(readyAt - startedAt, 10_000);
-  lags["Compose health check, start_interval 1 s"] = healthCheckLag(readyAt - startedAt, 1_000);
-  return lags;
+  const bouncers = await Promise.all(waiters.map((waiter) => (waiter.pooler ? PgBouncer.start({ cluster, poolMode: "transaction", settings: waiter.pooler }) : undefined)));
+  try {
+    const startedAt = wallClock();
+    const reference = timed([process.execPath, "bench/reference-poller.ts"], env);
+    const running = waiters.map((waiter, index) => timed(waiter.command(cluster.port), bouncers[index] ? { DATABASE_URL: bouncers[index].url() } : env));
+    await Bun.sleep(delayS * 1000);
+    await cluster.start({ wait: false });
+    const readyAt = Number((await reference).stdout.trim());
+    const ended = await Promise.all(running);
+    await cluster.stop("fast");
+    const lags: Record<string, number> = {};
+    waiters.forEach((waiter, index) => (lags[waiter.name] = ended[index]!.endedAt - readyAt));
+    if (waiters === WAITERS) {
+      lags["Compose health check, interval 10 s"] = healthCheckLag(readyAt - startedAt, 10_000);
+      lags["Compose health check, start_interval 1 s"] = healthCheckLag(readyAt - startedAt, 1_000);
+    }
+    return lags;
+  } finally {
+    await Promise.all(bouncers.map((bouncer) => bouncer?.destroy()));
+  }
 }
 
 /** Attempts a second each waiter makes while nothing listens. */
@@ -97,8 +119,9 @@ function chart(results: Record<string, Summary>): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { rounds: { type: "string", default: "1" }, "chart-only": { type: "boolean" } }, strict: true });
+  const { values } = parseArgs({ args: argv, options: { rounds: { type: "string", default: "1" }, "chart-only": { type: "boolean" }, pooler: { type: "boolean" } }, strict: true });
   const rounds = Number(values.rounds);
+  if (values.pooler) return poolerMain(rounds);
   const resultsFile = join(ROOT, "bench", "results", "readiness.json");
   const chartFile = join(ROOT, "bench", "readiness.svg");
   if (values["chart-only"]) {
@@ -110,7 +133,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     for (let round = 0; round < rounds; round++) {
       for (const delayS of DELAYS_S) {
-        const lags = await trial(cluster, delayS);
+        const lags = await trial(cluster, delayS, WAITERS);
         for (const [name, lag] of Object.entries(lags)) (samples[name] ??= []).push(lag);
         console.error(`delay ${delayS} s: ${Object.entries(lags).map(([name, lag]) => `${name.split(" ")[0]} ${Math.round(lag)} ms`).join(", ")}`);
       }
@@ -131,6 +154,31 @@ export async function main(argv: string[]): Promise<number> {
     const rate = rates[WAITERS[0]!.name]!;
     const met = ours.mean <= 40 && ours.worst <= 75 && rate <= 20;
     console.log(`target (mean <= 40 ms, worst <= 75 ms, <= 20 attempts/s): ${met ? "met" : "NOT met"}`);
+    return 0;
+  } finally {
+    await cluster.destroy();
+  }
+}
+
+/** --pooler: the same start-ups, waiting directly and through PgBouncer. */
+async function poolerMain(rounds: number): Promise<number> {
+  const cluster = await Cluster.create({ start: false });
+  const samples: Record<string, number[]> = {};
+  try {
+    for (let round = 0; round < rounds; round++) {
+      for (const delayS of DELAYS_S) {
+        const lags = await trial(cluster, delayS, POOLER_WAITERS);
+        for (const [name, lag] of Object.entries(lags)) (samples[name] ??= []).push(lag);
+        console.error(`delay ${delayS} s: ${Object.values(lags).map((lag) => `${Math.round(lag)} ms`).join(", ")}`);
+      }
+    }
+    const results = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, summarise(values)]));
+    console.log(`readiness lag through ${await PgBouncer.version()} after the reference poller (${machine()}, ${new Date().toISOString().slice(0, 10)}, ${DELAYS_S.length * rounds} start-ups from ${DELAYS_S[0]} to ${DELAYS_S.at(-1)} s)`);
+    console.log(table([
+      ["waiter", "mean ms", "median ms", "worst ms"],
+      ...Object.entries(results).map(([name, summary]) => [name, summary.mean.toFixed(0), summary.median.toFixed(0), summary.worst.toFixed(0)]),
+    ]));
+    writeFileSync(join(ROOT, "bench", "results", "readiness-pooler.json"), JSON.stringify({ date: new Date().toISOString(), machine: machine(), pgbouncer: await PgBouncer.version(), delays_s: DELAYS_S, rounds, results }, null, 2) + "\n");
     return 0;
   } finally {
     await cluster.destroy();

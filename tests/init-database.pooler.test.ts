@@ -104,6 +104,7 @@ describe.each(MODES)("through PgBouncer, pool_mode = %s", (mode) => {
     const run = await runScript("test-db-connectivity.ts", ["--concurrency", concurrency], { DATABASE_URL: url("suite") });
     expectNoSecret(run, PASSWORD);
     expect(run.stdout).toContain("7 passed, 0 failed");
+    expect(run.stdout).toMatch(/PASSED  Basic Connection .*through a pooler/);
     expect(run.stdout).toContain(`${concurrency}/${concurrency} connections through the pooler`);
     expect(run.code).toBe(0);
   });
