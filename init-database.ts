@@ -2263,6 +2263,8 @@ export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: 
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where n.nspname = current_schema()
        and c.relkind in ('r', 'p', 'v', 'm', 'f')
+       -- what an extension made (pg_stat_statements' views, PostGIS's spatial_ref_sys) is not the project's
+       and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
        and c.relname <> all(string_to_array(${FLOW_BACKEND_TABLES.join(",")}, ','))
        and not (c.relname = ${ledgerName!} and n.nspname = coalesce(${ledgerSchema ?? null}, current_schema()))
      order by c.relname`, deadline, signal);

@@ -28,8 +28,8 @@ export async function runScript(
   script: string,
   args: string[],
   env: Record<string, string | undefined> = {},
-  { killAfterMs = 60_000, signalAfterMs, signal = "SIGTERM", onStart, onStdout }: {
-    killAfterMs?: number; signalAfterMs?: number; signal?: NodeJS.Signals; onStart?: (child: Bun.Subprocess) => void;
+  { killAfterMs = 60_000, signalOn, signal = "SIGTERM", onStart, onStdout }: {
+    killAfterMs?: number; signalOn?: string; signal?: NodeJS.Signals; onStart?: (child: Bun.Subprocess) => void;
     /** Called with everything printed so far, as it comes: to act on what the process says it did. */
     onStdout?: (soFar: string) => void;
   } = {},
@@ -40,19 +40,26 @@ export async function runScript(
   });
   onStart?.(child);
   const killer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
-  const signaller = signalAfterMs === undefined ? undefined : setTimeout(() => child.kill(signal), signalAfterMs);
-  const readStdout = async () => {
+  /** Read a stream to its end, telling `onText` everything read so far as it comes. */
+  const readAll = async (stream: ReadableStream<Uint8Array>, onText: (soFar: string) => void) => {
     let text = "";
     const decoder = new TextDecoder();
-    for await (const chunk of child.stdout) {
+    for await (const chunk of stream) {
       text += decoder.decode(chunk, { stream: true });
-      onStdout?.(text);
+      onText(text);
     }
     return text + decoder.decode();
   };
-  const [stdout, stderr, code] = await Promise.all([readStdout(), new Response(child.stderr).text(), child.exited]);
+  // `signalOn`: send `signal` once stderr shows this text (observable state, not a guess at timing).
+  let signalled = false;
+  const onStderr = (soFar: string) => {
+    if (signalOn && !signalled && soFar.includes(signalOn)) {
+      signalled = true;
+      child.kill(signal);
+    }
+  };
+  const [stdout, stderr, code] = await Promise.all([readAll(child.stdout, (soFar) => onStdout?.(soFar)), readAll(child.stderr, onStderr), child.exited]);
   clearTimeout(killer);
-  clearTimeout(signaller);
   const ms = performance.now() - startedAt;
   if (child.signalCode === "SIGKILL") throw new Error(`${script} ${args.join(" ")} hung: killed after ${killAfterMs} ms\n${stderr}`);
   return { code, stdout, stderr, ms };

@@ -52,9 +52,10 @@ describe("the built-in schema", () => {
     expect(dry.stderr).not.toContain("applying the schema");
   });
 
-  test("is applied to a database holding only its own tables, as the original scripts left them", async () => {
+  test("is applied to a database holding only its own tables (as the original scripts left them) and an extension's", async () => {
     const database = await cluster.freshDatabase();
     await cluster.query(FLOW_BACKEND_SCHEMA, database);
+    await cluster.query(`create extension pg_stat_statements`, database);
     const run = await runScript(SCRIPT, [], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
     expect(await tablesOf(database)).toEqual([...FLOW_BACKEND_TABLES, "schema_migrations"].sort());

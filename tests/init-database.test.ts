@@ -232,7 +232,8 @@ describe("init-database.ts against a real server", () => {
 
   test("exits 143 promptly on SIGTERM while waiting", async () => {
     const port = await freePort();
-    const run = await runScript(SCRIPT, ["--timeout", "60"], { DATABASE_URL: cluster.url({ port }) }, { signalAfterMs: 500 });
+    // Sent on the first attempt's progress line: the script is then surely waiting, its handlers installed.
+    const run = await runScript(SCRIPT, ["--timeout", "60"], { DATABASE_URL: cluster.url({ port }) }, { signalOn: "attempt 1," });
     expect(run.code).toBe(EXIT.sigterm);
     expect(run.ms).toBeLessThan(10_000);
     expect(run.stderr).toContain("interrupted by SIGTERM");
