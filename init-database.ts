@@ -78,6 +78,8 @@ export const DEFAULTS = {
   keepAliveSeconds: 30,
   /** Poll interval while nothing listens or the server is starting: 20 attempts a second at most. */
   pollMs: 50,
+  /** How often a parked standby session is asked again between attempts (one query, no new connection). */
+  recheckMs: 5,
   /** Exponential backoff (full jitter, never below pollMs) while the server is busy. */
   backoffBaseMs: 50,
   backoffCapMs: 5_000,
@@ -1215,6 +1217,9 @@ type Sockets = ReturnType<typeof oneSocketUntilProven>;
 
 export class Parked {
   private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
+  get size(): number {
+    return this.sessions.size;
+  }
   take(target: Target) {
     const session = this.sessions.get(target);
     this.sessions.delete(target);
@@ -1228,10 +1233,62 @@ export class Parked {
     this.sessions.clear();
     await Promise.all(sessions.map(({ sql }) => closeClient(sql)));
   }
+
+  /**
+   * Wait `ms` (the pause before the next attempt), asking the parked sessions again every
+   * recheckMs meanwhile: one query on an open session costs the server little, and a promotion
+   * is seen within milliseconds instead of at the next attempt. The session that now matches, if any.
+   */
+  async waitFor(config: Config, ms: number, signal?: AbortSignal): Promise<Found | undefined> {
+    const until = Date.now() + ms;
+    for (;;) {
+      for (const [target, session] of [...this.sessions]) {
+        this.sessions.delete(target);
+        // Still not matching: parked again; broken: dropped, and the next attempt reconnects.
+        const found = await checkSession(config, target, session, DEFAULTS.graceMs, signal, this).catch(async () => {
+          await closeClient(session.sql);
+          return undefined;
+        });
+        if (found) return found;
+      }
+      const remaining = until - Date.now();
+      if (remaining <= 0) return undefined;
+      await sleep(this.sessions.size > 0 ? Math.min(DEFAULTS.recheckMs, remaining) : remaining, signal);
+    }
+  }
+}
+
+interface Found {
+  sql: Sql;
+  target: Target;
+  serverVersion: string;
+  pooled: boolean;
+}
+
+/** Ask a session whether it matches target_session_attrs: the host found, or undefined (and the session parked). */
+async function checkSession(
+  config: Config, target: Target, session: { sql: Sql; sockets: Sockets }, timeoutMs: number, signal: AbortSignal | undefined,
+  parked?: Parked, lastHost = target === config.targets.at(-1),
+): Promise<Found | undefined> {
+  const { sql, sockets } = session;
+  const rows = await withDeadline(
+    sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version, pg_backend_pid() as backend_pid`,
+    timeoutMs,
+    signal,
+  );
+  const state = rows[0]!;
+  if (!sessionMatches(config.targetSessionAttrs, state, lastHost)) {
+    parked?.park(target, session);
+    return undefined;
+  }
+  sockets.proven();
+  // postgres.js keeps the BackendKeyData of the session on each result as `state`.
+  const cancelKey = (rows as unknown as { state?: { pid?: number } }).state;
+  return { sql, target, serverVersion: state.server_version, pooled: cancelKey?.pid !== state.backend_pid };
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()) {
+async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
   let lastError: unknown;
   // load_balance_hosts=random: libpq shuffles the hosts for each connection attempt.
   const order = [...config.targets];
@@ -1250,20 +1307,9 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
       return { sql: createClient(attemptConfig, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>), sockets };
     })();
     try {
-      const rows = await withDeadline(
-        sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version, pg_backend_pid() as backend_pid`,
-        connectTimeoutMs + DEFAULTS.graceMs,
-        signal,
-      );
-      const state = rows[0]!;
-      if (sessionMatches(config.targetSessionAttrs, state, index === config.targets.length - 1)) {
-        sockets.proven();
-        // postgres.js keeps the BackendKeyData of the session on each result as `state`.
-        const cancelKey = (rows as unknown as { state?: { pid?: number } }).state;
-        return { sql, target, serverVersion: state.server_version, pooled: cancelKey?.pid !== state.backend_pid };
-      }
+      const found = await checkSession(config, target, { sql, sockets }, connectTimeoutMs + DEFAULTS.graceMs, signal, parked, index === order.length - 1);
+      if (found) return found;
       lastError = kitError("WRONG_SESSION_ATTRS", `${where(target)} does not match target_session_attrs=${config.targetSessionAttrs}`);
-      parked.park(target, { sql, sockets });
       continue;
     } catch (error) {
       lastError = sockets.explain(error);
@@ -1309,7 +1355,9 @@ export async function waitUntilReady(
         if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
           throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${attempt} attempts`);
         }
-        await sleep(delayMs, signal);
+        // A standby parked by the attempt is asked again meanwhile, so its promotion is seen at once.
+        const promoted = await parked.waitFor(config, delayMs, signal);
+        if (promoted) return { ...promoted, attempts: attempt + 1, elapsedMs: Date.now() - startedAt };
       }
     }
   } finally {
@@ -1332,11 +1380,13 @@ export function followTarget(config: Config, found: Target): () => Promise<Socke
   // Standby sessions kept while a connection waits for a promotion; closed once none waits.
   const parked = new Parked();
   const find = () => (finding ??= (async () => {
-    await sleep(Math.max(0, lastFindAt + DEFAULTS.pollMs - Date.now()));
-    lastFindAt = Date.now();
-    const { sql, target } = await tryTargets(config, Date.now() + config.connectTimeoutMs, undefined, { max: 1 }, dialTarget, parked);
-    await Promise.all([closeClient(sql), parked.close()]);
-    current = target;
+    let found = await parked.waitFor(config, Math.max(0, lastFindAt + DEFAULTS.pollMs - Date.now()));
+    if (!found) {
+      lastFindAt = Date.now();
+      found = await tryTargets(config, Date.now() + config.connectTimeoutMs, undefined, { max: 1 }, dialTarget, parked);
+    }
+    await Promise.all([closeClient(found.sql), parked.close()]);
+    current = found.target;
   })().finally(() => (finding = undefined)));
   return async () => {
     const giveUpAt = Date.now() + config.connectTimeoutMs;
