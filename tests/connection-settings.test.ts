@@ -2,15 +2,17 @@
  * Connection settings against real servers: Unix sockets (hostless URLs, Cloud SQL's socket
  * path), the password file, `options`, and TLS: a server without TLS under sslmode=require,
  * and a server with a certificate made here by openssl (require, verify-full through hostaddr,
- * a host name the certificate does not name, a CA that did not sign it).
+ * a host name the certificate does not name, a CA that did not sign it, a client certificate,
+ * sslnegotiation=direct on PostgreSQL 17); an abstract socket; load_balance_hosts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, EXIT } from "../init-database.ts";
+import { closeClient, connect, EXIT, parseConfig, waitUntilReady } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
 import { events, expectNoSecret, runScript } from "./helpers.ts";
+import { FaultProxy } from "./proxy.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "Hunter2Secret-pw";
@@ -22,8 +24,11 @@ function expectNoFragment(text: string): void {
   }
 }
 
-/** A CA and a server certificate for DNS:localhost signed by it, and a second, unrelated CA. */
-function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string } {
+/**
+ * A CA, a server certificate for DNS:localhost and a client certificate for the user
+ * "certuser" signed by it, and a second, unrelated CA.
+ */
+function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string } {
   const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kit test CA");
@@ -31,7 +36,13 @@ function makeCertificates(dir: string): { ca: string; otherCa: string; cert: str
   openssl("req", ...ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost");
   writeFileSync(join(dir, "san.ext"), "subjectAltName=DNS:localhost\n");
   openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext");
-  return { ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key") };
+  openssl("req", ...ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=certuser");
+  openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.crt", "-days", "2");
+  chmodSync(join(dir, "client.key"), 0o600);
+  return {
+    ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key"),
+    clientCert: join(dir, "client.crt"), clientKey: join(dir, "client.key"),
+  };
 }
 
 describe("Unix sockets, the password file and options, on a server without TLS", () => {
@@ -47,7 +58,7 @@ describe("Unix sockets, the password file and options, on a server without TLS",
       chownSync(join(cluster.dir, "cloudsql"), cluster.identity.uid, cluster.identity.gid!);
       chownSync(cloudSqlDir, cluster.identity.uid, cluster.identity.gid!);
     }
-    cluster.configure({ unix_socket_directories: `'${cluster.dir},${cloudSqlDir}'` });
+    cluster.configure({ unix_socket_directories: `'${cluster.dir},${cloudSqlDir},@pg-kit-${cluster.port}'` });
     await cluster.start();
   });
   afterAll(async () => {
@@ -71,6 +82,29 @@ describe("Unix sockets, the password file and options, on a server without TLS",
     const url = `postgres://postgres:${PASSWORD}@/postgres?host=${cloudSqlDir}&port=${cluster.port}`;
     const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url });
     expect(run.code).toBe(EXIT.ok);
+  });
+
+  test("a host starting with @ is an abstract socket (Linux)", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only"], { PGHOST: `@pg-kit-${cluster.port}`, PGPORT: String(cluster.port), PGUSER: "postgres", PGPASSWORD: PASSWORD });
+    expect(run.code).toBe(EXIT.ok);
+  });
+
+  test("load_balance_hosts=random spreads first attempts over the hosts; disable keeps their order", async () => {
+    const proxies = await Promise.all([FaultProxy.start(cluster), FaultProxy.start(cluster)]);
+    try {
+      const firstTo = async (mode: string) => {
+        const before = proxies.map((proxy) => proxy.accepted);
+        const config = parseConfig({ url: `postgres://postgres:${PASSWORD}@127.0.0.1:${proxies[0]!.port},127.0.0.1:${proxies[1]!.port}/postgres?load_balance_hosts=${mode}`, timeout: 10 }, {});
+        for (let i = 0; i < 20; i++) await closeClient((await waitUntilReady(config, { overrides: { max: 1 } })).sql);
+        return proxies.map((proxy, index) => proxy.accepted - before[index]!);
+      };
+      expect(await firstTo("disable")).toEqual([20, 0]);
+      const spread = await firstTo("random");
+      expect(spread[0]! + spread[1]!).toBe(20);
+      expect(spread.every((count) => count > 0)).toBe(true);
+    } finally {
+      await Promise.all(proxies.map((proxy) => proxy.close()));
+    }
   });
 
   test("a socket nobody listens on is waited for, then named in the hint", async () => {
@@ -143,8 +177,12 @@ describe("TLS against a server with a certificate", () => {
       for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
     }
     chmodSync(files.key, 0o600);
-    cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'` });
+    cluster.configure(
+      { ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'`, ssl_ca_file: `'${files.ca}'` },
+      ["hostssl all certuser 127.0.0.1/32 cert", "local all all scram-sha-256", "host all all 127.0.0.1/32 scram-sha-256"],
+    );
     await cluster.start();
+    await cluster.query("create role certuser login");
   });
   afterAll(async () => {
     await cluster?.destroy();
@@ -175,12 +213,55 @@ describe("TLS against a server with a certificate", () => {
     expect(ca.code).toBe(EXIT.ok);
   });
 
+  test("sslcert and sslkey (PGSSLCERT, PGSSLKEY) log in by client certificate, with no password", async () => {
+    const env = { PGSSLCERT: files.clientCert, PGSSLKEY: files.clientKey, PGSSLMODE: "require" };
+    const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: `postgres://certuser@127.0.0.1:${cluster.port}/postgres`, ...env });
+    expect(run.code).toBe(EXIT.ok);
+    const without = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: `postgres://certuser@127.0.0.1:${cluster.port}/postgres?sslmode=require` });
+    expect(without.code).toBe(EXIT.fatal);
+  });
+
+  test("sslnegotiation=direct sends TLS at once: PostgreSQL 15, which expects an SSLRequest first, rejects it", async () => {
+    const run = await runScript(SCRIPT, ["--wait-only", "--timeout", "1"], { DATABASE_URL: `${cluster.url()}?sslmode=require&sslnegotiation=direct` });
+    expect(run.code).toBe(EXIT.notReady);
+    expect(cluster.logTail(50)).toMatch(/invalid length of startup packet|unsupported frontend protocol/);
+  });
+
   test("a CA that did not sign the certificate fails at once, even under require", async () => {
     for (const mode of ["verify-ca", "require"]) {
       const run = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: `${cluster.url()}?sslmode=${mode}&sslrootcert=${encodeURIComponent(files.otherCa)}` });
       expect(run.code).toBe(EXIT.fatal);
       expect(events(run.stdout).filter((event) => event.event === "attempt")).toEqual([]);
       expectNoSecret(run, PASSWORD);
+    }
+  });
+});
+
+describe("sslnegotiation=direct against PostgreSQL 17 (TLS at once, ALPN postgresql)", () => {
+  let cluster: Cluster;
+
+  beforeAll(async () => {
+    cluster = await Cluster.create({ version: 17, password: PASSWORD, start: false });
+    const certs = join(cluster.dir, "certs");
+    mkdirSync(certs);
+    const files = makeCertificates(certs);
+    if (cluster.identity.uid !== undefined) {
+      for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
+    }
+    chmodSync(files.key, 0o600);
+    cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'` });
+    await cluster.start();
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  test("connects over TLS with no SSLRequest first", async () => {
+    const sql = await connect({ url: `${cluster.url()}?sslmode=require&sslnegotiation=direct`, timeout: 10 }, { max: 1 }, {});
+    try {
+      expect((await sql`select ssl from pg_stat_ssl where pid = pg_backend_pid()`)[0]!.ssl).toBe(true);
+    } finally {
+      await sql.end({ timeout: 1 });
     }
   });
 });
