@@ -36,11 +36,11 @@ const name = (mode: PoolMode, database: (typeof DATABASES)[number]) => `${mode}_
 beforeAll(async () => {
   [cluster, late] = await Promise.all([Cluster.create({ password: PASSWORD }), Cluster.create({ password: PASSWORD, start: false })]);
   workDir = mkdtempSync(join(tmpdir(), "pooler-"));
-  for (const mode of MODES) {
+  await Promise.all(MODES.map(async (mode) => {
     const databases = DATABASES.map((database) => name(mode, database));
-    for (const database of databases) await cluster.createDatabase(database);
+    await Promise.all(databases.map((database) => cluster.createDatabase(database)));
     bouncers.set(mode, await PgBouncer.start({ cluster, poolMode: mode, databases }));
-  }
+  }));
 });
 afterAll(async () => {
   for (const bouncer of bouncers.values()) await bouncer.destroy();
@@ -187,7 +187,7 @@ describe("connect() behind a transaction pooler", () => {
   });
 
   test("every query is bounded: the server cancels one in a transaction, the client gives up one outside, nothing leaks", async () => {
-    const sql = await connect({ url: service(), timeout: 10, commandTimeout: 1 }, { max: 2 }, {});
+    const sql = await connect({ url: service(), timeout: 10, commandTimeout: 0.5 }, { max: 2 }, {});
     const other = postgres(bouncers.get("transaction")!.url({ database: name("transaction", "service") }), { max: 1, prepare: false, fetch_types: false });
     try {
       const inTransaction = await sql.begin((tx) => tx`select pg_sleep(30)`).then(() => "finished", errorCode);
@@ -271,7 +271,7 @@ describe("PostgreSQL behind PgBouncer down, late or never there", () => {
     try {
       expect((await init(["--wait-only"], { DATABASE_URL: bouncer.url() })).code).toBe(EXIT.ok);
       await cluster.stop();
-      const waiting = startInit(["--wait-only", "--timeout", "40", "--connect-timeout", "1"], { DATABASE_URL: bouncer.url() });
+      const waiting = startInit(["--wait-only", "--timeout", "40", "--connect-timeout", "0.5"], { DATABASE_URL: bouncer.url() });
       await waiting.until((event) => event.event === "attempt" && String(event.message).includes("server login has been failing"));
       await cluster.start();
       const { code, stderr } = await waiting.finished();
@@ -302,7 +302,7 @@ describe("PostgreSQL behind PgBouncer down, late or never there", () => {
   test("PostgreSQL not started yet: the pooler waits for it, the schema applied once it is up", async () => {
     const bouncer = await PgBouncer.start({ cluster: late, poolMode: "transaction", settings: QUICK_RETRY });
     try {
-      const waiting = startInit(["--timeout", "40", "--connect-timeout", "1"], { DATABASE_URL: bouncer.url() });
+      const waiting = startInit(["--timeout", "40", "--connect-timeout", "0.5"], { DATABASE_URL: bouncer.url() });
       await waiting.until((event) => event.event === "attempt" && event.code === "POOLER_NO_SERVER");
       await late.start();
       const { code } = await waiting.finished();
