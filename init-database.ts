@@ -1788,7 +1788,8 @@ export class SchemaError extends Error {
 }
 
 function step(name: string, sql: string): SchemaStep {
-  return { name, sql, checksum: createHash("sha256").update(sql).digest("hex"), script: readScript(sql, name) };
+  // Bun's hasher takes the string as it is; node:crypto's converts it first (5x slower on a dump of 8 MB).
+  return { name, sql, checksum: new Bun.CryptoHasher("sha256").update(sql).digest("hex"), script: readScript(sql, name) };
 }
 
 /** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
