@@ -1817,6 +1817,24 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
   return [step("flow-backend", FLOW_BACKEND_SCHEMA)];
 }
 
+/**
+ * A no-transaction step needs a server session of its own: its session lock and its
+ * statements must stay on one backend, which a transaction pooler does not keep (the lock
+ * would stay behind on a backend that other clients then get). So behind one (pgbouncer=true,
+ * or a pooler detected at connect time, whose mode the kit cannot see) such a step needs schema
+ * work to go directly to PostgreSQL.
+ */
+export function assertOwnSession(steps: SchemaStep[], config: Config, pooled: boolean): void {
+  const step = steps.find((candidate) => candidate.script.noTransaction);
+  if (!step || config.direct || (config.pooler !== "transaction" && !pooled)) return;
+  const why = config.pooler === "transaction" ? "the URL says pgbouncer=true" : "a pooler answered the connection";
+  throw new SchemaError(
+    `${step.name} runs outside a transaction ("${NO_TRANSACTION_MARKER}"), which needs a server session of its own for its session lock and its statements; ${why}, and a transaction pooler hands each transaction to any server session`,
+    "SCHEMA_FAILED",
+    "set DIRECT_URL (or --direct-url) to PostgreSQL itself, past the pooler; schema work then goes there (a session-mode pooler's URL works too)",
+  );
+}
+
 export interface StepResult {
   name: string;
   status: "applied" | "already applied" | "pending";
@@ -2567,6 +2585,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       }
       phase = "schema";
       try {
+        assertOwnSession(steps, config, ready.pooled);
         await guardBuiltInSchema(sql, steps, config, signal);
         const results = await applySchema(sql, steps, config, {
           signal,

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { EXIT, NO_TRANSACTION_MARKER, readScript, SchemaError, statementLocation } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
+import { PgBouncer } from "./pgbouncer.ts";
 import { cleanEnv, events, expectNoSecret, ROOT, runScript } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
@@ -312,6 +313,27 @@ describe("against a real server", () => {
       const retry = await runScript(SCRIPT, ["--migrations", dir], env);
       expect(retry.code).toBe(EXIT.ok);
       expect(await cluster.query(`select indisvalid as valid from pg_index where indexrelid = 't_v_unique'::regclass`, database)).toEqual([{ valid: true }]);
+    });
+    test("behind a transaction pooler: refused without a direct URL (why, and what to set); applied through DIRECT_URL", async () => {
+      const database = await cluster.freshDatabase();
+      const bouncer = await PgBouncer.start({ cluster, poolMode: "transaction", databases: [database] });
+      try {
+        const dir = folder({ "001_t.sql": "create table t (v int);", "002_idx.sql": `${NO_TRANSACTION_MARKER}\ncreate index concurrently t_v on t (v);\n` });
+        for (const url of [bouncer.url({ database, query: "pgbouncer=true" }), bouncer.url({ database })]) {
+          const run = await runScript(SCRIPT, ["--migrations", dir], { DATABASE_URL: url });
+          expect(run.code).toBe(EXIT.schemaFailed);
+          expect(run.stderr).toContain("002_idx.sql runs outside a transaction");
+          expect(run.stderr).toContain("a transaction pooler hands each transaction to any server session");
+          expect(run.stderr).toContain("hint: set DIRECT_URL (or --direct-url) to PostgreSQL itself");
+          expectNoSecret(run, PASSWORD);
+        }
+        expect(await cluster.query(`select to_regclass('t') is null as untouched`, database)).toEqual([{ untouched: true }]);
+        const direct = await runScript(SCRIPT, ["--migrations", dir], { DATABASE_URL: bouncer.url({ database, query: "pgbouncer=true" }), DIRECT_URL: cluster.url({ database }) });
+        expect(direct.code).toBe(EXIT.ok);
+        expect(await cluster.query(`select indisvalid as valid from pg_index where indexrelid = 't_v'::regclass`, database)).toEqual([{ valid: true }]);
+      } finally {
+        await bouncer.destroy();
+      }
     });
   });
 
