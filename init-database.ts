@@ -1531,13 +1531,13 @@ export const NO_TRANSACTION_MARKER = "-- init-database: no-transaction";
 const MARKER_LINE = /^[ \t]*--[ \t]*init-database:[ \t]*no-transaction[ \t]*\r?$/im;
 /** psql meta-commands that dumps hold and that mean nothing to a server: skipped. Any other is refused. */
 const SKIPPED_META_COMMANDS = /^\\(?:restrict|unrestrict)(?:\s|$)|^\\set\s+ON_ERROR_STOP(?:\s|$)/;
-/** COPY data goes to the server in pieces of about this many characters, cut at row ends. */
-const COPY_CHUNK_CHARS = 256 * 1024;
+/** COPY data goes to the server in pieces of this many bytes (a COPY stream need not break at rows). */
+const COPY_CHUNK_BYTES = 256 * 1024;
 /** How many top-level words of a statement the reader keeps to classify it. */
 const WORDS_KEPT = 16;
 
 export interface ScriptStatement {
-  /** Offsets of the statement in the file's text, without its `;`. */
+  /** Byte offsets of the statement in the file, without its `;`. */
   start: number;
   end: number;
   /** Where it starts in the file, 1-based. */
@@ -1551,7 +1551,8 @@ export interface ScriptStatement {
 
 export interface Script {
   name: string;
-  text: string;
+  /** The file as it is: statements are decoded one at a time, COPY rows are sent as they are. */
+  bytes: Buffer;
   statements: ScriptStatement[];
   /** The file holds the no-transaction marker before its first statement. */
   noTransaction: boolean;
@@ -1560,7 +1561,6 @@ export interface Script {
 const isSpace = (c: number) => c === 32 || (c >= 9 && c <= 13);
 const isIdentStart = (c: number) => (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c >= 128;
 const isIdentPart = (c: number) => isIdentStart(c) || (c >= 48 && c <= 57) || c === 36;
-const DOLLAR_QUOTE = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
 
 /** What PostgreSQL refuses inside a transaction block, named by the statement's first words; undefined when it runs in one. */
 export function needsNoTransaction(words: string[]): string | undefined {
@@ -1602,20 +1602,21 @@ function isCopyFromStdin(words: string[]): boolean {
  * meta-command is refused, as is a statement PostgreSQL refuses in a transaction block in a
  * file without the no-transaction marker. Throws SchemaError naming the file and line.
  */
-export function readScript(text: string, name: string): Script {
+export function readScript(source: string | Buffer, name: string): Script {
+  const bytes = typeof source === "string" ? Buffer.from(source) : source;
   const statements: ScriptStatement[] = [];
-  const length = text.length;
+  const length = bytes.length;
   let line = 1;
   let lineStart = 0;
   let counted = 0;
   /** Line and column of offset `at`; offsets only grow, so newlines are counted once. */
   const locate = (at: number) => {
-    for (let newline = text.indexOf("\n", counted); newline !== -1 && newline < at; newline = text.indexOf("\n", newline + 1)) {
+    for (let newline = bytes.indexOf(10, counted); newline !== -1 && newline < at; newline = bytes.indexOf(10, newline + 1)) {
       line++;
       lineStart = newline + 1;
     }
     counted = Math.max(counted, at);
-    return { line, column: at - lineStart + 1 };
+    return { line, column: [...bytes.toString("utf8", lineStart, at)].length + 1 };
   };
   const fail = (atLine: number, message: string, fix: string): never => {
     throw new SchemaError(`${name}, line ${atLine}: ${message}`, "SCHEMA_FAILED", fix);
@@ -1638,28 +1639,28 @@ export function readScript(text: string, name: string): Script {
 
   let i = 0;
   while (i < length) {
-    const c = text.charCodeAt(i);
+    const c = bytes[i]!;
     if (isSpace(c)) {
       i++;
       continue;
     }
-    if (c === 45 && text.charCodeAt(i + 1) === 45) { // -- comment
-      const newline = text.indexOf("\n", i);
+    if (c === 45 && bytes[i + 1] === 45) { // -- comment
+      const newline = bytes.indexOf(10, i);
       i = newline === -1 ? length : newline;
       continue;
     }
-    if (c === 47 && text.charCodeAt(i + 1) === 42) { // /* comment */, nested
+    if (c === 47 && bytes[i + 1] === 42) { // /* comment */, nested
       let depth = 0;
       while (i < length) {
-        if (text.charCodeAt(i) === 47 && text.charCodeAt(i + 1) === 42) { depth++; i += 2; }
-        else if (text.charCodeAt(i) === 42 && text.charCodeAt(i + 1) === 47) { i += 2; if (--depth === 0) break; }
+        if (bytes[i] === 47 && bytes[i + 1] === 42) { depth++; i += 2; }
+        else if (bytes[i] === 42 && bytes[i + 1] === 47) { i += 2; if (--depth === 0) break; }
         else i++;
       }
       continue;
     }
     if (c === 92) { // a psql meta-command: up to the end of the line
-      const newline = text.indexOf("\n", i);
-      const command = text.slice(i, newline === -1 ? length : newline).replace(/\r$/, "");
+      const newline = bytes.indexOf(10, i);
+      const command = bytes.toString("utf8", i, newline === -1 ? length : newline).replace(/\r$/, "");
       if (!SKIPPED_META_COMMANDS.test(command)) {
         const word = /^\\\S*/.exec(command)![0];
         fail(locate(i).line, `psql meta-command ${word} cannot run here (only \\restrict, \\unrestrict and \\set ON_ERROR_STOP are understood, and skipped)`,
@@ -1670,22 +1671,21 @@ export function readScript(text: string, name: string): Script {
     }
     if (!current) current = { start: i, end: i, ...locate(i), words: [] };
     if (c === 39) { // 'string'
-      i = endOfQuoted(text, i, 39, false);
+      i = endOfQuoted(bytes, i, 39, false);
     } else if (c === 34) { // "identifier"
-      i = endOfQuoted(text, i, 34, false);
+      i = endOfQuoted(bytes, i, 34, false);
     } else if (c === 36) { // $tag$ ... $tag$, else a parameter like $1
-      DOLLAR_QUOTE.lastIndex = i;
-      const tag = DOLLAR_QUOTE.exec(text)?.[0];
+      const tag = dollarTag(bytes, i);
       if (tag) {
-        const close = text.indexOf(tag, i + tag.length);
+        const close = bytes.indexOf(tag, i + tag.length);
         i = close === -1 ? length : close + tag.length;
       } else i++;
     } else if (isIdentStart(c)) {
       let j = i + 1;
-      while (j < length && isIdentPart(text.charCodeAt(j))) j++;
-      const word = text.slice(i, j).toLowerCase();
-      if ((word === "e") && text.charCodeAt(j) === 39) {
-        i = endOfQuoted(text, j, 39, true);
+      while (j < length && isIdentPart(bytes[j]!)) j++;
+      const word = bytes.toString("utf8", i, j).toLowerCase();
+      if ((word === "e") && bytes[j] === 39) {
+        i = endOfQuoted(bytes, j, 39, true);
         continue;
       }
       if (parens === 0 && current.words.length < WORDS_KEPT) current.words.push(word);
@@ -1699,7 +1699,7 @@ export function readScript(text: string, name: string): Script {
       }
       i = j;
     } else if (c >= 48 && c <= 57) {
-      while (i < length && (isIdentPart(text.charCodeAt(i)) || text.charCodeAt(i) === 46)) i++;
+      while (i < length && (isIdentPart(bytes[i]!) || bytes[i] === 46)) i++;
     } else if (c === 40) {
       parens++;
       i++;
@@ -1710,14 +1710,18 @@ export function readScript(text: string, name: string): Script {
       const statement = current;
       finish(i);
       i++;
-      if (isCopyFromStdin(statement.words)) i = copyData(text, statement, i, fail);
+      if (isCopyFromStdin(statement.words)) i = copyData(bytes, statement, i, fail);
     } else i++;
   }
-  if (current) finish(text.trimEnd().length);
+  if (current) {
+    let end = length;
+    while (end > current.start && isSpace(bytes[end - 1]!)) end--;
+    finish(end);
+  }
 
   const firstStart = statements[0]?.start ?? length;
-  const noTransaction = MARKER_LINE.test(text.slice(0, firstStart));
-  if (noTransaction) return { name, text, statements, noTransaction };
+  const noTransaction = MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
+  if (noTransaction) return { name, bytes, statements, noTransaction };
   const kept = statements.filter((statement, index) => {
     const control = transactionControl(statement.words);
     // A file wrapped in BEGIN ... COMMIT for psql: the step is that transaction already.
@@ -1734,38 +1738,49 @@ export function readScript(text: string, name: string): Script {
     }
     return true;
   });
-  return { name, text, statements: kept, noTransaction };
+  return { name, bytes, statements: kept, noTransaction };
 }
 
 /** The offset just past a quoted string or identifier that opens at `open`; `backslashes` for E'' strings. */
-function endOfQuoted(text: string, open: number, quote: number, backslashes: boolean): number {
-  for (let i = open + 1; i < text.length; i++) {
-    const c = text.charCodeAt(i);
+function endOfQuoted(bytes: Buffer, open: number, quote: number, backslashes: boolean): number {
+  for (let i = open + 1; i < bytes.length; i++) {
+    const c = bytes[i];
     if (backslashes && c === 92) i++;
     else if (c === quote) {
-      if (text.charCodeAt(i + 1) !== quote) return i + 1;
+      if (bytes[i + 1] !== quote) return i + 1;
       i++;
     }
   }
-  return text.length;
+  return bytes.length;
+}
+
+/** The `$tag$` (or `$$`) that opens a dollar quote at `at`, else undefined (a parameter like $1). */
+function dollarTag(bytes: Buffer, at: number): Buffer | undefined {
+  let i = at + 1;
+  if (bytes[i] !== 36) {
+    if (!isIdentStart(bytes[i] ?? 0)) return undefined;
+    while (i < bytes.length && isIdentPart(bytes[i]!) && bytes[i] !== 36) i++;
+    if (bytes[i] !== 36) return undefined;
+  }
+  return bytes.subarray(at, i + 1);
 }
 
 /** Attach the rows after a COPY ... FROM stdin (from the next line up to a line `\.`); returns where reading goes on. */
-function copyData(text: string, statement: ScriptStatement, afterSemicolon: number, fail: (line: number, message: string, fix: string) => never): number {
+function copyData(bytes: Buffer, statement: ScriptStatement, afterSemicolon: number, fail: (line: number, message: string, fix: string) => never): number {
   const fix = "put the rows after the statement and end them with a line \\. (as pg_dump writes them), or load the data another way";
-  const newline = text.indexOf("\n", afterSemicolon);
+  const newline = bytes.indexOf(10, afterSemicolon);
   if (newline === -1) fail(statement.line, "COPY ... FROM stdin has no data after it (no line \\. before the end of the file)", fix);
   const start = newline + 1;
-  for (let at = start; at !== -1 && at < text.length; ) {
-    if (text.startsWith("\\.", at)) {
+  for (let at = start; at !== -1 && at < bytes.length; ) {
+    if (bytes[at] === 92 && bytes[at + 1] === 46) {
       const after = at + 2;
-      const rest = after === text.length ? after : text.charCodeAt(after) === 10 ? after + 1 : text.startsWith("\r\n", after) ? after + 2 : -1;
+      const rest = after === bytes.length ? after : bytes[after] === 10 ? after + 1 : bytes[after] === 13 && bytes[after + 1] === 10 ? after + 2 : -1;
       if (rest !== -1) {
         statement.data = { start, end: at };
         return rest;
       }
     }
-    const next = text.indexOf("\n\\.", at);
+    const next = bytes.indexOf("\n\\.", at);
     at = next === -1 ? -1 : next + 1;
   }
   return fail(statement.line, "COPY ... FROM stdin has no line \\. ending its data before the end of the file", fix);
@@ -1776,7 +1791,7 @@ function copyData(text: string, statement: ScriptStatement, afterSemicolon: numb
 
 export interface SchemaStep {
   name: string;
-  sql: string;
+  /** SHA-256 of the file's bytes. */
   checksum: string;
   script: Script;
 }
@@ -1787,13 +1802,13 @@ export class SchemaError extends Error {
   }
 }
 
-function step(name: string, sql: string): SchemaStep {
-  // Bun's hasher takes the string as it is; node:crypto's converts it first (5x slower on a dump of 8 MB).
-  return { name, sql, checksum: new Bun.CryptoHasher("sha256").update(sql).digest("hex"), script: readScript(sql, name) };
+/** A step from a file's bytes, never decoded whole: a dump of tens of MB stays one buffer. */
+function step(name: string, bytes: Buffer): SchemaStep {
+  return { name, checksum: createHash("sha256").update(bytes).digest("hex"), script: readScript(bytes, name) };
 }
 
 /** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
-export function schemaPlan(source: { schema?: string; migrations?: string }, readFile: ReadFile = (path) => readFileSync(path, "utf8")): SchemaStep[] {
+export function schemaPlan(source: { schema?: string; migrations?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
   const read = (path: string, flag: string) => {
     try {
       return readFile(path);
@@ -1814,7 +1829,7 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
     if (names.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no *.sql files`);
     return names.map((name) => step(name, read(join(source.migrations!, name), "--migrations")));
   }
-  return [step("flow-backend", FLOW_BACKEND_SCHEMA)];
+  return [step("flow-backend", Buffer.from(FLOW_BACKEND_SCHEMA))];
 }
 
 /**
@@ -2215,22 +2230,18 @@ function annotate(error: unknown, step: SchemaStep, statement: ScriptStatement, 
  * position within the statement when it gives one ("line 3, column 14"; else "line 3").
  */
 export function statementLocation(script: Script, statement: ScriptStatement, position?: number): string {
-  const { text } = script;
   if (position === undefined || !Number.isInteger(position) || position < 1) return `line ${statement.line}`;
-  let at = statement.start;
-  // The server counts characters; JavaScript strings count UTF-16 units.
-  for (let counted = 1; counted < position && at < statement.end; counted++) at += text.codePointAt(at)! > 0xffff ? 2 : 1;
-  const before = text.slice(statement.start, at);
-  const lastNewline = before.lastIndexOf("\n");
-  const newlines = before.split("\n").length - 1;
-  const lineStart = lastNewline === -1 ? statement.start - (statement.column - 1) : statement.start + lastNewline + 1;
-  return `line ${statement.line + newlines}, column ${[...text.slice(lineStart, at)].length + 1}`;
+  // The server counts characters, as code points do.
+  const before = [...script.bytes.toString("utf8", statement.start, statement.end)].slice(0, position - 1).join("");
+  const lines = before.split("\n");
+  const column = lines.length === 1 ? statement.column + [...before].length : [...lines.at(-1)!].length + 1;
+  return `line ${statement.line + lines.length - 1}, column ${column}`;
 }
 
 /** Send one statement; for COPY ... FROM stdin stream its rows from the file in pieces, with backpressure. */
 async function runStatement(conn: Session, step: SchemaStep, statement: ScriptStatement, run: Run, touch: () => void): Promise<void> {
-  const { text } = step.script;
-  const query = conn.unsafe(text.slice(statement.start, statement.end));
+  const { bytes } = step.script;
+  const query = conn.unsafe(bytes.toString("utf8", statement.start, statement.end));
   if (!statement.data) {
     const result: unknown = await run(query);
     // postgres.js answers a COPY it did not expect with a stream and waits forever: end it.
@@ -2255,16 +2266,9 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
   const done = Promise.race([finished(stream), serverFailed]);
   done.catch(() => {});
   const { start, end } = statement.data;
-  for (let at = start; at < end; ) {
-    let cut = Math.min(at + COPY_CHUNK_CHARS, end);
-    if (cut < end) {
-      const rowEnd = text.lastIndexOf("\n", cut - 1);
-      if (rowEnd >= at) cut = rowEnd + 1;
-      else if (/[\ud800-\udbff]/.test(text[cut - 1]!)) cut--;
-    }
-    if (!stream.write(text.slice(at, cut))) await run(Promise.race([once(stream, "drain"), done]), query);
+  for (let at = start; at < end; at += COPY_CHUNK_BYTES) {
+    if (!stream.write(bytes.subarray(at, Math.min(at + COPY_CHUNK_BYTES, end)))) await run(Promise.race([once(stream, "drain"), done]), query);
     touch();
-    at = cut;
   }
   stream.end();
   await run(done, query);

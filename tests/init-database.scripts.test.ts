@@ -21,10 +21,11 @@ const PG15 = "/usr/lib/postgresql/15/bin";
 /** The statements' texts and lines, as the reader splits them. */
 function split(text: string) {
   const script = readScript(text, "test.sql");
+  const slice = (start: number, end: number) => script.bytes.toString("utf8", start, end);
   return script.statements.map((statement) => ({
-    text: text.slice(statement.start, statement.end),
+    text: slice(statement.start, statement.end),
     line: statement.line,
-    ...(statement.data ? { data: text.slice(statement.data.start, statement.data.end) } : {}),
+    ...(statement.data ? { data: slice(statement.data.start, statement.data.end) } : {}),
   }));
 }
 
@@ -70,6 +71,16 @@ describe("the psql-script reader", () => {
       { text: "create function g(x int) returns int language sql\nbegin atomic\n  select case when x > 0 then 1 else 2 end;\n  select x;\nend", line: 10 },
       { text: "select (1;\n2) -- a semicolon in parentheses does not end it\n", line: 15 },
       { text: "select 'last without a semicolon'", line: 18 },
+    ]);
+  });
+
+  test("reads UTF-8 text as bytes: quotes, identifiers and dollar tags with non-ASCII characters", () => {
+    const text = "select 'café;🐘', \"naïve;col\" from t;\nselect $é$ ; $é$, 1;\ncopy t from stdin;\nñ;\t🐘\n\\.\nselect 2;";
+    expect(split(text)).toEqual([
+      { text: "select 'café;🐘', \"naïve;col\" from t", line: 1 },
+      { text: "select $é$ ; $é$, 1", line: 2 },
+      { text: "copy t from stdin", line: 3, data: "ñ;\t🐘\n" },
+      { text: "select 2", line: 6 },
     ]);
   });
 
