@@ -1505,7 +1505,7 @@ export async function ensureDatabase(
     throw kitError("NO_MAINTENANCE_DATABASE", `cannot create database "${config.database}": neither maintenance database ${MAINTENANCE_DATABASES.map((name) => `"${name}"`).join(" nor ")} exists to connect to`);
   }
   try {
-    const deadline = config.commandTimeoutMs + DEFAULTS.graceMs;
+    const deadline = answerDeadline(config);
     const existing = await withDeadline(sql`select 1 from pg_database where datname = ${config.database}`, deadline, signal);
     if (existing.length > 0) return "exists";
     if (dryRun) return "would create";
@@ -2302,7 +2302,7 @@ function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[
 
 function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
   if (recorded && recorded !== checksum) {
-    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED");
+    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
   }
 }
 
@@ -2329,7 +2329,7 @@ export const BUILT_IN_STEP = "flow-backend";
  */
 export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal): Promise<void> {
   if (steps.length !== 1 || steps[0]!.name !== BUILT_IN_STEP) return;
-  const deadline = config.commandTimeoutMs + DEFAULTS.graceMs;
+  const deadline = answerDeadline(config);
   const [ledgerSchema, ledgerName] = config.ledgerTable.includes(".") ? config.ledgerTable.split(".").slice(-2) : [undefined, config.ledgerTable];
   const others = await withDeadline(sql<{ name: string; schema: string }[]>`
     select c.relname as name, n.nspname as schema
@@ -2348,6 +2348,7 @@ export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: 
   throw new SchemaError(
     `refusing to write the built-in Flow-Backend demo schema into ${config.database}: schema "${others[0]!.schema}" already holds other tables (${shown}); nothing was changed`,
     "FOREIGN_TABLES",
+    "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database",
   );
 }
 
@@ -2659,9 +2660,7 @@ function schemaHint(error: unknown): string {
   const { fix, hint: serverHint } = error as { fix?: string; hint?: string };
   const code = errorCode(error);
   const advice = fix ??
-    (code === "FOREIGN_TABLES" ? "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database"
-    : code === "MIGRATION_CHANGED" ? "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file"
-    : code === "57014" ? "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session"
+    (code === "57014" ? "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session"
     : code === "LOCK_WAIT" ? "is another session holding a lock? a replica applying a long step needs a larger --command-timeout; else end that session"
     : code === "42501" ? "the user lacks a privilege the schema needs (CREATE on the schema?)"
     : code === "26000" ? "a prepared statement vanished between transactions: a transaction pooler is in front; run schema work directly (--direct-url / DIRECT_URL)"
