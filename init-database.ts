@@ -358,7 +358,7 @@ export function parseUrl(url: string, source: string): Conninfo {
   // An "@" after the path starts means the credentials were cut short: a "/" in the password.
   const cutShort = slashAt !== -1 && url.indexOf("@", slashAt) !== -1;
   const fail = (message: string, suspect = cutShort) => new ConfigError(`${source}: ${message}${suspect ? ENCODE_PASSWORD : ""}`);
-  if (!scheme) throw fail("not a postgres:// or postgresql:// URL (key=value connection strings are not supported)");
+  if (!scheme) throw fail("not a postgres:// or postgresql:// URL");
   const decode = (text: string, what: string) => uriDecode(text, what, (message) => fail(message));
   const parts: Conninfo = {};
   let rest = url.slice(scheme[0].length);
@@ -429,13 +429,56 @@ export function parseUrl(url: string, source: string): Conninfo {
     let value = decode(pieces[1]!, `value of ${which}`);
     // libpq's compatibility with JDBC URLs.
     if (keyword === "ssl" && value === "true") [keyword, value] = ["sslmode", "require"];
-    if (!Object.hasOwn(KEYWORDS, keyword)) {
-      const near = nearestKeyword(keyword);
-      throw fail(`${which} is not a libpq connection keyword${near ? ` (did you mean "${near}"?)` : ""}; the keywords are listed in the README`);
-    }
+    if (!Object.hasOwn(KEYWORDS, keyword)) throw unknownKeyword(which, keyword, fail);
     parts[keyword] = value;
   }
   return parts;
+}
+
+/** The keyword's error: named by its place, since a misplaced value may be a password; with the nearest keyword. */
+function unknownKeyword(which: string, keyword: string, fail: (message: string) => ConfigError): ConfigError {
+  const near = nearestKeyword(keyword);
+  return fail(`${which} is not a libpq connection keyword${near ? ` (did you mean "${near}"?)` : ""}; the keywords are listed in the README`);
+}
+
+/**
+ * libpq's other connection string: `host=db port=5432 dbname=app`, a value in single quotes
+ * when it holds spaces, `\` escaping the next character. Errors name the setting by its place.
+ */
+export function parseKeywordValue(text: string, source: string): Conninfo {
+  const fail = (message: string) => new ConfigError(`${source}: ${message}`);
+  const parts: Conninfo = {};
+  const isSpace = (at: number) => at < text.length && /\s/.test(text[at]!);
+  let i = 0;
+  for (let index = 1; ; index++) {
+    while (isSpace(i)) i++;
+    if (i >= text.length) return parts;
+    const which = `setting ${index} of the connection string`;
+    let keyword = "";
+    while (i < text.length && !isSpace(i) && text[i] !== "=") keyword += text[i++];
+    while (isSpace(i)) i++;
+    if (text[i] !== "=") {
+      throw fail(index === 1 ? "not a postgres:// or postgresql:// URL, nor a keyword=value connection string" : `${which} has no "=" after its keyword`);
+    }
+    i++;
+    while (isSpace(i)) i++;
+    const quoted = text[i] === "'";
+    if (quoted) i++;
+    let value = "";
+    while (quoted ? text[i] !== "'" : i < text.length && !isSpace(i)) {
+      if (i >= text.length) throw fail(`${which} has a quoted value with no closing '`);
+      if (text[i] === "\\" && i + 1 < text.length) i++;
+      value += text[i++];
+    }
+    if (quoted) i++;
+    if (!Object.hasOwn(KEYWORDS, keyword)) throw unknownKeyword(which, keyword, fail);
+    parts[keyword] = value;
+  }
+}
+
+/** A connection string as libpq takes it: a postgres:// URL, else keyword=value settings. */
+export function parseConnectionString(text: string, source: string): Conninfo {
+  return /^postgres(?:ql)?:\/\//.test(text) ? parseUrl(text, source) : parseKeywordValue(text, source);
 }
 
 /** Read a Docker-style secret file, dropping one trailing newline. */
@@ -645,7 +688,7 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
 export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
   const urlSource = options.url !== undefined ? "--url" : "DATABASE_URL";
   const rawUrl = first(options.url, env.DATABASE_URL);
-  const url: Conninfo = rawUrl ? parseUrl(rawUrl, urlSource) : {};
+  const url: Conninfo = rawUrl ? parseConnectionString(rawUrl, urlSource) : {};
   const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
   const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
@@ -2675,7 +2718,8 @@ Usage: bun run init-database.ts [options]
 Connection (first found wins, as libpq reads it): --url, DATABASE_URL, PG* variables,
 POSTGRES_* variables, ~/.pgpass, the local Unix socket (/var/run/postgresql or /tmp) port 5432
   --url URL               postgres://user:pass@host:port/db?keyword=value (libpq's URI; several
-                          hosts: h1:5432,h2:5432; socket: postgres://user@/db?host=/dir);
+                          hosts: h1:5432,h2:5432; socket: postgres://user@/db?host=/dir),
+                          or libpq's "host=h port=5432 dbname=db" form;
                           ?pgbouncer=true says a transaction pooler is in front
   --direct-url URL        schema work goes here, past the pooler (else DIRECT_URL); waiting
                           and checking still go through --url

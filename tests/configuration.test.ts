@@ -7,7 +7,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ConfigError, DEFAULTS, defaultSocketDir, describeTarget, KEYWORDS, parseConfig, parseUrl, secretsOf } from "../init-database.ts";
+import { ConfigError, DEFAULTS, defaultSocketDir, describeTarget, KEYWORDS, parseConfig, parseKeywordValue, parseUrl, secretsOf } from "../init-database.ts";
 
 const none = (): string => {
   throw Object.assign(new Error("no such file"), { code: "ENOENT" });
@@ -130,6 +130,16 @@ describe("the URI grammar and keyword table", () => {
     expect(refusal({ url: "postgres://h/db?sslmode=bogus" })).toMatch(/sslmode is not one of disable, allow, prefer/);
     expect(config({ url: "postgres://h/db?keepalives_interval=0&tcp_user_timeout=0&gssencmode=prefer&channel_binding=prefer&client_encoding=utf8" }))
       .toMatchObject({ targets: [{ host: "h" }] });
+  });
+
+  test("keyword=value connection strings, as libpq reads them (quotes, \\ escapes), in DATABASE_URL or --url", () => {
+    expect(parseKeywordValue("host = db  port=5433 dbname=app user=u password='p w\\'x' options=-c\\ a=b", "test"))
+      .toEqual({ host: "db", port: "5433", dbname: "app", user: "u", password: "p w'x", options: "-c a=b" });
+    expect(config({}, { DATABASE_URL: "host=db sslmode=require user=app" })).toMatchObject({ targets: [{ host: "db", port: 5432 }], user: "app", sslmode: "require" });
+    expect(refusal({ url: "host=db x" })).toBe('--url: setting 2 of the connection string has no "=" after its keyword');
+    expect(refusal({ url: "host='db" })).toMatch(/setting 1 of the connection string has a quoted value with no closing '/);
+    expect(refusal({ url: "mysql://u:Hunter2Secret@h/db" })).toBe("--url: not a postgres:// or postgresql:// URL, nor a keyword=value connection string");
+    expect(refusal({ url: "host=db pasword=Hunter2Secret" })).toMatch(/setting 2 of the connection string is not a libpq connection keyword \(did you mean "password"\?\)/);
   });
 
   test("every keyword row either names a PG* variable, is URL-only, or says why it is refused", () => {

@@ -197,6 +197,19 @@ describe("TLS against a server with a certificate", () => {
     }
   });
 
+  test("ssl_max_protocol_version bounds the TLS version", async () => {
+    const versionWith = async (query: string) => {
+      const sql = await connect({ url: `${cluster.url()}?sslmode=require${query}`, timeout: 10 }, { max: 1 }, {});
+      try {
+        return (await sql`select version from pg_stat_ssl where pid = pg_backend_pid()`)[0]!.version;
+      } finally {
+        await sql.end({ timeout: 1 });
+      }
+    };
+    expect(await versionWith("")).toBe("TLSv1.3");
+    expect(await versionWith("&ssl_max_protocol_version=TLSv1.2")).toBe("TLSv1.2");
+  });
+
   test("verify-full with the CA passes for the name on the certificate, reached through hostaddr", async () => {
     const url = `postgres://postgres:${PASSWORD}@localhost:${cluster.port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert=${encodeURIComponent(files.ca)}`;
     const run = await runScript(SCRIPT, ["--wait-only"], { DATABASE_URL: url });
