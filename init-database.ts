@@ -1509,6 +1509,7 @@ export function boundedPool(sql: Sql, config: Config): Sql {
     get: (target, key, receiver) => {
       const value = Reflect.get(target, key, receiver);
       if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args));
+      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args));
       if (key === "begin") {
         return (...args: unknown[]) => {
           const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;

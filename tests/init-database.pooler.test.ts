@@ -193,8 +193,9 @@ describe("connect() behind a transaction pooler", () => {
       const inTransaction = await sql.begin((tx) => tx`select pg_sleep(30)`).then(() => "finished", errorCode);
       expect(inTransaction).toBe("57014");
       const startedAt = performance.now();
-      const outside = await sql`select pg_sleep(30)`.then(() => "finished", errorCode);
-      expect(outside).toBe("CLIENT_DEADLINE");
+      writeFileSync(join(workDir, "sleep.sql"), "select pg_sleep(30)");
+      const outside = await Promise.all([sql`select pg_sleep(30)`, sql.file(join(workDir, "sleep.sql"))].map((query) => query.then(() => "finished", errorCode)));
+      expect(outside).toEqual(["CLIENT_DEADLINE", "CLIENT_DEADLINE"]);
       expect(performance.now() - startedAt).toBeLessThan(15_000);
       expect((await sql`select 1 as one`)[0]!.one).toBe(1);
       const [{ timeout }] = await other<[{ timeout: string }]>`select current_setting('statement_timeout') as timeout`;
