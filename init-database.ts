@@ -1637,6 +1637,10 @@ function isCopyFromStdin(words: string[]): boolean {
   return words[0] === "copy" && words.some((word, index) => word === "from" && words[index + 1] === "stdin");
 }
 
+function isCopyToStdout(words: string[]): boolean {
+  return words[0] === "copy" && words.some((word, index) => word === "to" && words[index + 1] === "stdout");
+}
+
 /**
  * Split a file into statements by PostgreSQL's lexical rules, as psql does: `'...'` (with
  * `''`), `E'...'` (with backslash escapes), `$tag$...$tag$`, `"..."`, `--` and nested
@@ -1764,6 +1768,8 @@ export function readScript(source: string | Buffer, name: string): Script {
   }
 
   const firstStart = statements[0]?.start ?? length;
+  const toStdout = statements.find((statement) => isCopyToStdout(statement.words));
+  if (toStdout) fail(toStdout.line, "COPY ... TO STDOUT writes to psql's output, which a schema step does not have", "remove it (or write to a file on the server: COPY ... TO 'path')");
   const noTransaction = MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
   if (noTransaction) return { name, bytes, statements, noTransaction };
   const kept = statements.filter((statement, index) => {
@@ -2290,7 +2296,7 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
     const result: unknown = await run(query);
     // postgres.js answers a COPY it did not expect with a stream and waits forever: end it.
     if (result instanceof Stream) {
-      (result as Stream & { destroy(error: Error): void }).destroy(new Error("no COPY data in the file"));
+      (result as Stream & { destroy(): void }).destroy();
       throw new SchemaError(`${step.name}, line ${statement.line}: the statement exchanges COPY data, which the file does not hold`, "SCHEMA_FAILED", "use COPY ... FROM stdin followed by its rows and a line \\., as pg_dump writes it");
     }
     return;

@@ -101,6 +101,12 @@ describe("the psql-script reader", () => {
     }
   });
 
+  test("refuses COPY TO STDOUT, whose output would go nowhere, in any file", () => {
+    for (const prefix of ["", `${NO_TRANSACTION_MARKER}\n`]) {
+      expect(refusal(`${prefix}create table z (a int);\ncopy z to stdout;\n`).message).toContain("COPY ... TO STDOUT writes to psql's output");
+    }
+  });
+
   test("refuses COPY FROM stdin without its data", () => {
     expect(refusal("create table t (a int);\ncopy t from stdin;").message).toBe("test.sql, line 2: COPY ... FROM stdin has no data after it (no line \\. before the end of the file)");
     expect(refusal("copy t from stdin;\n1\n2\n").message).toContain("line 1: COPY ... FROM stdin has no line \\. ending its data");
