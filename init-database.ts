@@ -1474,18 +1474,21 @@ export async function connect(options: Options = {}, clientOptions: postgres.Opt
 }
 
 type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
+type Queries = Sql | postgres.TransactionSql<{}>;
 
 /**
  * A connect() pool whose every query is bounded without a start-up parameter (a pooler refuses
  * them) or a session SET (it would leak to other clients of a transaction pool): each
- * transaction opens with localSettings (the server enforces --command-timeout), and each query
- * outside one gets a client-side deadline of --command-timeout plus a grace, counted from when
- * it is awaited, after which it is cancelled on the server and rejected with CLIENT_DEADLINE.
+ * transaction opens with localSettings (the server enforces --command-timeout), and every query
+ * gets a client-side deadline of --command-timeout plus a grace, counted from when it is
+ * awaited, after which it is cancelled on the server and rejected with CLIENT_DEADLINE. A
+ * transaction whose query ran out is given up a grace later, even if its ROLLBACK never
+ * answers (a network that went silent).
  */
 export function boundedPool(sql: Sql, config: Config): Sql {
   if (config.commandTimeoutMs === 0) return sql;
   const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
-  const bound = <T>(query: T): T => {
+  const bound = <T>(query: T, expired?: (error: Error) => void): T => {
     if (!(query instanceof Promise) || typeof (query as unknown as PendingQuery).cancel !== "function") return query;
     const pending = query as unknown as PendingQuery;
     const then = pending.then;
@@ -1495,8 +1498,10 @@ export function boundedPool(sql: Sql, config: Config): Sql {
       if (!armed) {
         armed = true;
         const timer = setTimeout(() => {
+          const error = kitError("CLIENT_DEADLINE", `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)`);
           pending.cancel();
-          pending.reject(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)`));
+          pending.reject(error);
+          expired?.(error);
         }, ms);
         then.call(pending, () => clearTimeout(timer), () => clearTimeout(timer));
       }
@@ -1504,24 +1509,31 @@ export function boundedPool(sql: Sql, config: Config): Sql {
     } as PendingQuery["then"];
     return query;
   };
-  return new Proxy(sql, {
-    apply: (target, self, args) => bound(Reflect.apply(target, self, args)),
+  const bounded = <Q extends Queries>(queries: Q, expired?: (error: Error) => void): Q => new Proxy(queries, {
+    apply: (target, self, args) => bound(Reflect.apply(target as (...rest: unknown[]) => unknown, self, args), expired),
     get: (target, key, receiver) => {
       const value = Reflect.get(target, key, receiver);
-      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args));
-      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args));
-      if (key === "begin") {
+      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args), expired);
+      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args), expired);
+      if (key === "begin" && !expired) {
         return (...args: unknown[]) => {
           const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
-          return (target.begin as (...rest: unknown[]) => unknown)(...args, async (tx: postgres.TransactionSql<{}>) => {
-            await tx.unsafe(localSettings(config));
-            return body(tx);
+          let giveUp!: (error: Error) => void;
+          const abandoned = new Promise<never>((_, reject) => (giveUp = reject));
+          const expire = (error: Error) => setTimeout(() => giveUp(error), DEFAULTS.graceMs);
+          const work = ((target as Sql).begin as (...rest: unknown[]) => Promise<unknown>)(...args, async (tx: postgres.TransactionSql<{}>) => {
+            const queries = bounded(tx, expire);
+            await queries.unsafe(localSettings(config));
+            return body(queries);
           });
+          work.catch(() => {});
+          return Promise.race([work, abandoned]);
         };
       }
       return value;
     },
   });
+  return bounded(sql);
 }
 
 /** Where --create-database connects to create the target: the ones createdb tries, in its order. */

@@ -9,10 +9,11 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { classifyError, ConfigError, connect, errorCode, EXIT, hint, parseConfig } from "../init-database.ts";
+import { classifyError, closeClient, ConfigError, connect, errorCode, EXIT, hint, parseConfig } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
 import { cleanEnv, events, expectNoSecret, ROOT, runScript, type Run } from "./helpers.ts";
 import { PgBouncer, type PoolMode } from "./pgbouncer.ts";
+import { FaultProxy } from "./proxy.ts";
 
 const PASSWORD = "bouncer-Pa55-w0rd";
 const MODES: PoolMode[] = ["transaction", "session"];
@@ -204,6 +205,26 @@ describe("connect() behind a transaction pooler", () => {
       await Promise.all([sql.end({ timeout: 1 }), other.end({ timeout: 1 })]);
     }
   });
+});
+
+test("connect(): a network that goes silent mid-transaction never hangs the service", async () => {
+  const bouncer = bouncers.get("transaction")!;
+  const proxy = await FaultProxy.start({ host: bouncer.host, port: bouncer.port });
+  const url = bouncer.url({ database: name("transaction", "service"), query: "pgbouncer=true" }).replace(`:${bouncer.port}/`, `:${proxy.port}/`);
+  const sql = await connect({ url, timeout: 10, commandTimeout: 0.5 }, { max: 1 }, {});
+  try {
+    const startedAt = performance.now();
+    const outcome = await sql.begin(async (tx) => {
+      await tx`select 1`;
+      proxy.freeze();
+      await tx`select 2`;
+    }).then(() => "finished", errorCode);
+    expect(outcome).toBe("CLIENT_DEADLINE");
+    expect(performance.now() - startedAt).toBeLessThan(15_000);
+  } finally {
+    await closeClient(sql);
+    await proxy.close();
+  }
 });
 
 describe("--direct-url / DIRECT_URL: wait through the pooler, apply the schema directly", () => {

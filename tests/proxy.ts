@@ -83,6 +83,11 @@ export class FaultProxy {
     from.on("end", () => void queue.then(() => to.end()));
   }
 
+  /** Stop carrying anything, leaving every connection open: a network that went silent. */
+  freeze(): void {
+    for (const socket of this.sockets) socket.pause();
+  }
+
   /** Drop every open connection, as a network cut would. */
   cut(): void {
     for (const socket of this.sockets) socket.destroy();
