@@ -142,12 +142,22 @@ describe("the URI grammar and keyword table", () => {
     expect(refusal({ url: "host=db pasword=Hunter2Secret" })).toMatch(/setting 2 of the connection string is not a libpq connection keyword \(did you mean "password"\?\)/);
   });
 
-  test("every keyword row either names a PG* variable, is URL-only, or says why it is refused", () => {
+  test("every keyword's PG* variable is read: a refused keyword is refused from its variable too, an honoured value is taken", () => {
     for (const [keyword, row] of Object.entries(KEYWORDS)) {
       expect(keyword).toMatch(/^[a-z_]+$/);
-      if (row.refused) expect(row.refused.length).toBeGreaterThan(10);
-      if (row.env) expect(row.env).toMatch(/^PG[A-Z_]+$/);
+      if (!row.env) continue;
+      expect(row.env).toMatch(/^PG[A-Z_]+$/);
+      if (row.refused && !row.values) {
+        expect(refusal({}, { [row.env]: "x" })).toStartWith(`${row.env}="x" cannot be honoured: ${row.refused}`);
+      } else if (row.values) {
+        const refused = Object.keys(row.refusedValues ?? {});
+        if (!row.refused) expect(refusal({}, { [row.env]: "no-such-value" })).toStartWith(`${row.env}="no-such-value" is not one of`);
+        for (const value of refused.filter((value) => value !== "*")) expect(refusal({}, { [row.env]: value })).toContain("cannot be honoured");
+      }
     }
+    expect(config({}, { PGLOADBALANCEHOSTS: "random", PGCHANNELBINDING: "disable", PGSSLNEGOTIATION: "postgres", PGGSSENCMODE: "disable" }))
+      .toMatchObject({ loadBalanceHosts: "random", tls: { negotiation: "postgres" } });
+    expect(refusal({}, { PGSSLMODE: "prefer", PGSSLNEGOTIATION: "direct" })).toMatch(/sslnegotiation=direct needs sslmode require/);
   });
 
   test("connect_timeout follows libpq: whole seconds, at least 2, 0 or less for no limit", () => {
