@@ -1,7 +1,8 @@
 /**
  * libpq's own URI test suite (src/interfaces/libpq/t/001_uri.pl, kept as data in
- * fixtures/libpq-uri-cases.json) run against the kit's parser: every case must give the
- * keywords libpq gives and the same kind of connection (Unix socket or TCP), or be refused
+ * fixtures/libpq-uri-cases.json), and more URIs answered by the installed libpq 15
+ * (fixtures/libpq-15-more-uri-cases.json), run against the kit's parser: every case must give
+ * the keywords libpq gives and the same kind of connection (Unix socket or TCP), or be refused
  * where libpq refuses it. A difference fails unless README.md's table of deviations names the
  * case's URI.
  */
@@ -18,7 +19,9 @@ interface Case {
   env?: Record<string, string>;
 }
 
-const { cases } = JSON.parse(readFileSync(join(import.meta.dir, "fixtures", "libpq-uri-cases.json"), "utf8")) as { cases: Case[] };
+const fixture = (name: string) => (JSON.parse(readFileSync(join(import.meta.dir, "fixtures", name), "utf8")) as { cases: Case[] }).cases;
+const suites = { "001_uri.pl": fixture("libpq-uri-cases.json"), "libpq 15, more URIs": fixture("libpq-15-more-uri-cases.json") };
+const cases = Object.values(suites).flat();
 const noFile = (): string => {
   throw Object.assign(new Error("no such file"), { code: "ENOENT" });
 };
@@ -37,8 +40,9 @@ function kitAnswer({ uri, env = {} }: Case): { stdout: string } | { error: strin
     const conninfo = parseUrl(uri, "test");
     const config = parseConfig({ url: uri }, environment, noFile);
     const defaults = parseConfig({}, environment, noFile);
-    // libpq_uri_regress leaves out a value equal to the default (sslmode=verify-full under sslrootcert=system).
-    const printed = Object.entries(conninfo).filter(([keyword, value]) => !(keyword === "sslmode" && value === defaults.sslmode));
+    // libpq_uri_regress leaves out a value equal to libpq's default (sslmode=verify-full under sslrootcert=system).
+    const libpqDefaults: Record<string, string> = { sslmode: defaults.sslmode, port: "5432", channel_binding: "prefer", gssencmode: "prefer", sslsni: "1", target_session_attrs: "any" };
+    const printed = Object.entries(conninfo).filter(([keyword, value]) => libpqDefaults[keyword] !== value);
     const local = config.targets.every((target) => target.socket !== undefined);
     return { stdout: [...printed.map(([keyword, value]) => `${keyword}='${value}'`), local ? "(local)" : "(inet)"].join(" ") };
   } catch (error) {
@@ -52,12 +56,12 @@ function words(stdout: string): string[] {
   return stdout.split(/ (?=[a-z_]+='|\()/).sort();
 }
 
-describe("libpq's URI test suite (001_uri.pl)", () => {
+describe("libpq's URI test suite (001_uri.pl) and more URIs answered by libpq 15", () => {
   const deviations = listedDeviations();
 
-  test(`all ${cases.length} cases parse as libpq parses them, or are listed deviations`, () => {
+  test.each(Object.entries(suites))("%s: every case parses as libpq parses it, or is a listed deviation", (_name, suite) => {
     const differences: string[] = [];
-    for (const testCase of cases) {
+    for (const testCase of suite) {
       const answer = kitAnswer(testCase);
       const libpqRefuses = testCase.stderr !== "";
       const same = "error" in answer ? libpqRefuses : !libpqRefuses && words(answer.stdout).join(" ") === words(testCase.stdout).join(" ");
@@ -79,7 +83,7 @@ describe("libpq's URI test suite (001_uri.pl)", () => {
     }
   });
 
-  test("every listed deviation is a case of the suite", () => {
+  test("every listed deviation is one of the cases", () => {
     for (const uri of deviations) expect(cases.map((entry) => entry.uri)).toContain(uri);
   });
 });
