@@ -6,12 +6,11 @@
  * sslnegotiation=direct on PostgreSQL 17); an abstract socket; load_balance_hosts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { execFileSync } from "node:child_process";
 import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { closeClient, connect, EXIT, parseConfig, waitUntilReady } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, runScript } from "./helpers.ts";
+import { events, expectNoSecret, makeCertificates, runScript } from "./helpers.ts";
 import { FaultProxy } from "./proxy.ts";
 
 const SCRIPT = "init-database.ts";
@@ -22,27 +21,6 @@ function expectNoFragment(text: string): void {
   for (let length = 4; length <= PASSWORD.length; length++) {
     for (let start = 0; start + length <= PASSWORD.length; start++) expect(text).not.toContain(PASSWORD.slice(start, start + length));
   }
-}
-
-/**
- * A CA, a server certificate for DNS:localhost and a client certificate for the user
- * "certuser" signed by it, and a second, unrelated CA.
- */
-function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string } {
-  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-  openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kit test CA");
-  openssl("req", "-x509", ...ec, "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA");
-  openssl("req", ...ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost");
-  writeFileSync(join(dir, "san.ext"), "subjectAltName=DNS:localhost\n");
-  openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext");
-  openssl("req", ...ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=certuser");
-  openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.crt", "-days", "2");
-  chmodSync(join(dir, "client.key"), 0o600);
-  return {
-    ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key"),
-    clientCert: join(dir, "client.crt"), clientKey: join(dir, "client.key"),
-  };
 }
 
 describe("Unix sockets, the password file and options, on a server without TLS", () => {

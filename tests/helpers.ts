@@ -3,6 +3,8 @@
  * that nothing it printed holds a secret.
  */
 import { expect } from "bun:test";
+import { execFileSync } from "node:child_process";
+import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 export const ROOT = join(import.meta.dir, "..");
@@ -87,4 +89,25 @@ export async function until(what: string, probe: () => Promise<boolean>, ms = 30
     if (Date.now() > giveUpAt) throw new Error(`timed out waiting for ${what}`);
     await Bun.sleep(20);
   }
+}
+
+/**
+ * A CA, a server certificate for DNS:localhost and a client certificate for the user
+ * "certuser" signed by it, and a second, unrelated CA.
+ */
+export function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string } {
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kit test CA");
+  openssl("req", "-x509", ...ec, "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA");
+  openssl("req", ...ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost");
+  writeFileSync(join(dir, "san.ext"), "subjectAltName=DNS:localhost\n");
+  openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext");
+  openssl("req", ...ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=certuser");
+  openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.crt", "-days", "2");
+  chmodSync(join(dir, "client.key"), 0o600);
+  return {
+    ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key"),
+    clientCert: join(dir, "client.crt"), clientKey: join(dir, "client.key"),
+  };
 }

@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CHECK_NAMES, formatUptime, junitXml, selectChecks } from "../test-db-connectivity.ts";
 import { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, runScript } from "./helpers.ts";
+import { events, expectNoSecret, makeCertificates, runScript } from "./helpers.ts";
 
 const SUITE = "test-db-connectivity.ts";
 const PASSWORD = "suite-Pa55:w/rd";
@@ -194,5 +194,40 @@ describe("the suite against real servers", () => {
     } finally {
       await standby.destroy();
     }
+  });
+});
+
+describe("the suite under sslmode=verify-full", () => {
+  let cluster: Cluster;
+  let ca: string;
+
+  beforeAll(async () => {
+    cluster = await Cluster.create({ password: PASSWORD, start: false });
+    const certs = join(cluster.dir, "certs");
+    mkdirSync(certs);
+    const files = makeCertificates(certs);
+    ca = files.ca;
+    if (cluster.identity.uid !== undefined) {
+      for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
+    }
+    chmodSync(files.key, 0o600);
+    cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'` });
+    await cluster.start();
+  });
+  afterAll(async () => {
+    await cluster?.destroy();
+  });
+
+  test("the retry check's relay keeps the real host's name: the certificate (DNS:localhost) is checked against it and passes", async () => {
+    // The relay listens on 127.0.0.1, which the certificate does not name: a client that took the relay's address for the host would fail.
+    const url = `postgres://postgres:${encodeURIComponent(PASSWORD)}@localhost:${cluster.port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert=${encodeURIComponent(ca)}`;
+    const run = await runScript(SUITE, ["--json", "--only", "basic,retry,concurrent"], { DATABASE_URL: url });
+    const checks = events(run.stdout).filter((event) => event.event === "check");
+    expect(checks.filter((check) => !check.ok)).toEqual([]);
+    expect(run.code).toBe(0);
+    expect(checks.find((check) => check.name === "Connection with Retry")!.detail).toMatch(/first attempt refused \(ECONNREFUSED\).*through a TCP relay/);
+    const byAddress = await runScript(SUITE, ["--only", "basic"], { DATABASE_URL: url.replace("@localhost:", "@127.0.0.1:").replace("hostaddr=127.0.0.1&", "") });
+    expect(byAddress.code).toBe(1); // the same server by the relay's kind of address: the certificate does not name it
+    expectNoSecret(run, PASSWORD);
   });
 });
