@@ -250,6 +250,15 @@ describe("--direct-url / DIRECT_URL: wait through the pooler, apply the schema d
   });
 });
 
+test("options=-c ... in the URL, which libpq sends as a start-up parameter and PgBouncer refuses: exit 4 at once, the hint names ignore_startup_parameters", async () => {
+  const url = bouncers.get("transaction")!.url({ database: name("transaction", "wait"), query: "options=-c%20search_path%3Dpublic" });
+  const run = await init(["--wait-only", "--timeout", "30"], { DATABASE_URL: url });
+  expect(run.code).toBe(EXIT.fatal);
+  expect(run.stderr).toContain("08P01: unsupported startup parameter: options");
+  expect(run.stderr).toContain("ignore_startup_parameters");
+  expect(run.ms).toBeLessThan(10_000);
+});
+
 /** Start the init script and read its --json events as they come. */
 function startInit(args: string[], env: Record<string, string>) {
   const child = Bun.spawn([process.execPath, join(ROOT, "init-database.ts"), ...args, "--json"], {
