@@ -4,12 +4,12 @@
  * deploy, a standby promoted in its place. Real primaries and streaming standbys on loopback.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import postgres from "postgres";
 import { connect, errorCode, EXIT, withDeadline } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
+import { deployThroughFailover, expectConsistentLedger, migrations, primaryThenStandby } from "./failover-scenario.ts";
 import { FaultProxy } from "./proxy.ts";
 import { events, expectNoSecret, runScript, until } from "./helpers.ts";
 
@@ -56,19 +56,6 @@ describe("the deadline, used whole", () => {
   });
 });
 
-/** A deploy's migrations: the second blocks on a lock the test holds, so the test knows when it runs. */
-function migrations(dir: string, names = ["001_accounts.sql", "002_audit.sql", "003_email.sql"]): string {
-  const files: Record<string, string> = {
-    "001_accounts.sql": "create table accounts (id int primary key);\ninsert into accounts values (1);\n",
-    "002_audit.sql": "create table audit (id int);\ninsert into audit select id from blocker;\n",
-    "003_email.sql": "alter table accounts add column email text;\n",
-  };
-  mkdirSync(dir, { recursive: true });
-  for (const name of names) writeFileSync(join(dir, name), files[name]!);
-  return dir;
-}
-
-
 describe("a failover in the middle of a deploy", () => {
   let primary: Cluster;
   let standby: Cluster;
@@ -77,7 +64,6 @@ describe("a failover in the middle of a deploy", () => {
   beforeEach(async () => {
     workDir = mkdtempSync(join(tmpdir(), "failover-"));
     primary = await Cluster.create({ password: PASSWORD, database: "ha" });
-    await primary.query("create table blocker (id int); insert into blocker values (7)");
     standby = await primary.createStandby();
   });
   afterEach(async () => {
@@ -86,45 +72,17 @@ describe("a failover in the middle of a deploy", () => {
     rmSync(workDir, { recursive: true, force: true });
   });
 
-  const bothHosts = () =>
-    `postgres://${primary.user}:${encodeURIComponent(PASSWORD)}@127.0.0.1:${primary.port},127.0.0.1:${standby.port}/ha?target_session_attrs=read-write`;
-
-  async function expectConsistentLedger(server: Cluster): Promise<void> {
-    expect(await server.query(`select name, count(*)::int as n from schema_migrations group by name order by name`)).toEqual([
-      { name: "001_accounts.sql", n: 1 }, { name: "002_audit.sql", n: 1 }, { name: "003_email.sql", n: 1 },
-    ]);
-    // Each step whole, and once: one row copied by 002, the column added by 003.
-    expect(await server.query(`select (select count(*)::int from audit) as audit, (select count(*)::int from accounts) as accounts,
-      (select count(*)::int from information_schema.columns where table_name = 'accounts' and column_name = 'email') as email`))
-      .toEqual([{ audit: 1, accounts: 1, email: 1 }]);
-  }
+  const bothHosts = () => primaryThenStandby(primary, standby, PASSWORD, "ha");
 
   test("the primary dies in the middle of a migration and the standby is promoted: exit 0, each step once", async () => {
-    const holder = postgres({ host: primary.host, port: primary.port, user: primary.user, password: PASSWORD, database: "ha", max: 1, onnotice: () => {} });
-    const lock = await holder.reserve();
-    try {
-      await lock`begin`;
-      await lock`lock table blocker in access exclusive mode`;
-      const running = runScript(SCRIPT, ["--migrations", migrations(workDir), "--timeout", "60", "--command-timeout", "20", "--json"], { DATABASE_URL: bothHosts() }, { killAfterMs: 90_000 });
-      await until("002 to wait on the lock", async () =>
-        (await primary.query(`select 1 from pg_stat_activity where application_name = 'init-database' and wait_event_type = 'Lock'`)).length === 1);
-      await until("the standby to replay 001", async () =>
-        (await standby.query(`select 1 from schema_migrations where name = '001_accounts.sql'`)).length === 1);
-      await primary.stop("immediate");
-      await Bun.sleep(1_000); // the failover controller's reaction time: part of the scenario, not a synchronisation
-      await standby.promote();
-      const run = await running;
-      expect(run.stderr).toContain("schema interrupted");
-      expect(run.code).toBe(EXIT.ok);
-      const ready = events(run.stdout).filter((event) => event.event === "ready");
-      expect(ready.at(0)).toMatchObject({ port: primary.port });
-      expect(ready.at(-1)).toMatchObject({ port: standby.port });
-      await expectConsistentLedger(standby);
-      expectNoSecret(run, PASSWORD);
-    } finally {
-      lock.release();
-      await holder.end({ timeout: 0 }).catch(() => {});
-    }
+    const run = await deployThroughFailover(primary, standby, PASSWORD, "ha", workDir);
+    expect(run.stderr).toContain("schema interrupted");
+    expect(run.code).toBe(EXIT.ok);
+    const ready = events(run.stdout).filter((event) => event.event === "ready");
+    expect(ready.at(0)).toMatchObject({ port: primary.port });
+    expect(ready.at(-1)).toMatchObject({ port: standby.port });
+    await expectConsistentLedger(standby, "ha");
+    expectNoSecret(run, PASSWORD);
   });
 
   test("connect() follows a failover: a service querying every 10 ms sees errors only until the promotion", async () => {
@@ -163,6 +121,7 @@ describe("a failover in the middle of a deploy", () => {
   });
 
   test("the standby was promoted before the deploy: exit 0, the steps applied before kept, the rest applied once", async () => {
+    await primary.query("create table blocker (id int); insert into blocker values (7)");
     const first = await runScript(SCRIPT, ["--migrations", migrations(join(workDir, "v1"), ["001_accounts.sql"])], { DATABASE_URL: bothHosts() });
     expect(first.code).toBe(EXIT.ok);
     await until("the standby to replay 001", async () =>
@@ -175,6 +134,6 @@ describe("a failover in the middle of a deploy", () => {
     expect(events(run.stdout).filter((event) => event.event === "schema").map((event) => [event.step, event.status])).toEqual([
       ["002_audit.sql", "applied"], ["003_email.sql", "applied"],
     ]);
-    await expectConsistentLedger(standby);
+    await expectConsistentLedger(standby, "ha");
   });
 });

@@ -2,7 +2,8 @@
  * Every PostgreSQL a user runs: the same scenarios on each major from 13 to 18 (server
  * binaries pinned in package-lock.json, started by tests/cluster.ts): init, re-run, the
  * connectivity suite, a pg_dump restored as a schema file, a streaming standby listed first
- * with read-write, and a late start. The majors run side by side, each on its own servers.
+ * with read-write, a late start, and a failover in the middle of a deploy. The majors run side
+ * by side, each on its own servers.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
@@ -12,6 +13,7 @@ import { join } from "node:path";
 import { EXIT } from "../init-database.ts";
 import { CHECK_NAMES } from "../test-db-connectivity.ts";
 import { Cluster, PG_VERSIONS } from "./cluster.ts";
+import { deployThroughFailover, expectConsistentLedger } from "./failover-scenario.ts";
 import { cleanEnv, events, expectNoSecret, runScript, until } from "./helpers.ts";
 
 const INIT = "init-database.ts";
@@ -51,7 +53,7 @@ afterAll(() => {
 });
 
 for (const version of PG_VERSIONS) {
-  test.concurrent(`PostgreSQL ${version}: init, re-run, the suite, a pg_dump restored, a standby listed first, a late start`, async () => {
+  test.concurrent(`PostgreSQL ${version}: init, re-run, the suite, a pg_dump restored, a standby listed first, a late start, a failover mid-deploy`, async () => {
     const servers: Cluster[] = [];
     try {
       const primary = await Cluster.create({ version, password: PASSWORD, database: "app" });
@@ -105,7 +107,16 @@ for (const version of PG_VERSIONS) {
       expect(lateRun.code).toBe(EXIT.ok);
       expect(events(lateRun.stdout).find((event) => event.event === "attempt")).toMatchObject({ code: "ECONNREFUSED" });
 
-      for (const run of [init, rerun, suite, fromDump, onPrimary, suiteOnPrimary, lateRun]) expectNoSecret(run, PASSWORD);
+      // Last, since the primary does not survive it: the failover in the middle of a deploy.
+      const deployed = await primary.freshDatabase();
+      await until("the standby to replay the new database", async () =>
+        (await standby.query(`select 1 from pg_database where datname = '${deployed}'`, "postgres")).length === 1);
+      const deploy = await deployThroughFailover(primary, standby, PASSWORD, deployed, join(workDir, `deploy-${version}`));
+      expect(deploy.stderr).toContain("schema interrupted");
+      expect(deploy.code).toBe(EXIT.ok);
+      await expectConsistentLedger(standby, deployed);
+
+      for (const run of [init, rerun, suite, fromDump, onPrimary, suiteOnPrimary, lateRun, deploy]) expectNoSecret(run, PASSWORD);
     } finally {
       for (const server of servers.reverse()) await server.destroy();
     }
