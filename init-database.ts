@@ -852,6 +852,8 @@ export const POOLER_MESSAGES: readonly { prefix: string; errorClass: ErrorClass;
   { prefix: "no such database", errorClass: "fatal", hint: "the pooler has no such database: add it to the [databases] section of pgbouncer.ini (or a \"*\" fallback entry), or fix the name" },
   { prefix: "no such user", errorClass: "fatal", hint: "the pooler does not know this user: add it to PgBouncer's auth_file (userlist.txt) or fix auth_query" },
   { prefix: "SASL authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
+  // PostgreSQL's own refusal of the pooler's login, passed on by PgBouncer under 08P01.
+  { prefix: "password authentication failed for user", errorClass: "fatal", hint: "PostgreSQL refused the pooler's login: the password PgBouncer uses for this user (its auth_file entry, or password= in [databases]) does not match PostgreSQL's" },
   { prefix: "password authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
   { prefix: "server login has been failing", errorClass: "busy", hint: "the pooler cannot log in to PostgreSQL: is PostgreSQL up, and the password PgBouncer uses right? PgBouncer retries only every server_login_retry (default 15 s)" },
   { prefix: "pgbouncer cannot connect to server", errorClass: "busy", hint: "the pooler cannot reach PostgreSQL: is it up? PgBouncer retries only every server_login_retry (default 15 s)" },

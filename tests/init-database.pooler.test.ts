@@ -118,6 +118,23 @@ describe.each(MODES)("through PgBouncer, pool_mode = %s", (mode) => {
     expect(run.ms).toBeLessThan(10_000);
   });
 
+  test("PostgreSQL refuses the pooler's own login (its password changed): exit 4 at once, PostgreSQL's message and a hint about PgBouncer's password", async () => {
+    const role = `${mode}_rotated`;
+    await cluster.query(`create role ${role} login password 'rotated-Pa55-old'`);
+    const bouncer = await PgBouncer.start({ cluster, poolMode: mode, databases: [name(mode, "wait")], users: { [role]: "rotated-Pa55-old" } });
+    try {
+      await cluster.query(`alter role ${role} password 'rotated-Pa55-new'`);
+      const run = await init(["--wait-only", "--timeout", "30"], { DATABASE_URL: bouncer.url({ database: name(mode, "wait"), user: role, password: "rotated-Pa55-old" }) });
+      expectNoSecret(run, "rotated-Pa55-old", "rotated-Pa55-new");
+      expect(run.code).toBe(EXIT.fatal);
+      expect(run.stderr).toContain(`08P01: password authentication failed for user "${role}"`);
+      expect(run.stderr).toContain("PostgreSQL refused the pooler's login");
+      expect(run.ms).toBeLessThan(10_000);
+    } finally {
+      await bouncer.destroy();
+    }
+  });
+
   test("a wrong password: exit 4 at once, the hint names PgBouncer's auth_file", async () => {
     const run = await init(["--wait-only", "--timeout", "30"], { DATABASE_URL: bouncers.get(mode)!.url({ database: name(mode, "wait"), password: "wrong-Pa55" }) });
     expect(run.code).toBe(EXIT.fatal);
@@ -154,6 +171,8 @@ test("each PgBouncer message prefix has its class and a hint naming what to chan
     ["no such database: app", "fatal", "[databases]"],
     ["no such user: app", "fatal", "auth_file"],
     ["SASL authentication failed", "fatal", "auth_file"],
+    ["password authentication failed", "fatal", "auth_file"],
+    ['password authentication failed for user "app"', "fatal", "does not match PostgreSQL's"],
     ["server login has been failing, try again later (server_login_retry)", "busy", "server_login_retry"],
     ["server login has been failing, cached error: connect failed (server_login_retry)", "busy", "server_login_retry"],
     ["pgbouncer cannot connect to server", "busy", "server_login_retry"],

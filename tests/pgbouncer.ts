@@ -25,10 +25,12 @@ export type PoolMode = "session" | "transaction";
 export interface PgBouncerOptions {
   cluster: Cluster;
   poolMode: PoolMode;
-  /** Databases the pooler knows, name to the server's database; the cluster's own by default. */
+  /** Databases the pooler knows (each the server's database of that name); the cluster's own by default. */
   databases?: string[];
   /** Extra [pgbouncer] settings (e.g. server_login_retry); none by default: stock behaviour. */
   settings?: Record<string, string>;
+  /** More users for the auth file, name to password, besides the cluster's own. */
+  users?: Record<string, string>;
 }
 
 function identity(): { uid?: number; gid?: number } {
@@ -64,7 +66,7 @@ export class PgBouncer {
     return execFileSync(PGBOUNCER, ["--version"], { encoding: "utf8" }).split("\n")[0]!.trim();
   }
 
-  static async start({ cluster, poolMode, databases = [cluster.database], settings = {} }: PgBouncerOptions): Promise<PgBouncer> {
+  static async start({ cluster, poolMode, databases = [cluster.database], settings = {}, users = {} }: PgBouncerOptions): Promise<PgBouncer> {
     if (!existsSync(PGBOUNCER)) throw new Error(`${PGBOUNCER} is missing: run bash tests/system-tools.sh (apt-get install pgbouncer)`);
     const runAs = identity();
     const dir = mkdtempSync(join(tmpdir(), "pgbouncer-kit-"));
@@ -83,7 +85,8 @@ export class PgBouncer {
       ...Object.entries(settings).map(([name, value]) => `${name} = ${value}`),
     ];
     writeFileSync(join(dir, "pgbouncer.ini"), ini.join("\n") + "\n");
-    writeFileSync(join(dir, "userlist.txt"), `${quoted(cluster.user)} ${quoted(cluster.password)}\n`, { mode: 0o600 });
+    const userlist = Object.entries({ [cluster.user]: cluster.password, ...users }).map(([user, password]) => `${quoted(user)} ${quoted(password)}\n`);
+    writeFileSync(join(dir, "userlist.txt"), userlist.join(""), { mode: 0o600 });
     if (runAs.uid !== undefined) {
       for (const path of [dir, join(dir, "pgbouncer.ini"), join(dir, "userlist.txt")]) chownSync(path, runAs.uid, runAs.gid!);
     }
