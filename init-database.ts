@@ -36,7 +36,7 @@ import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { Stream, type Writable } from "node:stream";
 import { finished } from "node:stream/promises";
-import { checkServerIdentity, connect as tlsConnect, rootCertificates, type SecureVersion } from "node:tls";
+import { checkServerIdentity, connect as tlsConnect, rootCertificates, type ConnectionOptions, type SecureVersion } from "node:tls";
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import postgres from "postgres";
 
@@ -188,6 +188,8 @@ export interface Tls {
   cert?: string;
   key?: string;
   passphrase?: string;
+  /** Certificate revocation lists (PEM), checked with the chain. */
+  crl?: string[];
   sni: boolean;
   minVersion?: SecureVersion;
   maxVersion?: SecureVersion;
@@ -280,8 +282,8 @@ export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]
     refusedValues: { require: "the client (postgres.js) authenticates with SCRAM-SHA-256 but not SCRAM-SHA-256-PLUS, so it cannot bind the channel; use prefer (libpq's default) or disable" },
   },
   gssencmode: { env: "PGGSSENCMODE", values: ["disable", "prefer", "require"], refusedValues: { require: `${NO_GSSAPI}; use prefer or disable` } },
-  sslcrl: { env: "PGSSLCRL", refused: "certificate revocation lists are not checked by the kit" },
-  sslcrldir: { env: "PGSSLCRLDIR", refused: "certificate revocation lists are not checked by the kit" },
+  sslcrl: { env: "PGSSLCRL" },
+  sslcrldir: { env: "PGSSLCRLDIR" },
   sslcertmode: { env: "PGSSLCERTMODE", refused: "the client certificate is sent when sslcert (or ~/.postgresql/postgresql.crt) is there; the mode cannot be chosen" },
   sslkeylogfile: { refused: "TLS key logging is not supported" },
   require_auth: { env: "PGREQUIREAUTH", refused: "the client (postgres.js) cannot restrict the authentication methods it accepts" },
@@ -671,6 +673,16 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
   if (root && mode !== "disable") tls.ca = system ? systemRoots(env, readFile) : readTlsFile(root, "sslrootcert", readFile);
   if (certSetting && mode !== "disable") tls.cert = readTlsFile(certSetting, "sslcert", readFile);
   if (keySetting && mode !== "disable") tls.key = readTlsFile(keySetting, "sslkey", readFile, { key: true });
+  // libpq checks revocation lists with the chain: sslcrl (default ~/.postgresql/root.crl when sslcrldir is unset), and every file in sslcrldir.
+  const crlDir = setting("sslcrldir");
+  const crlFile = setting("sslcrl") || !crlDir ? present(setting("sslcrl"), "root.crl") : undefined;
+  if (tls.verifyChain) {
+    // In sslcrldir, OpenSSL reads only the hashed names `openssl rehash` makes (HASH.rN).
+    const hashed = (name: string) => /^[0-9a-f]{8}\.r\d+$/.test(name);
+    const inDir = crlDir && existsSync(crlDir.value) ? readdirSync(crlDir.value).filter(hashed).sort().map((name) => join(crlDir.value, name)) : [];
+    const files = [...(crlFile ? [crlFile] : []), ...inDir.filter((path) => statSync(path).isFile()).map((path) => ({ ...crlDir!, value: path }))];
+    if (files.length > 0) tls.crl = files.map((file) => readTlsFile(file, "sslcrl", readFile));
+  }
   const passphrase = setting("sslpassword")?.value;
   if (passphrase) tls.passphrase = passphrase;
   const min = setting("ssl_min_protocol_version")?.value ?? "TLSv1.2";
@@ -1046,17 +1058,23 @@ export function openSocket(config: Config, target: Target, dial: Dial = dialTarg
       resolve(named(socket));
     };
     const upgrade = () => {
-      secure = tlsConnect({
-        socket: raw,
-        servername: tls.sni && !isIP(target.host) ? target.host : undefined,
-        ALPNProtocols: tls.negotiation === "direct" ? ["postgresql"] : undefined,
-        rejectUnauthorized: tls.verifyChain,
-        checkServerIdentity: (_name, certificate) => (tls.verifyHost ? checkServerIdentity(target.host, certificate) : undefined),
-        ca: tls.ca, cert: tls.cert, key: tls.key, passphrase: tls.passphrase, minVersion: tls.minVersion, maxVersion: tls.maxVersion,
-      });
+      try {
+        secure = tlsConnect(tlsOptions);
+      } catch (error) {
+        // A file the TLS library cannot use (a CRL or key it cannot parse) throws here, at once.
+        return fail(error);
+      }
       secure.once("error", fail);
       secure.once("close", closed);
       secure.once("secureConnect", () => done(secure!));
+    };
+    const tlsOptions: ConnectionOptions = {
+      socket: raw,
+      servername: tls.sni && !isIP(target.host) ? target.host : undefined,
+      ALPNProtocols: tls.negotiation === "direct" ? ["postgresql"] : undefined,
+      rejectUnauthorized: tls.verifyChain,
+      checkServerIdentity: (_name, certificate) => (tls.verifyHost ? checkServerIdentity(target.host, certificate) : undefined),
+      ca: tls.ca, cert: tls.cert, key: tls.key, passphrase: tls.passphrase, crl: tls.crl, minVersion: tls.minVersion, maxVersion: tls.maxVersion,
     };
     raw.once("error", fail);
     raw.once("close", closed);

@@ -6,7 +6,8 @@
  * sslnegotiation=direct on PostgreSQL 17); an abstract socket; load_balance_hosts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { chmodSync, chownSync, copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { closeClient, connect, EXIT, parseConfig, waitUntilReady } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
@@ -216,6 +217,24 @@ describe("TLS against a server with a certificate", () => {
     const run = await runScript(SCRIPT, ["--wait-only", "--timeout", "1"], { DATABASE_URL: `${cluster.url()}?sslmode=require&sslnegotiation=direct` });
     expect(run.code).toBe(EXIT.notReady);
     expect(cluster.logTail(50)).toMatch(/invalid length of startup packet|unsupported frontend protocol/);
+  });
+
+  test("sslcrl and sslcrldir (hashed names, as openssl rehash makes them): a revoked server certificate fails at once", async () => {
+    const crlDir = join(cluster.dir, "crls");
+    mkdirSync(crlDir);
+    const hash = execFileSync("openssl", ["crl", "-hash", "-noout", "-in", files.revoked], { encoding: "utf8" }).trim();
+    copyFileSync(files.revoked, join(crlDir, `${hash}.r0`));
+    writeFileSync(join(crlDir, "README"), "not a revocation list: OpenSSL reads only hashed names here");
+    const base = `${cluster.url()}?sslmode=verify-ca&sslrootcert=${encodeURIComponent(files.ca)}`;
+    for (const query of [`&sslcrl=${encodeURIComponent(files.revoked)}`, `&sslcrldir=${encodeURIComponent(crlDir)}`]) {
+      const run = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: base + query });
+      expect(run.code).toBe(EXIT.fatal);
+      expect(events(run.stdout).at(-1)).toMatchObject({ code: "CERT_REVOKED" });
+    }
+    // A file the TLS library cannot use as a revocation list is fatal at once too, not a hang.
+    const unusable = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: `${base}&sslcrl=${encodeURIComponent(files.ca)}` });
+    expect(unusable.code).toBe(EXIT.fatal);
+    expect(events(unusable.stdout).filter((event) => event.event === "attempt")).toEqual([]);
   });
 
   test("a CA that did not sign the certificate fails at once, even under require", async () => {

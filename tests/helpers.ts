@@ -93,9 +93,10 @@ export async function until(what: string, probe: () => Promise<boolean>, ms = 30
 
 /**
  * A CA, a server certificate for DNS:localhost and a client certificate for the user
- * "certuser" signed by it, and a second, unrelated CA.
+ * "certuser" signed by it, a revocation list of that CA revoking the server certificate, and
+ * a second, unrelated CA.
  */
-export function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string } {
+export function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string; revoked: string } {
   const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kit test CA");
@@ -106,7 +107,13 @@ export function makeCertificates(dir: string): { ca: string; otherCa: string; ce
   openssl("req", ...ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=certuser");
   openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.crt", "-days", "2");
   chmodSync(join(dir, "client.key"), 0o600);
+  writeFileSync(join(dir, "ca.cnf"), "[ca]\ndefault_ca = kit\n[kit]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n");
+  writeFileSync(join(dir, "index.txt"), "");
+  writeFileSync(join(dir, "crlnumber"), "01\n");
+  openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-revoke", "server.crt");
+  openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt", "-gencrl", "-out", "revoked.crl");
   return {
+    revoked: join(dir, "revoked.crl"),
     ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key"),
     clientCert: join(dir, "client.crt"), clientKey: join(dir, "client.key"),
   };
