@@ -8,7 +8,7 @@
  *   bun run init-database.ts [--url URL] [--direct-url URL] [--wait-only] [--schema FILE | --migrations DIR]
  *                            [--ledger-table NAME] [--dry-run] [--create-database]
  *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
- *                            [--max-retries N] [--json] [--quiet] [--help]
+ *                            [--lock-timeout S] [--max-retries N] [--json] [--quiet] [--help]
  *
  * Environment (first found wins, keyword by keyword, as libpq reads them; KEYWORDS lists all):
  *   --url > DATABASE_URL > libpq's PG* variables (PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD
@@ -18,8 +18,12 @@
  *   ~/.pgpass > the local Unix socket (/var/run/postgresql or /tmp), port 5432.
  *   --direct-url > DIRECT_URL: schema work goes there, past a pooler. NO_COLOR turns colour off.
  *
+ * Schema files are read as psql reads a script (COPY ... FROM stdin data, \restrict skipped,
+ * other meta-commands refused); a file with "-- init-database: no-transaction" before its first
+ * statement runs outside a transaction.
+ *
  * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
- *   3 not ready before the deadline (or retries exhausted), 4 fatal connection error
+ *   3 not ready before the deadline (or retries exhausted, or a schema lock never granted), 4 fatal connection error
  *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
  *
  * Library use: `import { connect } from "./init-database.ts"` returns a ready postgres.js
