@@ -73,8 +73,8 @@ export const DEFAULTS = {
   commandTimeoutMs: 60_000,
   /** lock_timeout of every schema step: DDL waiting longer for a lock is rolled back and retried. */
   lockTimeoutMs: 5_000,
-  /** How often a running step looks at who blocks it, at most. */
-  blockerPollMs: 500,
+  /** How often a running step looks at who blocks it, at the least often. */
+  blockerPollMs: 2_500,
   /** The longest pause between two tries at the kit's advisory lock while a replica holds it. */
   lockPollCapMs: 250,
   ledgerTable: "schema_migrations",
@@ -1620,9 +1620,9 @@ export interface ScriptStatement {
   /** Byte offsets of the statement in the file, without its `;`. */
   start: number;
   end: number;
-  /** Where it starts in the file, 1-based. */
-  line: number;
-  column: number;
+  /** Where it starts in the file, 1-based (counted when first asked for). */
+  readonly line: number;
+  readonly column: number;
   /** Its first words outside quotes, comments and parentheses, in lower case. */
   words: string[];
   /** For `COPY ... FROM stdin`: the rows that follow it in the file, up to the line `\.`. */
@@ -1690,17 +1690,22 @@ export function readScript(source: string | Buffer, name: string): Script {
   const bytes = typeof source === "string" ? Buffer.from(source) : source;
   const statements: ScriptStatement[] = [];
   const length = bytes.length;
-  let line = 1;
-  let lineStart = 0;
-  let counted = 0;
-  /** Line and column of offset `at`; offsets only grow, so newlines are counted once. */
+  // Lines are counted only when one is asked for (an error, a message): counting them through
+  // megabytes of COPY rows on every run cost more CPU than sending the rows.
+  let newlines: number[] | undefined;
   const locate = (at: number) => {
-    for (let newline = bytes.indexOf(10, counted); newline !== -1 && newline < at; newline = bytes.indexOf(10, newline + 1)) {
-      line++;
-      lineStart = newline + 1;
+    if (!newlines) {
+      newlines = [];
+      for (let newline = bytes.indexOf(10); newline !== -1; newline = bytes.indexOf(10, newline + 1)) newlines.push(newline);
     }
-    counted = Math.max(counted, at);
-    return { line, column: [...bytes.toString("utf8", lineStart, at)].length + 1 };
+    let before = 0;
+    for (let high = newlines.length; before < high; ) {
+      const middle = (before + high) >> 1;
+      if (newlines[middle]! < at) before = middle + 1;
+      else high = middle;
+    }
+    const lineStart = before === 0 ? 0 : newlines[before - 1]! + 1;
+    return { line: before + 1, column: [...bytes.toString("utf8", lineStart, at)].length + 1 };
   };
   const fail = (atLine: number, message: string, fix: string): never => {
     throw new SchemaError(`${name}, line ${atLine}: ${message}`, "SCHEMA_FAILED", fix);
@@ -1753,7 +1758,13 @@ export function readScript(source: string | Buffer, name: string): Script {
       i = newline === -1 ? length : newline;
       continue;
     }
-    if (!current) current = { start: i, end: i, ...locate(i), words: [] };
+    if (!current) {
+      current = {
+        start: i, end: i, words: [],
+        get line() { return locate(this.start).line; },
+        get column() { return locate(this.start).column; },
+      };
+    }
     if (c === 39) { // 'string'
       i = endOfQuoted(bytes, i, 39, false);
     } else if (c === 34) { // "identifier"
@@ -2367,7 +2378,8 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
 function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[] } {
   let seen: string[] = [];
   let stopped = false;
-  const everyMs = Math.min(DEFAULTS.blockerPollMs, Math.max(50, config.lockTimeoutMs / 2 || DEFAULTS.blockerPollMs));
+  // Half the lock timeout, so that blockers are seen before it fires; a short step never polls (nor opens a connection for it).
+  const everyMs = config.lockTimeoutMs > 0 ? Math.min(DEFAULTS.blockerPollMs, Math.max(50, config.lockTimeoutMs / 2)) : DEFAULTS.blockerPollMs;
   let timer: ReturnType<typeof setTimeout> = setTimeout(async function poll() {
     const rows = await withDeadline(sql<{ pid: number; application: string; state: string; seconds: number; query: string }[]>`
       select pid, coalesce(nullif(application_name, ''), '?') as application, coalesce(state, '?') as state,

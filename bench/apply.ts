@@ -62,19 +62,23 @@ insert into events (order_id, payload) select g, jsonb_build_object('kind', 'cre
 interface Measured {
   ms: number;
   maxRssKb: number;
+  /** User plus system CPU of the client process: what load changes least. */
+  cpuMs: number;
 }
 
 /**
- * Run to exit, timed from spawn. Peak memory comes from GNU time's %M (the process's own max
- * RSS, in KB): Bun's resourceUsage() reported the largest of all children so far.
+ * Run to exit, timed from spawn. Peak memory and CPU come from GNU time (%M: the process's own
+ * max RSS in KB; %U %S: its CPU seconds): Bun's resourceUsage() reported the largest RSS of all
+ * children so far.
  */
 async function measure(command: string[], env: Record<string, string>): Promise<Measured> {
   const startedAt = performance.now();
-  const child = Bun.spawn([GNU_TIME, "-f", "%M", ...command], { cwd: ROOT, env: { ...process.env, ...env }, stdout: "ignore", stderr: "pipe", stdin: "ignore" });
+  const child = Bun.spawn([GNU_TIME, "-f", "%M %U %S", ...command], { cwd: ROOT, env: { ...process.env, ...env }, stdout: "ignore", stderr: "pipe", stdin: "ignore" });
   const [stderr, code] = await Promise.all([new Response(child.stderr).text(), child.exited]);
   const ms = performance.now() - startedAt;
   if (code !== 0) throw new Error(`${command[0]} exited ${code}: ${stderr.slice(0, 2000)}`);
-  return { ms, maxRssKb: Number(stderr.trim().split("\n").at(-1)) };
+  const [maxRssKb, user, system] = stderr.trim().split("\n").at(-1)!.split(" ").map(Number);
+  return { ms, maxRssKb: maxRssKb!, cpuMs: (user! + system!) * 1000 };
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -125,12 +129,13 @@ export async function main(argv: string[]): Promise<number> {
     }
     const time = [summarise(ours.map((run) => run.ms)), summarise(theirs.map((run) => run.ms))] as const;
     const memory = [summarise(ours.map((run) => run.maxRssKb / 1024)), summarise(theirs.map((run) => run.maxRssKb / 1024))] as const;
+    const cpu = [summarise(ours.map((run) => run.cpuMs)), summarise(theirs.map((run) => run.cpuMs))] as const;
     const ratio = time[0].median / time[1].median;
     console.log(`apply a pg_dump file of ${(bytes / 1e6).toFixed(1)} MB (schema + COPY data) into a fresh database, ${runs} runs each, alternating (${machine()}, load average ${(await Bun.file("/proc/loadavg").text()).split(" ")[0]})`);
     console.log(table([
-      ["command", "median ms", "mean ms", "worst ms", "peak RSS MB (median)", "vs psql"],
-      ["init-database.ts --schema dump.sql", time[0].median.toFixed(0), time[0].mean.toFixed(0), time[0].worst.toFixed(0), memory[0].median.toFixed(0), `${ratio.toFixed(2)}x`],
-      ["psql -1 -v ON_ERROR_STOP=1 -f dump.sql", time[1].median.toFixed(0), time[1].mean.toFixed(0), time[1].worst.toFixed(0), memory[1].median.toFixed(0), "1.00x"],
+      ["command", "median ms", "mean ms", "worst ms", "client CPU ms (median)", "peak RSS MB (median)", "vs psql"],
+      ["init-database.ts --schema dump.sql", time[0].median.toFixed(0), time[0].mean.toFixed(0), time[0].worst.toFixed(0), cpu[0].median.toFixed(0), memory[0].median.toFixed(0), `${ratio.toFixed(2)}x`],
+      ["psql -1 -v ON_ERROR_STOP=1 -f dump.sql", time[1].median.toFixed(0), time[1].mean.toFixed(0), time[1].worst.toFixed(0), cpu[1].median.toFixed(0), memory[1].median.toFixed(0), "1.00x"],
     ]));
     console.log(`target: at most ${TARGET_RATIO}x psql: ${ratio <= TARGET_RATIO ? "met" : "NOT met"}`);
     writeFileSync(join(ROOT, "bench", "results", "apply.json"), JSON.stringify({ date: new Date().toISOString(), machine: machine(), bytes, runs, kit: ours, psql: theirs, ratio }, null, 2) + "\n");
