@@ -958,7 +958,9 @@ export function describeTarget(config: Config): string {
 export function hint(error: unknown, config: Config): string {
   if (error instanceof NotReadyError) return hint(error.lastError, config);
   const pooler = poolerMessage(error);
-  if (pooler) return pooler.hint;
+  // --create-database first connects to a maintenance database, which a pooler rarely lists.
+  const directly = config.createDatabase && !config.direct ? "; --create-database behind a pooler needs DIRECT_URL (or --direct-url) to reach PostgreSQL directly" : "";
+  if (pooler) return pooler.hint + (pooler.prefix === "no such database" ? directly : "");
   const code = errorCode(error);
   const places = config.targets.map(where).join(", ");
   const defaultSocket = config.targets.some((target) => target.socket && target.host === defaultSocketDir())

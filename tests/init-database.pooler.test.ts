@@ -135,6 +135,15 @@ describe.each(MODES)("through PgBouncer, pool_mode = %s", (mode) => {
     }
   });
 
+  test("--create-database through a pooler that does not list the maintenance database: exit 4, the hint says DIRECT_URL", async () => {
+    const run = await init(["--create-database", "--timeout", "30"], { DATABASE_URL: url("init") });
+    expect(run.code).toBe(EXIT.fatal);
+    expect(run.stderr).toContain("no such database: postgres");
+    expect(run.stderr).toContain("--create-database behind a pooler needs DIRECT_URL");
+    const direct = await init(["--create-database", "--timeout", "30"], { DATABASE_URL: url("init"), DIRECT_URL: cluster.url({ database: name(mode, "init") }) });
+    expect(direct.code).toBe(EXIT.ok);
+  });
+
   test("a wrong password: exit 4 at once, the hint names PgBouncer's auth_file", async () => {
     const run = await init(["--wait-only", "--timeout", "30"], { DATABASE_URL: bouncers.get(mode)!.url({ database: name(mode, "wait"), password: "wrong-Pa55" }) });
     expect(run.code).toBe(EXIT.fatal);
