@@ -11,7 +11,7 @@ import { chmodSync, chownSync, copyFileSync, mkdirSync, writeFileSync } from "no
 import { join } from "node:path";
 import { closeClient, connect, EXIT, parseConfig, waitUntilReady } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, makeCertificates, runScript } from "./helpers.ts";
+import { type Certificates, configureTls, events, expectNoSecret, runScript } from "./helpers.ts";
 import { FaultProxy } from "./proxy.ts";
 
 const SCRIPT = "init-database.ts";
@@ -145,19 +145,13 @@ describe("Unix sockets, the password file and options, on a server without TLS",
 
 describe("TLS against a server with a certificate", () => {
   let cluster: Cluster;
-  let files: ReturnType<typeof makeCertificates>;
+  let files: Certificates;
 
   beforeAll(async () => {
     cluster = await Cluster.create({ password: PASSWORD, start: false });
-    const certs = join(cluster.dir, "certs");
-    mkdirSync(certs);
-    files = makeCertificates(certs);
-    if (cluster.identity.uid !== undefined) {
-      for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
-    }
-    chmodSync(files.key, 0o600);
-    cluster.configure(
-      { ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'`, ssl_ca_file: `'${files.ca}'` },
+    files = configureTls(
+      cluster,
+      (made) => ({ ssl_ca_file: `'${made.ca}'` }),
       ["hostssl all certuser 127.0.0.1/32 cert", "local all all scram-sha-256", "host all all 127.0.0.1/32 scram-sha-256"],
     );
     await cluster.start();
@@ -252,14 +246,7 @@ describe("sslnegotiation=direct against PostgreSQL 17 (TLS at once, ALPN postgre
 
   beforeAll(async () => {
     cluster = await Cluster.create({ version: 17, password: PASSWORD, start: false });
-    const certs = join(cluster.dir, "certs");
-    mkdirSync(certs);
-    const files = makeCertificates(certs);
-    if (cluster.identity.uid !== undefined) {
-      for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
-    }
-    chmodSync(files.key, 0o600);
-    cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'` });
+    configureTls(cluster);
     await cluster.start();
   });
   afterAll(async () => {

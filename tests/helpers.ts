@@ -4,8 +4,9 @@
  */
 import { expect } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { chmodSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import type { Cluster } from "./cluster.ts";
 
 export const ROOT = join(import.meta.dir, "..");
 
@@ -96,7 +97,9 @@ export async function until(what: string, probe: () => Promise<boolean>, ms = 30
  * "certuser" signed by it, a revocation list of that CA revoking the server certificate, and
  * a second, unrelated CA.
  */
-export function makeCertificates(dir: string): { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string; revoked: string } {
+export interface Certificates { ca: string; otherCa: string; cert: string; key: string; clientCert: string; clientKey: string; revoked: string }
+
+export function makeCertificates(dir: string): Certificates {
   const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
   openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=kit test CA");
@@ -117,4 +120,21 @@ export function makeCertificates(dir: string): { ca: string; otherCa: string; ce
     ca: join(dir, "ca.crt"), otherCa: join(dir, "other.crt"), cert: join(dir, "server.crt"), key: join(dir, "server.key"),
     clientCert: join(dir, "client.crt"), clientKey: join(dir, "client.key"),
   };
+}
+
+/**
+ * Turn TLS on in a stopped cluster with makeCertificates' files (a server certificate for
+ * DNS:localhost), readable by the server's user; `settings` may add to the server settings
+ * (given the files) and `hba` replaces pg_hba.conf, as Cluster.configure takes them.
+ */
+export function configureTls(cluster: Cluster, settings: (files: Certificates) => Record<string, string> = () => ({}), hba?: string[]): Certificates {
+  const certs = join(cluster.dir, "certs");
+  mkdirSync(certs);
+  const files = makeCertificates(certs);
+  if (cluster.identity.uid !== undefined) {
+    for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
+  }
+  chmodSync(files.key, 0o600);
+  cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'`, ...settings(files) }, hba);
+  return files;
 }

@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CHECK_NAMES, formatUptime, junitXml, selectChecks } from "../test-db-connectivity.ts";
 import { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, makeCertificates, runScript } from "./helpers.ts";
+import { configureTls, events, expectNoSecret, runScript } from "./helpers.ts";
 
 const SUITE = "test-db-connectivity.ts";
 const PASSWORD = "suite-Pa55:w/rd";
@@ -203,15 +203,7 @@ describe("the suite under sslmode=verify-full", () => {
 
   beforeAll(async () => {
     cluster = await Cluster.create({ password: PASSWORD, start: false });
-    const certs = join(cluster.dir, "certs");
-    mkdirSync(certs);
-    const files = makeCertificates(certs);
-    ca = files.ca;
-    if (cluster.identity.uid !== undefined) {
-      for (const path of [certs, files.cert, files.key]) chownSync(path, cluster.identity.uid, cluster.identity.gid!);
-    }
-    chmodSync(files.key, 0o600);
-    cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'` });
+    ca = configureTls(cluster).ca;
     await cluster.start();
   });
   afterAll(async () => {
