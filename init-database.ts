@@ -2431,8 +2431,11 @@ export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: 
   if (steps.length !== 1 || steps[0]!.name !== BUILT_IN_STEP) return;
   const deadline = answerDeadline(config);
   const [ledgerSchema, ledgerName] = config.ledgerTable.includes(".") ? config.ledgerTable.split(".").slice(-2) : [undefined, config.ledgerTable];
-  const others = await withDeadline(sql<{ name: string; schema: string }[]>`
-    select c.relname as name, n.nspname as schema
+  // A table with a built-in name must have the built-in keys, or `create table if not exists`
+  // would skip it and the next statement fail on it (42703).
+  const keyColumns = [...FLOW_BACKEND_TABLES.map((table) => `${table}.id`), ...FLOW_BACKEND_FOREIGN_KEYS.map((fk) => fk.split(" ")[0]!)];
+  const found = await withDeadline(sql<{ kind: "other" | "unlike"; name: string }[]>`
+    select 'other' as kind, c.relname as name
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where n.nspname = current_schema()
        and c.relkind in ('r', 'p', 'v', 'm', 'f')
@@ -2440,13 +2443,25 @@ export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: 
        and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')
        and c.relname <> all(string_to_array(${FLOW_BACKEND_TABLES.join(",")}, ','))
        and not (c.relname = ${ledgerName!} and n.nspname = coalesce(${ledgerSchema ?? null}, current_schema()))
-     order by c.relname`, deadline, signal);
-  if (others.length === 0) return;
+    union all
+    select 'unlike', k
+      from unnest(string_to_array(${keyColumns.join(",")}, ',')) k,
+           lateral (select to_regclass(quote_ident(current_schema()) || '.' || quote_ident(split_part(k, '.', 1))) as rel) r
+     where r.rel is not null
+       and not exists (select 1 from pg_attribute a where a.attrelid = r.rel and a.attname = split_part(k, '.', 2) and not a.attisdropped)
+     order by 1, 2`, deadline, signal);
+  if (found.length === 0) return;
   const applied = await readLedger(sql, config, deadline, signal);
   if (applied[BUILT_IN_STEP]) return;
-  const shown = others.slice(0, 5).map((row) => row.name).join(", ") + (others.length > 5 ? `, … (${others.length} in all)` : "");
+  const list = (names: string[]) => names.slice(0, 5).join(", ") + (names.length > 5 ? `, … (${names.length} in all)` : "");
+  const others = found.filter((row) => row.kind === "other").map((row) => row.name);
+  const unlike = found.filter((row) => row.kind === "unlike").map((row) => row.name);
+  const holds = [
+    others.length > 0 && `other tables (${list(others)})`,
+    unlike.length > 0 && `tables named like the built-in ones but shaped otherwise (no column ${list(unlike)})`,
+  ].filter(Boolean).join(" and ");
   throw new SchemaError(
-    `refusing to write the built-in Flow-Backend demo schema into ${config.database}: schema "${others[0]!.schema}" already holds other tables (${shown}); nothing was changed`,
+    `refusing to write the built-in Flow-Backend demo schema into ${config.database}: its schema already holds ${holds}; nothing was changed`,
     "FOREIGN_TABLES",
     "apply your own schema with --schema FILE or --migrations DIR, or pass --wait-only to only wait for the database",
   );

@@ -42,7 +42,8 @@ describe("the built-in schema", () => {
     const run = await runScript(SCRIPT, [], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.schemaFailed);
     expect(run.stderr).toContain("FOREIGN_TABLES");
-    expect(run.stderr).toContain("(accounts, active_users)");
+    expect(run.stderr).toContain("other tables (accounts, active_users)");
+    expect(run.stderr).toContain("shaped otherwise (no column users.id)");
     for (const flag of ["--schema FILE", "--migrations DIR", "--wait-only"]) expect(run.stderr).toContain(flag);
     expect(await tablesOf(database)).toEqual(["accounts", "users"]);
     const dry = await runScript(SCRIPT, ["--dry-run"], { DATABASE_URL: cluster.url({ database }) });
@@ -50,6 +51,17 @@ describe("the built-in schema", () => {
     expect(dry.stderr).toContain("FOREIGN_TABLES");
     expect(dry.stderr).toContain("checking what the schema would apply");
     expect(dry.stderr).not.toContain("applying the schema");
+  });
+
+  test("is refused on a database whose only table has a built-in name but another shape", async () => {
+    const database = await cluster.freshDatabase();
+    await cluster.query(`create table users (user_id int primary key, email text)`, database);
+    const run = await runScript(SCRIPT, [], { DATABASE_URL: cluster.url({ database }) });
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(run.stderr).toContain("FOREIGN_TABLES");
+    expect(run.stderr).toContain("(no column users.id)");
+    expect(run.stderr).not.toContain("42703");
+    expect(await tablesOf(database)).toEqual(["users"]);
   });
 
   test("is applied to a database holding only its own tables (as the original scripts left them) and an extension's", async () => {
