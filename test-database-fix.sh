@@ -105,10 +105,17 @@ parse_args() {
   fi
 }
 
-# usage: run_child COMMAND...    (runs in the background and waits, so INT/TERM are handled at once)
+# usage: run_child [--stdout-to-stderr | --stdout=FILE] COMMAND...
+# Runs COMMAND in the background and waits, so INT/TERM are handled at once. Its output is
+# redirected here, on the background command, never on the call: a trap runs inside this
+# function, and a redirection on the call would swallow the summary the trap prints.
 run_child() {
   local status=0
-  "$@" &
+  case "$1" in
+    --stdout-to-stderr) shift; "$@" >&2 & ;;
+    --stdout=*) local file="${1#--stdout=}"; shift; "$@" >"$file" & ;;
+    *) "$@" & ;;
+  esac
   wait "$!" || status=$?
   return "$status"
 }
@@ -196,10 +203,10 @@ prepare() {
     # Through run_child, so that SIGINT/SIGTERM during a long install are handled at once.
     if command -v npm >/dev/null 2>&1; then
       say "installing dependencies (npm ci)"
-      run_child npm --prefix "$ROOT" ci --no-audit --no-fund --loglevel=error >&2
+      run_child --stdout-to-stderr npm --prefix "$ROOT" ci --no-audit --no-fund --loglevel=error
     else
       say "installing dependencies (bun install)"
-      run_child bun install --cwd "$ROOT" >&2
+      run_child --stdout-to-stderr bun install --cwd "$ROOT"
     fi
   fi
   bun_bin="${BUN:-}"
@@ -226,7 +233,7 @@ database_up() {
     embedded)
       # Through run_child, so that SIGINT/SIGTERM during initdb and start-up are handled at once.
       private_file "$work_dir/database.url"
-      run_child "$bun_bin" "$ROOT/tests/cluster.ts" start "$work_dir/pg" --database flow_backend >"$work_dir/database.url"
+      run_child --stdout="$work_dir/database.url" "$bun_bin" "$ROOT/tests/cluster.ts" start "$work_dir/pg" --database flow_backend
       database_url="$(<"$work_dir/database.url")"
       rm -f "$work_dir/database.url"
       ;;
@@ -242,7 +249,7 @@ database_up() {
         ((security)) || printf 'POSTGRES_PASSWORD=%s\n' "$compose_password"
         printf 'POSTGRES_PORT=0\nPOSTGRES_PASSWORD_FILE_HOST=%s\n' "$work_dir/secrets/postgres_password"
       } >"$work_dir/compose.env"
-      run_child compose up -d postgres redis >&2
+      run_child --stdout-to-stderr compose up -d postgres redis
       ;;
     external)
       database_url="$DATABASE_URL"
