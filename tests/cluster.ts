@@ -45,8 +45,6 @@ export interface ClusterOptions {
   database?: string;
   /** Server settings written to postgresql.conf (what `-c name=value` would set). */
   settings?: Record<string, string>;
-  /** Lines replacing pg_hba.conf; initdb's scram-sha-256 rules by default. */
-  hba?: string[];
   /** Start the server (default true); false leaves an initialised, stopped cluster. */
   start?: boolean;
   /** PostgreSQL major version (default 15). */
@@ -209,7 +207,7 @@ export class Cluster {
     } finally {
       rmSync(passwordFile, { force: true });
     }
-    cluster.configure(options.settings ?? {}, options.hba);
+    cluster.configure(options.settings ?? {});
     if (options.start !== false) {
       await cluster.start();
       if (cluster.database !== "postgres") await cluster.createDatabase(cluster.database);

@@ -4,12 +4,12 @@
  * holds it), their server settings on a real PostgreSQL, and their health check command
  * against a real server.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import Ajv2020 from "ajv/dist/2020";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Cluster } from "./cluster.ts";
-import { ROOT } from "./helpers.ts";
+import { ROOT, useCluster } from "./helpers.ts";
 
 type Service = Record<string, any>;
 type ComposeFile = { services: Record<string, Service>; networks?: Record<string, any>; secrets?: Record<string, any>; volumes?: Record<string, any> };
@@ -173,12 +173,7 @@ describe("against a real PostgreSQL", () => {
   let cluster: Cluster;
   const settings = settingsOf(security.services.postgres!.command);
 
-  beforeAll(async () => {
-    cluster = await Cluster.create({ settings, database: "flow_backend" });
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-  });
+  useCluster({ settings, database: "flow_backend" }, (made) => (cluster = made.cluster));
 
   test("the server accepts every -c setting of both files, with the values given", async () => {
     const rows = await cluster.query<{ name: string; value: string; source: string }>(

@@ -5,13 +5,13 @@
  * a host name the certificate does not name, a CA that did not sign it, a client certificate,
  * sslnegotiation=direct on PostgreSQL 17); an abstract socket; load_balance_hosts.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { chmodSync, chownSync, copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { closeClient, connect, EXIT, parseConfig, waitUntilReady } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
-import { type Certificates, configureTls, events, expectNoSecret, runScript } from "./helpers.ts";
+import { type Certificates, configureTls, events, expectNoSecret, runScript, useCluster } from "./helpers.ts";
 import { FaultProxy } from "./proxy.ts";
 
 const SCRIPT = "init-database.ts";
@@ -27,22 +27,19 @@ function expectNoFragment(text: string): void {
 describe("Unix sockets, the password file and options, on a server without TLS", () => {
   let cluster: Cluster;
   let cloudSqlDir: string;
-
-  beforeAll(async () => {
-    cluster = await Cluster.create({ password: PASSWORD, start: false });
-    // Cloud SQL's Auth Proxy puts the socket in /cloudsql/PROJECT:REGION:INSTANCE.
-    cloudSqlDir = join(cluster.dir, "cloudsql", "my-project:europe-west1:my-instance");
-    mkdirSync(cloudSqlDir, { recursive: true });
-    if (cluster.identity.uid !== undefined) {
-      chownSync(join(cluster.dir, "cloudsql"), cluster.identity.uid, cluster.identity.gid!);
-      chownSync(cloudSqlDir, cluster.identity.uid, cluster.identity.gid!);
-    }
-    cluster.configure({ unix_socket_directories: `'${cluster.dir},${cloudSqlDir},@pg-kit-${cluster.port}'` });
-    await cluster.start();
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-  });
+  useCluster({
+    password: PASSWORD,
+    prepare: (stopped) => {
+      // Cloud SQL's Auth Proxy puts the socket in /cloudsql/PROJECT:REGION:INSTANCE.
+      cloudSqlDir = join(stopped.dir, "cloudsql", "my-project:europe-west1:my-instance");
+      mkdirSync(cloudSqlDir, { recursive: true });
+      if (stopped.identity.uid !== undefined) {
+        chownSync(join(stopped.dir, "cloudsql"), stopped.identity.uid, stopped.identity.gid!);
+        chownSync(cloudSqlDir, stopped.identity.uid, stopped.identity.gid!);
+      }
+      stopped.configure({ unix_socket_directories: `'${stopped.dir},${cloudSqlDir},@pg-kit-${stopped.port}'` });
+    },
+  }, (made) => (cluster = made.cluster));
 
   test("a hostless URL with ?host=DIR connects through the socket, and says so", async () => {
     const url = `postgres://postgres:${PASSWORD}@/postgres?host=${encodeURIComponent(cluster.dir)}&port=${cluster.port}`;
@@ -108,7 +105,7 @@ describe("Unix sockets, the password file and options, on a server without TLS",
   });
 
   test("options (URL) and PGOPTIONS set session settings, as libpq sends them", async () => {
-    const sql = await connect({ url: `${cluster.url()}?options=-c%20work_mem%3D7MB`, timeout: 10 }, { max: 1 });
+    const sql = await connect({ url: `${cluster.url()}?options=-c%20work_mem%3D7MB`, timeout: 10 }, { max: 1 }, {});
     try {
       expect((await sql`show work_mem`)[0]!.work_mem).toBe("7MB");
     } finally {
@@ -146,23 +143,22 @@ describe("Unix sockets, the password file and options, on a server without TLS",
 describe("TLS against a server with a certificate", () => {
   let cluster: Cluster;
   let files: Certificates;
-
-  beforeAll(async () => {
-    cluster = await Cluster.create({ password: PASSWORD, start: false });
-    files = configureTls(
-      cluster,
-      (made) => ({ ssl_ca_file: `'${made.ca}'` }),
-      ["hostssl all certuser 127.0.0.1/32 cert", "local all all scram-sha-256", "host all all 127.0.0.1/32 scram-sha-256"],
-    );
-    await cluster.start();
+  useCluster({
+    password: PASSWORD,
+    prepare: (stopped) => {
+      files = configureTls(
+        stopped,
+        (certs) => ({ ssl_ca_file: `'${certs.ca}'` }),
+        ["hostssl all certuser 127.0.0.1/32 cert", "local all all scram-sha-256", "host all all 127.0.0.1/32 scram-sha-256"],
+      );
+    },
+  }, async (made) => {
+    cluster = made.cluster;
     await cluster.query("create role certuser login");
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
   });
 
   test("sslmode=require connects over TLS", async () => {
-    const sql = await connect({ url: `${cluster.url()}?sslmode=require`, timeout: 10 }, { max: 1 });
+    const sql = await connect({ url: `${cluster.url()}?sslmode=require`, timeout: 10 }, { max: 1 }, {});
     try {
       expect((await sql`select ssl from pg_stat_ssl where pid = pg_backend_pid()`)[0]!.ssl).toBe(true);
     } finally {
@@ -243,15 +239,7 @@ describe("TLS against a server with a certificate", () => {
 
 describe("sslnegotiation=direct against PostgreSQL 17 (TLS at once, ALPN postgresql)", () => {
   let cluster: Cluster;
-
-  beforeAll(async () => {
-    cluster = await Cluster.create({ version: 17, password: PASSWORD, start: false });
-    configureTls(cluster);
-    await cluster.start();
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-  });
+  useCluster({ version: 17, password: PASSWORD, prepare: (stopped) => configureTls(stopped) }, (made) => (cluster = made.cluster));
 
   test("connects over TLS with no SSLRequest first", async () => {
     const sql = await connect({ url: `${cluster.url()}?sslmode=require&sslnegotiation=direct`, timeout: 10 }, { max: 1 }, {});

@@ -3,7 +3,7 @@
  * Multi-AZ): a standby where a primary was expected, a primary that dies in the middle of a
  * deploy, a standby promoted in its place. Real primaries and streaming standbys on loopback.
  */
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,7 +11,7 @@ import { connect, errorCode, EXIT, withDeadline } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
 import { deployThroughFailover, expectConsistentLedger, migrations, primaryThenStandby } from "./failover-scenario.ts";
 import { FaultProxy } from "./proxy.ts";
-import { events, expectNoSecret, runScript, until } from "./helpers.ts";
+import { events, expectNoSecret, runScript, until, useCluster } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "fail-over:Pa55@word";
@@ -19,15 +19,7 @@ const PASSWORD = "fail-over:Pa55@word";
 describe("the deadline, used whole", () => {
   let primary: Cluster;
   let standby: Cluster;
-
-  beforeAll(async () => {
-    primary = await Cluster.create({ password: PASSWORD, database: "ha" });
-    standby = await primary.createStandby();
-  });
-  afterAll(async () => {
-    await standby?.destroy();
-    await primary?.destroy();
-  });
+  useCluster({ password: PASSWORD, database: "ha", standby: true }, (made) => ([primary, standby] = [made.cluster, made.standby!]));
 
   test("backing off from a host that hangs up, the last attempt is made at the deadline, then exit 3", async () => {
     const proxy = await FaultProxy.start(undefined, { mode: "close" });

@@ -1,12 +1,14 @@
 /**
- * Shared test support: run a script as a real process with a clean environment, and check
- * that nothing it printed holds a secret.
+ * Shared test support: a throwaway cluster and scratch directory per test file or block, run a
+ * script as a real process with a clean environment, and check that nothing it printed holds
+ * a secret.
  */
-import { expect } from "bun:test";
+import { afterAll, beforeAll, expect } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { chmodSync, chownSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Cluster } from "./cluster.ts";
+import { Cluster, type ClusterOptions } from "./cluster.ts";
 
 export const ROOT = join(import.meta.dir, "..");
 
@@ -138,3 +140,49 @@ export function configureTls(cluster: Cluster, settings: (files: Certificates) =
   cluster.configure({ ssl: "on", ssl_cert_file: `'${files.cert}'`, ssl_key_file: `'${files.key}'`, ...settings(files) }, hba);
   return files;
 }
+
+/** What `useCluster` made: the server, a scratch directory, and what was asked for besides. */
+export interface Fixture {
+  cluster: Cluster;
+  /** An empty temporary directory for the tests' files; removed with the cluster. */
+  dir: string;
+  /** A streaming standby of `cluster`, when `standby: true`. */
+  standby?: Cluster;
+}
+
+/**
+ * One throwaway cluster and scratch directory for the tests of a file or describe block: made
+ * before they run, destroyed after them whatever happened, so no test leaves a server behind
+ * and every run starts from nothing. `ready` receives them (assign them to the tests' variables).
+ * `standby`: a streaming standby as well; `prepare`: what to do to the stopped cluster before
+ * it starts (configureTls, say).
+ */
+export function useCluster(
+  options: ClusterOptions & { standby?: boolean; prepare?: (cluster: Cluster) => void },
+  ready: (fixture: Fixture) => unknown,
+): void {
+  const made: Partial<Fixture> = {};
+  beforeAll(async () => {
+    made.dir = mkdtempSync(join(tmpdir(), "kit-test-"));
+    const { standby, prepare, ...clusterOptions } = options;
+    const cluster = (made.cluster = await Cluster.create({ ...clusterOptions, start: !prepare }));
+    if (prepare) {
+      prepare(cluster);
+      await cluster.start();
+      if (cluster.database !== "postgres") await cluster.createDatabase(cluster.database);
+    }
+    if (standby) made.standby = await cluster.createStandby();
+    await ready(made as Fixture);
+  });
+  afterAll(async () => {
+    try {
+      await made.standby?.destroy();
+      await made.cluster?.destroy();
+    } finally {
+      if (made.dir) rmSync(made.dir, { recursive: true, force: true });
+    }
+  });
+}
+
+/** A name no earlier run (nor a parallel one) has used: for objects a test makes on a shared server. */
+export const uniqueName = (prefix: string) => `${prefix}_${process.pid}_${Date.now().toString(36)}_${Math.random().toString(36).slice(2, 6)}`;

@@ -3,14 +3,13 @@
  * late, recovers, fills up, restarts or terminates sessions; a proxy that never answers,
  * closes, resets or crawls; real signals. Every run is checked for the passwords.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { beforeAll, describe, expect, test } from "bun:test";
+import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
-import { EXIT, FLOW_BACKEND_TABLES } from "../init-database.ts";
+import { DEFAULTS, EXIT, FLOW_BACKEND_TABLES } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, runScript, type Run } from "./helpers.ts";
+import { events, expectNoSecret, runScript, until, useCluster, type Run } from "./helpers.ts";
 import { FaultProxy } from "./proxy.ts";
 
 const SCRIPT = "init-database.ts";
@@ -18,7 +17,6 @@ const PASSWORD = "fault-Pa55-w0rd";
 const APP_PASSWORD = "app-Pa55-w0rd";
 const ODD_PASSWORD = "p@ss: w/o%rd #1";
 const SECRETS = [PASSWORD, APP_PASSWORD, ODD_PASSWORD];
-const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Run the init script and fail on any password in what it printed. */
 async function init(args: string[], env: Record<string, string | undefined>, options: Parameters<typeof runScript>[3] = {}): Promise<Run> {
@@ -31,35 +29,27 @@ const attemptsOf = (run: Run) => events(run.stdout).filter((event) => event.even
 
 let cluster: Cluster;
 let workDir: string;
-
-beforeAll(async () => {
-  cluster = await Cluster.create({ password: PASSWORD });
-  workDir = mkdtempSync(join(tmpdir(), "faults-"));
-});
-afterAll(async () => {
-  await cluster?.destroy();
-  rmSync(workDir, { recursive: true, force: true });
-});
+useCluster({ password: PASSWORD }, (made) => ({ cluster, dir: workDir } = made));
 
 /** Wait until a query runs in `database`, so a fault can strike in the middle of it. */
 async function waitForActivity(server: Cluster, pattern: string, database: string): Promise<void> {
-  for (let tries = 0; tries < 200; tries++) {
-    const rows = await server.query(`select 1 from pg_stat_activity where datname = '${database}' and state = 'active' and query like '${pattern}'`, "postgres");
-    if (rows.length > 0) return;
-    await pause(25);
-  }
-  throw new Error(`never saw a query like ${pattern}`);
+  const sql = `select 1 from pg_stat_activity where datname = '${database}' and state = 'active' and query like '${pattern}'`;
+  await until(`a query like ${pattern}`, async () => (await server.query(sql, "postgres")).length > 0, 10_000);
 }
 
 describe("1-3: a server that is late, recovering or full", () => {
   test("1. starts late: ready soon after the port opens", async () => {
     const late = await Cluster.create({ password: PASSWORD, start: false });
     try {
-      const running = init(["--wait-only", "--timeout", "30", "--json"], { DATABASE_URL: late.url() });
-      await pause(1_500);
-      await late.start();
-      const openedAt = performance.now();
-      const run = await running;
+      // The server starts once the kit has reported its first refused attempt (observable state, not a sleep).
+      let openedAt = 0;
+      let starting: Promise<void> | undefined;
+      const run = await init(["--wait-only", "--timeout", "30", "--json"], { DATABASE_URL: late.url() }, {
+        onStdout: (soFar) => {
+          if (soFar.includes(`"event":"attempt"`)) starting ??= late.start().then(() => void (openedAt = performance.now()));
+        },
+      });
+      await starting;
       expect(run.code).toBe(EXIT.ok);
       expect(attemptsOf(run)[0]).toMatchObject({ code: "ECONNREFUSED", class: "not-listening" });
       expect(performance.now() - openedAt).toBeLessThan(5_000); // noticed, not waited out
@@ -73,10 +63,14 @@ describe("1-3: a server that is late, recovering or full", () => {
     const standby = await primary.createStandby({ hot_standby: "off" });
     try {
       await primary.stop();
-      const running = init(["--timeout", "30", "--json"], { DATABASE_URL: standby.url() });
-      await pause(1_500);
-      await standby.promote();
-      const run = await running;
+      // Promoted once the kit has been told "starting" (57P03) at least once.
+      let promoting: Promise<void> | undefined;
+      const run = await init(["--timeout", "30", "--json"], { DATABASE_URL: standby.url() }, {
+        onStdout: (soFar) => {
+          if (soFar.includes(`"code":"57P03"`)) promoting ??= standby.promote();
+        },
+      });
+      await promoting;
       expect(run.code).toBe(EXIT.ok);
       const attempts = attemptsOf(run);
       expect(attempts.some((attempt) => attempt.code === "57P03" && attempt.class === "starting")).toBe(true);
@@ -98,15 +92,23 @@ describe("1-3: a server that is late, recovering or full", () => {
         await sql`select 1`;
         holders.push(sql);
       }
-      const running = init(["--wait-only", "--timeout", "30", "--json"], { DATABASE_URL: full.url({ user: "app", password: APP_PASSWORD }) });
-      await pause(2_000);
-      await Promise.all(holders.map((sql) => sql.end({ timeout: 1 })));
-      const run = await running;
+      // The slots are freed once the kit has been refused (53300) three times.
+      let freeing: Promise<unknown> | undefined;
+      const run = await init(["--wait-only", "--timeout", "30", "--json"], { DATABASE_URL: full.url({ user: "app", password: APP_PASSWORD }) }, {
+        onStdout: (soFar) => {
+          if (soFar.split(`"code":"53300"`).length > 3) freeing ??= Promise.all(holders.map((sql) => sql.end({ timeout: 1 })));
+        },
+      });
+      await freeing;
       expect(run.code).toBe(EXIT.ok);
       const busy = attemptsOf(run).filter((attempt) => attempt.code === "53300");
       expect(busy.length).toBeGreaterThanOrEqual(3);
       expect(busy.every((attempt) => attempt.class === "busy")).toBe(true);
-      expect(busy.length).toBeLessThan(40); // backed off: 20 a second for 2 s would be 40
+      // Backed off: each delay within the jittered exponential ceiling for its place in the run of refusals (retryDelay's schedule).
+      busy.forEach((attempt, index) => {
+        const ceiling = Math.min(DEFAULTS.backoffCapMs, DEFAULTS.backoffBaseMs * 2 ** index);
+        expect(attempt.delay_ms as number).toBeLessThanOrEqual(Math.max(DEFAULTS.pollMs, ceiling));
+      });
     } finally {
       await Promise.all(holders.map((sql) => sql.end({ timeout: 1 })));
       await full.destroy();
@@ -192,7 +194,7 @@ describe("8-12: faults while the schema is being applied", () => {
         while (terminated < 3 && Date.now() < givingUpAt) {
           const [row] = await admin<{ n: number }[]>`select count(*) filter (where pg_terminate_backend(pid))::int as n from pg_stat_activity where application_name = 'init-database'`;
           terminated += row!.n;
-          await pause(5);
+          await Bun.sleep(5); // pace the terminating loop; the test waits on the count, not on time
         }
       } finally {
         await admin.end({ timeout: 1 });
@@ -264,13 +266,8 @@ describe("8-12: faults while the schema is being applied", () => {
       expect(run.code).toBe(code);
       expect(performance.now() - signalledAt).toBeLessThan(5_000);
       expect(events(run.stdout).at(-1)).toMatchObject({ event: "summary", status: "interrupted", exit_code: code });
-      let sessions: unknown[] = [];
-      for (let tries = 0; tries < 40; tries++) {
-        sessions = await cluster.query(`select pid from pg_stat_activity where datname = '${database}' and application_name = 'init-database'`);
-        if (sessions.length === 0) break;
-        await pause(50);
-      }
-      expect(sessions).toEqual([]);
+      const sessions = `select pid from pg_stat_activity where datname = '${database}' and application_name = 'init-database'`;
+      await until("the init's sessions to be gone", async () => (await cluster.query(sessions)).length === 0, 2_000);
       expect(await cluster.query(`select to_regclass('half_done') as t`, database)).toEqual([{ t: null }]);
     });
   }
@@ -313,12 +310,7 @@ describe("13-15: crowds, bad input, awkward passwords", () => {
 
   describe("15. a password with @ : / % # and spaces", () => {
     let odd: Cluster;
-    beforeAll(async () => {
-      odd = await Cluster.create({ password: ODD_PASSWORD });
-    });
-    afterAll(async () => {
-      await odd?.destroy();
-    });
+    useCluster({ password: ODD_PASSWORD }, (made) => (odd = made.cluster));
 
     test("works percent-encoded in the URL", async () => {
       expect((await init(["--wait-only"], { DATABASE_URL: odd.url() })).code).toBe(EXIT.ok);

@@ -1,12 +1,11 @@
 /** User schema files, migrations with a ledger, --create-database, and finding the primary among several hosts. */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { EXIT, FLOW_BACKEND_SCHEMA, FLOW_BACKEND_TABLES } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
-import { events, expectNoSecret, ROOT, runScript } from "./helpers.ts";
+import { events, expectNoSecret, ROOT, runScript, uniqueName, useCluster } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "schema-Pa55#word";
@@ -14,15 +13,7 @@ const PASSWORD = "schema-Pa55#word";
 let cluster: Cluster;
 let workDir: string;
 let folders = 0;
-
-beforeAll(async () => {
-  cluster = await Cluster.create({ password: PASSWORD });
-  workDir = mkdtempSync(join(tmpdir(), "schemas-"));
-});
-afterAll(async () => {
-  await cluster?.destroy();
-  rmSync(workDir, { recursive: true, force: true });
-});
+useCluster({ password: PASSWORD }, (made) => ({ cluster, dir: workDir } = made));
 
 /** A migrations folder with the given files. */
 function migrations(files: Record<string, string>): string {
@@ -228,12 +219,11 @@ describe("--migrations DIR", () => {
 });
 
 describe("--create-database", () => {
-  const unique = (prefix: string) => `${prefix}_${process.pid}_${Date.now()}`;
   const exists = async (database: string) =>
     (await cluster.query<{ n: number }>(`select count(*)::int as n from pg_database where datname = '${database.replaceAll("'", "''")}'`, "postgres"))[0]!.n === 1;
 
   test("creates a missing database (with a name that needs quoting), then applies the schema", async () => {
-    const database = unique('new "odd" db');
+    const database = uniqueName('new "odd" db');
     const run = await runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
     expect(run.stderr).toContain(`created database ${database}`);
@@ -241,7 +231,7 @@ describe("--create-database", () => {
   });
 
   test("racing creators all succeed", async () => {
-    const database = unique("raced");
+    const database = uniqueName("raced");
     const runs = await Promise.all(Array.from({ length: 6 }, () =>
       runScript(SCRIPT, ["--create-database"], { DATABASE_URL: cluster.url({ database }) })));
     expect(runs.map((run) => run.code)).toEqual(Array(6).fill(EXIT.ok));
@@ -249,7 +239,7 @@ describe("--create-database", () => {
   });
 
   test("with --dry-run creates nothing and says it would", async () => {
-    const database = unique("dry");
+    const database = uniqueName("dry");
     const run = await runScript(SCRIPT, ["--create-database", "--dry-run", "--json"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.code).toBe(EXIT.ok);
     expect(events(run.stdout).at(-1)).toMatchObject({ status: "dry run", pending: ["flow-backend"], create_database: true });
@@ -289,7 +279,7 @@ describe("--create-database", () => {
   });
 
   test("with --wait-only says the flag is ignored, and creates nothing", async () => {
-    const database = unique("waited");
+    const database = uniqueName("waited");
     const run = await runScript(SCRIPT, ["--wait-only", "--create-database", "--timeout", "1"], { DATABASE_URL: cluster.url({ database }) });
     expect(run.stderr).toContain("--create-database ignored: --wait-only only waits and changes nothing");
     expect(run.code).toBe(EXIT.fatal);
@@ -300,15 +290,7 @@ describe("--create-database", () => {
 describe("several hosts and target_session_attrs", () => {
   let primary: Cluster;
   let standby: Cluster;
-
-  beforeAll(async () => {
-    primary = await Cluster.create({ password: PASSWORD, database: "ha" });
-    standby = await primary.createStandby();
-  });
-  afterAll(async () => {
-    await standby?.destroy();
-    await primary?.destroy();
-  });
+  useCluster({ password: PASSWORD, database: "ha", standby: true }, (made) => ([primary, standby] = [made.cluster, made.standby!]));
 
   const hostsUrl = (...ports: number[]) =>
     `postgres://${primary.user}:${encodeURIComponent(PASSWORD)}@${ports.map((port) => `127.0.0.1:${port}`).join(",")}/ha`;

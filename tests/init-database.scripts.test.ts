@@ -3,16 +3,15 @@
  * outside a transaction, lock timeouts with retries, and errors that point into the file.
  * Dumps come from Debian's postgresql-client-15 (tests/system-tools.sh installs it).
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 import { EXIT, NO_TRANSACTION_MARKER, readScript, SchemaError, statementLocation } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
 import { PgBouncer } from "./pgbouncer.ts";
-import { cleanEnv, events, expectNoSecret, ROOT, runScript } from "./helpers.ts";
+import { cleanEnv, events, expectNoSecret, ROOT, runScript, useCluster } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "scripts-Pa55#word";
@@ -146,14 +145,9 @@ describe("against a real server", () => {
   let workDir: string;
   let folders = 0;
 
-  beforeAll(async () => {
+  useCluster({ password: PASSWORD }, (made) => {
     if (!existsSync(join(PG15, "pg_dump"))) throw new Error(`${PG15}/pg_dump is missing: run bash tests/system-tools.sh (installs postgresql-client-15)`);
-    cluster = await Cluster.create({ password: PASSWORD });
-    workDir = mkdtempSync(join(tmpdir(), "scripts-"));
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-    rmSync(workDir, { recursive: true, force: true });
+    ({ cluster, dir: workDir } = made);
   });
 
   const file = (name: string, text: string) => {

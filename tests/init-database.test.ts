@@ -1,12 +1,11 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   classifyError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, nextDelay, redact, retryDelay, withDeadline,
 } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
-import { events, expectNoSecret, runScript } from "./helpers.ts";
+import { events, expectNoSecret, runScript, useCluster } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "s3cret-Pa55/with:odd@chars%#";
@@ -81,13 +80,8 @@ describe("withDeadline", () => {
 
 describe("init-database.ts against a real server", () => {
   let cluster: Cluster;
-
-  beforeAll(async () => {
-    cluster = await Cluster.create({ password: PASSWORD });
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-  });
+  let workDir: string;
+  useCluster({ password: PASSWORD }, (made) => ({ cluster, dir: workDir } = made));
 
   test("--wait-only exits 0 once an authenticated query succeeds, and changes nothing", async () => {
     const database = await cluster.freshDatabase();
@@ -160,17 +154,12 @@ describe("init-database.ts against a real server", () => {
   });
 
   test("reads the password from PGPASSWORD_FILE", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "pw-"));
-    try {
-      writeFileSync(join(dir, "password"), PASSWORD + "\n");
-      const run = await runScript(SCRIPT, ["--wait-only"], {
-        PGHOST: cluster.host, PGPORT: String(cluster.port), PGUSER: cluster.user, PGPASSWORD_FILE: join(dir, "password"),
-      });
-      expect(run.code).toBe(EXIT.ok);
-      expectNoSecret(run, PASSWORD);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    writeFileSync(join(workDir, "password"), PASSWORD + "\n");
+    const run = await runScript(SCRIPT, ["--wait-only"], {
+      PGHOST: cluster.host, PGPORT: String(cluster.port), PGUSER: cluster.user, PGPASSWORD_FILE: join(workDir, "password"),
+    });
+    expect(run.code).toBe(EXIT.ok);
+    expectNoSecret(run, PASSWORD);
   });
 
   test("--json prints only NDJSON on stdout, ending in a summary", async () => {

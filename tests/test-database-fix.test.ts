@@ -1,10 +1,10 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { spawn } from "node:child_process";
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Cluster } from "./cluster.ts";
-import { cleanEnv, expectNoSecret, ROOT, type Run } from "./helpers.ts";
+import { cleanEnv, expectNoSecret, ROOT, useCluster, type Run } from "./helpers.ts";
 
 const PASSWORD = "fix-Pa55:w@rd";
 
@@ -63,11 +63,8 @@ describe("test-database-fix.sh", () => {
   let external: Cluster;
   const temps: string[] = [];
 
-  beforeAll(async () => {
-    external = await Cluster.create({ password: PASSWORD, database: "ext" });
-  });
-  afterAll(async () => {
-    await external?.destroy();
+  useCluster({ password: PASSWORD, database: "ext" }, (made) => (external = made.cluster));
+  afterAll(() => {
     for (const dir of temps) rmSync(dir, { recursive: true, force: true });
   });
 

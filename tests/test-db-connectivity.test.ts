@@ -1,10 +1,9 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { CHECK_NAMES, formatUptime, junitXml, selectChecks } from "../test-db-connectivity.ts";
 import { Cluster } from "./cluster.ts";
-import { configureTls, events, expectNoSecret, runScript } from "./helpers.ts";
+import { configureTls, events, expectNoSecret, runScript, useCluster } from "./helpers.ts";
 
 const SUITE = "test-db-connectivity.ts";
 const PASSWORD = "suite-Pa55:w/rd";
@@ -61,16 +60,10 @@ describe("pure helpers", () => {
 describe("the suite against real servers", () => {
   let cluster: Cluster;
   let workDir: string;
-
-  beforeAll(async () => {
-    cluster = await Cluster.create({ password: PASSWORD, database: "app" });
-    workDir = mkdtempSync(join(tmpdir(), "suite-"));
+  useCluster({ password: PASSWORD, database: "app" }, async (made) => {
+    ({ cluster, dir: workDir } = made);
     const init = await runScript("init-database.ts", [], { DATABASE_URL: cluster.url() });
     expect(init.code).toBe(0);
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-    rmSync(workDir, { recursive: true, force: true });
   });
 
   test("passes all seven checks on a healthy, initialised database", async () => {
@@ -200,15 +193,7 @@ describe("the suite against real servers", () => {
 describe("the suite under sslmode=verify-full", () => {
   let cluster: Cluster;
   let ca: string;
-
-  beforeAll(async () => {
-    cluster = await Cluster.create({ password: PASSWORD, start: false });
-    ca = configureTls(cluster).ca;
-    await cluster.start();
-  });
-  afterAll(async () => {
-    await cluster?.destroy();
-  });
+  useCluster({ password: PASSWORD, prepare: (stopped) => (ca = configureTls(stopped).ca) }, (made) => (cluster = made.cluster));
 
   test("the retry check's relay keeps the real host's name: the certificate (DNS:localhost) is checked against it and passes", async () => {
     // The relay listens on 127.0.0.1, which the certificate does not name: a client that took the relay's address for the host would fail.
