@@ -11,22 +11,33 @@
  * proxy in front of the primary that counts the connections it accepts.
  * The promoted standby is the next round's primary, with a new standby made from it.
  *
- * Usage: bun bench/failover.ts [--rounds N]    (writes bench/results/failover.json)
+ * Usage: bun bench/failover.ts [--rounds N]    (writes bench/results/failover.json and bench/failover.svg)
+ *        bun bench/failover.ts --chart-only    (redraws the chart from the saved results)
  * Exit codes: 0 measured (whether or not the targets were met), 1 a round failed, 2 usage.
  * Example: bun bench/failover.ts --rounds 12
  */
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import postgres from "postgres";
 import { connect } from "../init-database.ts";
 import { Cluster } from "../tests/cluster.ts";
 import { FaultProxy } from "../tests/proxy.ts";
-import { machine, ROOT, summarise, table, timed, wallClock } from "./support.ts";
+import { chart, machine, ROOT, summarise, table, timed, wallClock, type Summary } from "./support.ts";
 
 const REFERENCE_POLL_MS = 2;
 const PASSWORD = "bench-failover";
 const TARGETS = { waitMeanMs: 40, waitWorstMs: 75, poolWorstMs: 150, deadHostAttemptsPerS: 20 };
+const RESULTS_FILE = join(ROOT, "bench", "results", "failover.json");
+const CHART_FILE = join(ROOT, "bench", "failover.svg");
+
+/** Both lags as bars (mean) with whiskers (worst), on the readiness chart's log scale. */
+function draw(wait: Summary, pool: Summary): string {
+  return chart(
+    { "(a) init-database.ts --wait-only exits": wait, "(b) first write through connect()": pool },
+    "Failover: time from the promoted server's first possible write (bar: mean, whisker: worst; log scale)",
+  );
+}
 
 /** The first moment the promoted standby accepts a write, from one session polling every 2 ms. */
 async function firstPossibleWrite(standby: Cluster): Promise<number> {
@@ -100,11 +111,16 @@ async function round(primary: Cluster, standby: Cluster): Promise<Round> {
 export async function main(argv: string[]): Promise<number> {
   let rounds: number;
   try {
-    const { values } = parseArgs({ args: argv, options: { rounds: { type: "string", default: "10" } }, strict: true });
+    const { values } = parseArgs({ args: argv, options: { rounds: { type: "string", default: "10" }, "chart-only": { type: "boolean" } }, strict: true });
+    if (values["chart-only"]) {
+      const saved = JSON.parse(readFileSync(RESULTS_FILE, "utf8"));
+      writeFileSync(CHART_FILE, draw(saved.wait, saved.pool));
+      return 0;
+    }
     rounds = Number(values.rounds);
     if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds ${values.rounds}: a whole number, 1 or more`);
   } catch (error) {
-    console.error(`error: ${(error as Error).message}\nusage: bun bench/failover.ts [--rounds N]`);
+    console.error(`error: ${(error as Error).message}\nusage: bun bench/failover.ts [--rounds N] | --chart-only`);
     return 2;
   }
   let primary = await Cluster.create({ password: PASSWORD });
@@ -139,7 +155,8 @@ export async function main(argv: string[]): Promise<number> {
     ["(b) first write through a connect() pool", pool.mean.toFixed(0), pool.median.toFixed(0), pool.worst.toFixed(0), rate(results.map((result) => result.poolAttemptsPerS))],
   ]));
   console.log(`targets: (a) ${TARGETS.waitMeanMs} ms mean, ${TARGETS.waitWorstMs} ms worst; (b) ${TARGETS.poolWorstMs} ms worst; at most ${TARGETS.deadHostAttemptsPerS} attempts/s on a dead host`);
-  writeFileSync(join(ROOT, "bench", "results", "failover.json"), JSON.stringify({ date: new Date().toISOString(), machine: machine(), rounds, wait, pool, targets: TARGETS, results }, null, 2) + "\n");
+  writeFileSync(RESULTS_FILE, JSON.stringify({ date: new Date().toISOString(), machine: machine(), rounds, wait, pool, targets: TARGETS, results }, null, 2) + "\n");
+  writeFileSync(CHART_FILE, draw(wait, pool));
   return 0;
 }
 
