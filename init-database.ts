@@ -977,6 +977,7 @@ export function hint(error: unknown, config: Config): string {
     "57P03": "the server is still starting or recovering",
     ECONNREFUSED: `nothing listens on ${places}: is the server up and the port right?${defaultSocket}`,
     ENOENT: `no server socket at ${places}: is the server up, with this port and unix_socket_directories?${defaultSocket}`,
+    ERR_CRYPTO_OPERATION_FAILED: "a TLS file could not be used (sslrootcert, sslcert, sslkey, sslcrl, sslcrldir): check it is PEM of the right kind",
     TLS_REFUSED: "the server has TLS turned off (ssl = off): turn it on in postgresql.conf with a certificate, or use sslmode=prefer or disable on a network you trust",
     ENOTFOUND: `the host name does not resolve: in Compose use the service name, on the same network`,
     EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,

@@ -225,6 +225,7 @@ describe("TLS against a server with a certificate", () => {
     const unusable = await runScript(SCRIPT, ["--wait-only", "--json"], { DATABASE_URL: `${base}&sslcrl=${encodeURIComponent(files.ca)}` });
     expect(unusable.code).toBe(EXIT.fatal);
     expect(events(unusable.stdout).filter((event) => event.event === "attempt")).toEqual([]);
+    expect(unusable.stderr).toMatch(/^hint: a TLS file could not be used/m);
   });
 
   test("a CA that did not sign the certificate fails at once, even under require", async () => {
