@@ -2182,7 +2182,8 @@ function lockPoller(step: SchemaStep, context: StepContext) {
   let attempt = 0;
   return async () => {
     if (Date.now() >= giveUpAt) {
-      throw kitError("LOCK_WAIT", `${step.name}: another session held the kit's advisory lock for ${ledger.ident} for longer than --command-timeout (${formatMs(config.commandTimeoutMs)})`);
+      const holders = await advisoryLockHolders(context);
+      throw kitError("LOCK_WAIT", `${step.name}: another session held the kit's advisory lock for ${ledger.ident} for longer than --command-timeout (${formatMs(config.commandTimeoutMs)})${holders.length ? `; held by ${holders.join("; ")}` : ""}`);
     }
     await sleep(Math.max(0, Math.min(retryDelay("busy", ++attempt), DEFAULTS.lockPollCapMs, giveUpAt - Date.now())), context.signal);
   };
@@ -2378,18 +2379,45 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
  * While a step runs, look now and then at who blocks its session (pg_blocking_pids), so that
  * a lock timeout can name them. `stop` returns the last sessions seen blocking it.
  */
+interface SessionRow {
+  pid: number;
+  application: string;
+  state: string;
+  seconds: number;
+  query: string;
+}
+
+/** pid, application_name, state, how long its query has run, and the query's start: how a blocking session is named. */
+const SESSION_COLUMNS = `a.pid, coalesce(nullif(a.application_name, ''), '?') as application, coalesce(a.state, '?') as state,
+  coalesce(round(extract(epoch from clock_timestamp() - a.query_start))::int, 0) as seconds,
+  left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 60) as query`;
+
+function describeSessions(rows: SessionRow[]): string[] {
+  return rows.map((row) => `pid ${row.pid} (${row.application}, ${row.state}, query started ${row.seconds} s ago: ${row.query})`);
+}
+
+/**
+ * Who holds the kit's advisory lock: pg_locks splits the 64-bit key (hashtext, sign-extended)
+ * into classid (high half) and objid (low half); objsubid 1 marks a one-key lock.
+ */
+async function advisoryLockHolders(context: StepContext): Promise<string[]> {
+  const rows = await withDeadline(context.sql.unsafe<SessionRow[]>(`select ${SESSION_COLUMNS}
+      from pg_locks l join pg_stat_activity a on a.pid = l.pid
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.database = (select oid from pg_database where datname = current_database())
+       and l.classid = ((hashtext($1)::bigint >> 32) & 4294967295)::oid and l.objid = (hashtext($1)::bigint & 4294967295)::oid`, [context.ledger.lockKey]),
+    DEFAULTS.graceMs, context.signal).catch(() => []);
+  return describeSessions(rows);
+}
+
 function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[] } {
   let seen: string[] = [];
   let stopped = false;
   // Half the lock timeout, so that blockers are seen before it fires; a short step never polls (nor opens a connection for it).
   const everyMs = config.lockTimeoutMs > 0 ? Math.min(DEFAULTS.blockerPollMs, Math.max(50, config.lockTimeoutMs / 2)) : DEFAULTS.blockerPollMs;
   let timer: ReturnType<typeof setTimeout> = setTimeout(async function poll() {
-    const rows = await withDeadline(sql<{ pid: number; application: string; state: string; seconds: number; query: string }[]>`
-      select pid, coalesce(nullif(application_name, ''), '?') as application, coalesce(state, '?') as state,
-             coalesce(round(extract(epoch from clock_timestamp() - query_start))::int, 0) as seconds,
-             left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 60) as query
-        from pg_stat_activity where pid = any(pg_blocking_pids(${pid}))`, DEFAULTS.graceMs).catch(() => []);
-    if (rows.length > 0) seen = rows.map((row) => `pid ${row.pid} (${row.application}, ${row.state}, query started ${row.seconds} s ago: ${row.query})`);
+    const rows = await withDeadline(sql.unsafe<SessionRow[]>(`select ${SESSION_COLUMNS} from pg_stat_activity a where a.pid = any(pg_blocking_pids($1))`, [pid]),
+      DEFAULTS.graceMs).catch(() => []);
+    if (rows.length > 0) seen = describeSessions(rows);
     if (!stopped) timer = setTimeout(poll, everyMs);
   }, everyMs);
   return {

@@ -233,6 +233,7 @@ describe("8-12: faults while the schema is being applied", () => {
       const run = await init(["--command-timeout", "1", "--timeout", "30"], { DATABASE_URL: cluster.url({ database }) });
       expect(run.code).toBe(EXIT.schemaFailed);
       expect(run.stderr).toContain("LOCK_WAIT");
+      expect(run.stderr).toMatch(/held by pid \d+ \(postgres\.js, idle, /);
       expect(run.stderr).toContain("is another session holding a lock?");
       expect(await cluster.query(`select to_regclass('users') as t`, database)).toEqual([{ t: null }]);
     } finally {
