@@ -98,7 +98,9 @@ const SHORT_SECRET = 8;
 export type SslMode = "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full";
 export type TargetSessionAttrs = "any" | "read-write" | "primary" | "read-only" | "standby" | "prefer-standby";
 
-/** The built-in Flow-Backend schema; `--schema FILE` or `--migrations DIR` replace it. */
+// The built-in Flow-Backend schema; `--schema FILE` or `--migrations DIR` replace it.
+/** The step name the built-in schema is recorded under in the ledger, and recognised by. */
+export const BUILT_IN_STEP = "flow-backend";
 export const FLOW_BACKEND_TABLES = ["users", "orders", "payments", "notifications"] as const;
 /** Its foreign keys as "table.column -> table": what the connectivity suite checks. */
 export const FLOW_BACKEND_FOREIGN_KEYS = ["orders.user_id -> users", "payments.order_id -> orders", "notifications.user_id -> users"] as const;
@@ -154,17 +156,25 @@ create index if not exists notifications_unread_idx on notifications (user_id) w
 
 /** What a caller may set; the CLI's flags map onto it one to one. Times in seconds. */
 export interface Options {
+  /** Connection URL or libpq keyword=value string (--url). Default: DATABASE_URL, then the PG* and POSTGRES_* variables. */
   url?: string;
+  /** Overall deadline for becoming ready, in seconds (--timeout). Default 120. */
   timeout?: string | number;
+  /** Per-attempt connect limit, in seconds (--connect-timeout). Default: connect_timeout / PGCONNECT_TIMEOUT, else 10. */
   connectTimeout?: string | number;
+  /** statement_timeout of the kit's statements, in seconds; 0 = none (--command-timeout). Default 60. */
   commandTimeout?: string | number;
+  /** lock_timeout of every schema step, in seconds; 0 = none (--lock-timeout). Default 5. */
   lockTimeout?: string | number;
+  /** Give up after this many attempts, 1 or more (--max-retries). Default: no cap, only the deadline. */
   maxRetries?: string | number;
-  /** The program's name, used when neither application_name nor PGAPPNAME is set (libpq's fallback_application_name). */
+  /** The program's name, used when neither application_name nor PGAPPNAME is set (libpq's fallback_application_name). Default "init-database". */
   applicationName?: string;
+  /** Create the target database when it does not exist (--create-database). Default false. */
   createDatabase?: boolean;
+  /** The ledger table, optionally schema-qualified (--ledger-table). Default "schema_migrations". */
   ledgerTable?: string;
-  /** Where schema work goes past a pooler (--direct-url; else DIRECT_URL). */
+  /** Where schema work goes past a pooler (--direct-url). Default: DIRECT_URL, else none. */
   directUrl?: string;
 }
 
@@ -173,9 +183,13 @@ export interface Options {
  * directory; `socket` is the socket file when it is one; `hostaddr` is where TCP goes when given.
  */
 export interface Target {
+  /** A name, an address, a socket directory (`/...`) or an abstract socket (`@...`). */
   host: string;
+  /** Default 5432. */
   port: number;
+  /** Where TCP goes instead of resolving `host` (libpq's hostaddr). Default none. */
   hostaddr?: string;
+  /** The socket file, when `host` is a socket directory. */
   socket?: string;
   /** From the password file, when neither the URL nor the environment gave a password. */
   password?: string;
@@ -183,49 +197,73 @@ export interface Target {
 
 /** TLS as libpq would do it; file contents are read once, when the configuration is resolved. */
 export interface Tls {
+  /** sslmode. Default "prefer". */
   mode: SslMode;
+  /** sslnegotiation: "direct" starts TLS at once (PostgreSQL 17+). Default "postgres". */
   negotiation: "postgres" | "direct";
   /** Check the server's certificate chain (verify-ca, verify-full, or require with a root certificate). */
   verifyChain: boolean;
+  /** Check the certificate names the host (verify-full). */
   verifyHost: boolean;
+  /** Root certificates (PEM, or the system's roots). Default: ~/.postgresql/root.crt when there. */
   ca?: string | string[];
+  /** Client certificate and key (PEM). Default: ~/.postgresql/postgresql.crt and .key when there. */
   cert?: string;
   key?: string;
+  /** sslpassword: the client key's passphrase. */
   passphrase?: string;
   /** Certificate revocation lists (PEM), checked with the chain. */
   crl?: string[];
+  /** sslsni: send the host name. Default true. */
   sni: boolean;
+  /** ssl_min_protocol_version (default TLSv1.2) and ssl_max_protocol_version (default none). */
   minVersion?: SecureVersion;
   maxVersion?: SecureVersion;
 }
 
+/** A resolved configuration (parseConfig): every field set, times in milliseconds. */
 export interface Config {
+  /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: the local Unix socket, port 5432. */
   targets: Target[];
+  /** Default "postgres". */
   user: string;
+  /** Default: none, then the password file per target (Target.password). */
   password: string | undefined;
+  /** Default: the user name. */
   database: string;
+  /** Default "prefer" ("verify-full" with sslrootcert=system). */
   sslmode: SslMode;
   tls: Tls;
+  /** application_name, else fallback_application_name, else Options.applicationName. Default "init-database". */
   applicationName: string;
+  /** Which server of `targets` will do. Default "any". */
   targetSessionAttrs: TargetSessionAttrs;
+  /** "random": the targets in a new random order at every attempt. Default "disable". */
   loadBalanceHosts: "disable" | "random";
-  /** libpq's `options`: command-line switches (`-c name=value`) the server applies to the session. */
+  /** libpq's `options`: command-line switches (`-c name=value`) the server applies to the session. Default none. */
   options: string | undefined;
-  /** TCP keepalive idle time in seconds; 0 turns keepalives off. */
+  /** TCP keepalive idle time in seconds; 0 turns keepalives off. Default 30. */
   keepAliveSeconds: number;
+  /** Overall deadline for becoming ready. Default 120,000. */
   timeoutMs: number;
+  /** Per-attempt connect limit. Default 10,000 (libpq's connect_timeout when set; 0 there: the overall deadline). */
   connectTimeoutMs: number;
+  /** statement_timeout of the kit's statements; 0 = none. Default 60,000. */
   commandTimeoutMs: number;
+  /** lock_timeout of every schema step; 0 = none. Default 5,000. */
   lockTimeoutMs: number;
+  /** Attempts before giving up. Default undefined: only the deadline counts. */
   maxRetries: number | undefined;
+  /** Create the target database when missing. Default false. */
   createDatabase: boolean;
+  /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
-  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. */
+  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. Default undefined. */
   pooler: "transaction" | undefined;
   /**
    * The connection for schema work, past the pooler (--direct-url / DIRECT_URL): waiting and
-   * checking go through `targets`, applying the schema goes here. Undefined: schema work goes
-   * through `targets` too.
+   * checking go through `targets`, applying the schema goes here. Default undefined: schema
+   * work goes through `targets` too.
    */
   direct: Config | undefined;
   /** Warnings met while resolving (a password file with loose permissions), for the caller to print. */
@@ -505,7 +543,8 @@ function passwordFrom(variable: string, env: Env, readFile: ReadFile): string | 
   return file ? readSecret(`${variable}_FILE`, file, readFile) : env[variable];
 }
 
-function seconds(name: string, value: string | number | undefined, { allowZero = false } = {}): number | undefined {
+/** A flag's value in seconds, as milliseconds; undefined when unset. */
+function secondsAsMs(name: string, value: string | number | undefined, { allowZero = false } = {}): number | undefined {
   if (value === undefined || value === "") return undefined;
   const number = Number(value);
   if (!Number.isFinite(number) || number < 0 || (number === 0 && !allowZero)) {
@@ -748,9 +787,9 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 
   // libpq: connect_timeout is whole seconds, at least 2; 0 or less means no limit (the overall deadline still holds).
   const libpqTimeout = integer("connect_timeout");
-  const timeoutMs = seconds("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
+  const timeoutMs = secondsAsMs("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
   const connectTimeoutMs =
-    seconds("--connect-timeout", options.connectTimeout) ??
+    secondsAsMs("--connect-timeout", options.connectTimeout) ??
     (libpqTimeout === undefined ? DEFAULTS.connectTimeoutMs : libpqTimeout <= 0 ? timeoutMs : Math.max(2, libpqTimeout) * 1000);
   const keepalives = integer("keepalives");
   const keepAliveIdle = integer("keepalives_idle");
@@ -770,8 +809,8 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
     keepAliveSeconds: keepalives === 0 ? 0 : keepAliveIdle && keepAliveIdle > 0 ? keepAliveIdle : DEFAULTS.keepAliveSeconds,
     timeoutMs,
     connectTimeoutMs,
-    commandTimeoutMs: seconds("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
-    lockTimeoutMs: seconds("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs,
+    commandTimeoutMs: secondsAsMs("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
+    lockTimeoutMs: secondsAsMs("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs,
     maxRetries: undefined,
     createDatabase: options.createDatabase ?? false,
     ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
@@ -832,6 +871,7 @@ export const KIT_ERRORS = {
   TLS_REFUSED: "sslmode requires TLS and the server does not offer it (exit 4)",
   SIGINT: "interrupted by SIGINT (exit 130)",
   SIGTERM: "interrupted by SIGTERM (exit 143)",
+  UNKNOWN: "what errorCode reports for an error that carries no code",
 } as const;
 export type KitErrorCode = keyof typeof KIT_ERRORS;
 
@@ -897,9 +937,10 @@ export function classifyError(error: unknown): ErrorClass {
   return "fatal";
 }
 
+/** An error's code as text: a SQLSTATE, an errno name, or one of KIT_ERRORS (UNKNOWN when it has none). */
 export function errorCode(error: unknown): string {
   const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" || typeof code === "number" ? String(code) : "UNKNOWN";
+  return typeof code === "string" || typeof code === "number" ? String(code) : ("UNKNOWN" satisfies KitErrorCode);
 }
 
 /**
@@ -1903,8 +1944,13 @@ export class SchemaError extends Error {
 }
 
 /** A step from a file's bytes, never decoded whole: a dump of tens of MB stays one buffer. */
-function step(name: string, bytes: Buffer): SchemaStep {
+function schemaStep(name: string, bytes: Buffer): SchemaStep {
   return { name, checksum: createHash("sha256").update(bytes).digest("hex"), script: readScript(bytes, name) };
+}
+
+/** Whether the plan is the built-in schema alone. */
+function isBuiltIn(steps: SchemaStep[]): boolean {
+  return steps.length === 1 && steps[0]!.name === BUILT_IN_STEP;
 }
 
 /** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
@@ -1918,7 +1964,7 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
     }
   };
   if (source.schema && source.migrations) throw new ConfigError("--schema and --migrations exclude each other; choose one");
-  if (source.schema) return [step(basename(source.schema), read(source.schema, "--schema"))];
+  if (source.schema) return [schemaStep(basename(source.schema), read(source.schema, "--schema"))];
   if (source.migrations) {
     let names: string[];
     try {
@@ -1927,9 +1973,9 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
       throw new ConfigError(`--migrations ${source.migrations} cannot be read (${errorCode(error)}); fix the path`);
     }
     if (names.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no *.sql files`);
-    return names.map((name) => step(name, read(join(source.migrations!, name), "--migrations")));
+    return names.map((name) => schemaStep(name, read(join(source.migrations!, name), "--migrations")));
   }
-  return [step("flow-backend", Buffer.from(FLOW_BACKEND_SCHEMA))];
+  return [schemaStep(BUILT_IN_STEP, Buffer.from(FLOW_BACKEND_SCHEMA))];
 }
 
 /**
@@ -2109,7 +2155,7 @@ export async function applySchema(
   } finally {
     await cancels.release();
   }
-  if (!dryRun && steps.length === 1 && steps[0]!.name === "flow-backend") await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
+  if (!dryRun && isBuiltIn(steps)) await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
   return results;
 }
 
@@ -2446,9 +2492,6 @@ async function verifyTables(sql: Sql, tables: readonly string[], deadline: numbe
   }
 }
 
-/** The step name the built-in schema is recorded under in the ledger. */
-export const BUILT_IN_STEP = "flow-backend";
-
 /**
  * The built-in schema is demo tables: written into a project's own database it mixes with
  * (or fails on) that project's tables. So it is applied only where the schema it lands in
@@ -2457,7 +2500,7 @@ export const BUILT_IN_STEP = "flow-backend";
  * Costs one catalog query; the ledger is read only when other tables are found.
  */
 export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal): Promise<void> {
-  if (steps.length !== 1 || steps[0]!.name !== BUILT_IN_STEP) return;
+  if (!isBuiltIn(steps)) return;
   const deadline = answerDeadline(config);
   const [ledgerSchema, ledgerName] = config.ledgerTable.includes(".") ? config.ledgerTable.split(".").slice(-2) : [undefined, config.ledgerTable];
   // A table with a built-in name must have the built-in keys, or `create table if not exists`
@@ -2598,23 +2641,32 @@ export function explain(error: unknown): string {
 // ---------------------------------------------------------------------------------------
 // CLI
 
-const FLAGS = {
+/** Where both scripts look for connection settings, first found first: for their usage texts. */
+export const CONNECTION_SOURCES = `--url, DATABASE_URL, PG* variables,
+POSTGRES_* variables, ~/.pgpass, the local Unix socket (${DEFAULTS.socketDirs.join(" or ")}) port ${DEFAULTS.port}`;
+
+/** The flags both scripts take, meaning the same in each; test-db-connectivity.ts adds its own. */
+export const COMMON_FLAGS = {
   url: { type: "string" },
-  "direct-url": { type: "string" },
-  "wait-only": { type: "boolean" },
   schema: { type: "string" },
   migrations: { type: "string" },
   "ledger-table": { type: "string" },
-  "create-database": { type: "boolean" },
-  "dry-run": { type: "boolean" },
   timeout: { type: "string" },
   "connect-timeout": { type: "string" },
   "command-timeout": { type: "string" },
-  "lock-timeout": { type: "string" },
-  "max-retries": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean", short: "q" },
   help: { type: "boolean", short: "h" },
+} as const;
+
+const FLAGS = {
+  ...COMMON_FLAGS,
+  "direct-url": { type: "string" },
+  "wait-only": { type: "boolean" },
+  "create-database": { type: "boolean" },
+  "dry-run": { type: "boolean" },
+  "lock-timeout": { type: "string" },
+  "max-retries": { type: "string" },
 } as const;
 
 /** Turn SIGINT/SIGTERM into an abort, so every wait ends at once and clients are closed. */
@@ -2625,6 +2677,17 @@ export function abortOnSignals(controller: AbortController): () => void {
     return () => process.off(name, handler);
   });
   return () => handlers.forEach((remove) => remove());
+}
+
+/** The exit code for a run ended by a signal (abortOnSignals' abort reason). */
+export function signalExit(reason: unknown): number {
+  return errorCode(reason) === "SIGINT" ? EXIT.sigint : EXIT.sigterm;
+}
+
+/** A configuration error: one line and its fix, with every URL the user gave hidden (the password may sit in a malformed one). */
+export function reportConfigError(reporter: Reporter, error: unknown, urls: (string | undefined)[]): void {
+  for (const url of urls) reporter.addSecret(url);
+  reporter.error(error instanceof ConfigError ? error.message : explain(error), error instanceof ConfigError ? error.fix : "see --help");
 }
 
 /**
@@ -2682,9 +2745,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
       reporter.error(`schema refused: ${error.message}`, schemaHint(error));
       return summary("schema failed", EXIT.schemaFailed, { code: error.code, message: error.message });
     }
-    // The password may sit in a malformed URL: hide anything that looks like one.
-    for (const url of [values.url, env.DATABASE_URL, values["direct-url"], env.DIRECT_URL]) reporter.addSecret(url);
-    reporter.error(error instanceof ConfigError ? error.message : explain(error), error instanceof ConfigError ? error.fix : "see --help");
+    reportConfigError(reporter, error, [values.url, env.DATABASE_URL, values["direct-url"], env.DIRECT_URL]);
     return summary("usage error", EXIT.usage, { code: errorCode(error), message: firstLine(error) });
   }
   secretsOf(config).forEach((secret) => reporter.addSecret(secret));
@@ -2769,7 +2830,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     if (signal.aborted) {
       const name = errorCode(signal.reason);
       reporter.error(`interrupted by ${name}; connections closed, nothing half-applied`);
-      return summary("interrupted", name === "SIGINT" ? EXIT.sigint : EXIT.sigterm);
+      return summary("interrupted", signalExit(signal.reason));
     }
     if (error instanceof NotReadyError) {
       reporter.error(`${target} ${explain(error)}`, hint(error, config));
@@ -2816,8 +2877,7 @@ const USAGE = `Wait until PostgreSQL accepts queries, then apply the schema exac
 
 Usage: bun run init-database.ts [options]
 
-Connection (first found wins, as libpq reads it): --url, DATABASE_URL, PG* variables,
-POSTGRES_* variables, ~/.pgpass, the local Unix socket (/var/run/postgresql or /tmp) port 5432
+Connection (first found wins, as libpq reads it): ${CONNECTION_SOURCES}
   --url URL               postgres://user:pass@host:port/db?keyword=value (libpq's URI; several
                           hosts: h1:5432,h2:5432; socket: postgres://user@/db?host=/dir),
                           or libpq's "host=h port=5432 dbname=db" form;

@@ -23,11 +23,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type postgres from "postgres";
 import {
-  abortOnSignals, BUILT_IN_STEP, closeClient, ConfigError, createClient, describeTarget, dialTarget, errorCode, explain, FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES,
-  formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, Reporter, redact, schemaPlan, secretsOf, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
+  abortOnSignals, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
+  FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, reportConfigError, Reporter, redact, schemaPlan,
+  secretsOf, signalExit, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
 
-const EXIT = { ok: 0, failed: 1, usage: 2, sigint: 130, sigterm: 143 } as const;
+/** init-database.ts's exit codes that the suite shares, and its own 1 for a failed check. */
+const EXIT = { ok: KIT_EXIT.ok, failed: 1, usage: KIT_EXIT.usage, sigint: KIT_EXIT.sigint, sigterm: KIT_EXIT.sigterm } as const;
 
 /** The suite's own defaults: it runs after the database is up, so it fails fast instead of waiting. */
 const SUITE_DEFAULTS = {
@@ -468,20 +470,11 @@ export async function runChecks(names: CheckName[], context: SuiteContext, onRes
 }
 
 const FLAGS = {
-  url: { type: "string" },
+  ...COMMON_FLAGS,
   concurrency: { type: "string" },
   only: { type: "string" },
-  schema: { type: "string" },
-  migrations: { type: "string" },
-  "ledger-table": { type: "string" },
   "allow-read-only": { type: "boolean" },
-  timeout: { type: "string" },
-  "connect-timeout": { type: "string" },
-  "command-timeout": { type: "string" },
-  json: { type: "boolean" },
   junit: { type: "string" },
-  quiet: { type: "boolean", short: "q" },
-  help: { type: "boolean", short: "h" },
 } as const;
 
 export async function main(argv: string[], env: Record<string, string | undefined> = process.env): Promise<number> {
@@ -508,10 +501,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
     context = { config, concurrency, allowReadOnly: Boolean(values["allow-read-only"]), steps };
     names = selectChecks(values.only);
   } catch (error) {
-    // The password may sit in a malformed URL: hide anything that looks like one.
-    reporter.addSecret(values.url);
-    reporter.addSecret(env.DATABASE_URL);
-    reporter.error(error instanceof ConfigError ? error.message : explain(error), error instanceof ConfigError ? error.fix : "see --help");
+    reportConfigError(reporter, error, [values.url, env.DATABASE_URL]);
     return EXIT.usage;
   }
   const { config } = context;
@@ -541,7 +531,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
   } catch (error) {
     if (controller.signal.aborted) {
       reporter.error(`${explain(controller.signal.reason)}; connections closed`);
-      return errorCode(controller.signal.reason) === "SIGINT" ? EXIT.sigint : EXIT.sigterm;
+      return signalExit(controller.signal.reason);
     }
     reporter.error(`the suite itself failed: ${explain(error)}`);
     return EXIT.failed;
@@ -554,11 +544,11 @@ const USAGE = `Prove that a PostgreSQL database is usable: seven named, timed ch
 
 Usage: bun run test-db-connectivity.ts [options]
 
-Connection: --url, DATABASE_URL, PG* variables, POSTGRES_* variables, localhost:5432 (as init-database.ts)
+Connection (first found wins, as init-database.ts reads it): ${CONNECTION_SOURCES}
   --url URL               postgres://user:pass@host:port/db
   --timeout S             how long Basic Connection may wait (default ${SUITE_DEFAULTS.timeoutSeconds})
   --connect-timeout S     per connection attempt (default ${SUITE_DEFAULTS.connectTimeoutSeconds})
-  --command-timeout S     the statement_timeout the kit's transactions carry (default 60)
+  --command-timeout S     the statement_timeout the kit's transactions carry (default ${DEFAULTS.commandTimeoutMs / 1000})
 
 Checks: ${CHECK_NAMES.join(", ")}
   --only NAME[,NAME]      run only these (e.g. --only basic,statement-timeout)
@@ -566,7 +556,7 @@ Checks: ${CHECK_NAMES.join(", ")}
   --allow-read-only       accept a standby in Database Health
   --schema FILE           validate this schema file's ledger entry instead of the built-in schema
   --migrations DIR        validate that every DIR/*.sql is recorded in the ledger
-  --ledger-table NAME     the ledger table (default schema_migrations)
+  --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
 
 Output:
   --json                  NDJSON: one object per check, then a summary
