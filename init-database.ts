@@ -2720,25 +2720,9 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     return exitCode;
   };
 
-  let config: Config;
-  let steps: SchemaStep[] = [];
+  let plan: { config: Config; steps: SchemaStep[] };
   try {
-    config = parseConfig({
-      url: values.url,
-      timeout: values.timeout,
-      connectTimeout: values["connect-timeout"],
-      commandTimeout: values["command-timeout"],
-      lockTimeout: values["lock-timeout"],
-      maxRetries: values["max-retries"],
-      createDatabase: values["create-database"],
-      ledgerTable: values["ledger-table"],
-      directUrl: values["direct-url"],
-    }, env);
-    if (!values["wait-only"]) {
-      steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
-      config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
-      if (config.direct) config.direct.targetSessionAttrs = writableSessionAttrs(config.direct.targetSessionAttrs);
-    }
+    plan = resolvePlan(values, env);
   } catch (error) {
     // A schema file the kit cannot run as it stands (a psql meta-command, COPY without its data): exit 1 before anything runs.
     if (error instanceof SchemaError) {
@@ -2748,109 +2732,207 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     reportConfigError(reporter, error, [values.url, env.DATABASE_URL, values["direct-url"], env.DIRECT_URL]);
     return summary("usage error", EXIT.usage, { code: errorCode(error), message: firstLine(error) });
   }
+  const { config, steps } = plan;
   secretsOf(config).forEach((secret) => reporter.addSecret(secret));
   [...config.notices, ...(config.direct?.notices ?? [])].forEach((notice) => reporter.info(`warning: ${notice}`));
-  const target = describeTarget(config);
 
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
-  const signal = controller.signal;
-  let sql: Sql | undefined;
-  let phase: "connect" | "schema" = "connect";
-  try {
-    reporter.info(`waiting for ${target} (timeout ${formatMs(config.timeoutMs)})`);
-    const onAttempt = ({ attempt, elapsedMs, error, errorClass, delayMs }: Attempt) => {
+  const run: CliRun = {
+    config, steps, reporter, summary, startedAt,
+    target: describeTarget(config),
+    signal: controller.signal,
+    dryRun: Boolean(values["dry-run"]),
+    onAttempt: ({ attempt, elapsedMs, error, errorClass, delayMs }) => {
       reporter.event({ event: "attempt", attempt, elapsed_ms: elapsedMs, code: errorCode(error), class: errorClass, delay_ms: delayMs, message: explain(error) });
       reporter.progress(`attempt ${attempt}, ${formatMs(elapsedMs)}: ${explain(error)}`, errorCode(error));
-    };
-    const dryRun = Boolean(values["dry-run"]);
-    if (config.createDatabase && values["wait-only"]) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
-    if (config.createDatabase && !values["wait-only"]) {
-      const outcome = await ensureDatabase(config.direct ?? config, { signal, onAttempt, startedAt, dryRun });
-      reporter.event({ event: "database", name: config.database, status: outcome });
-      if (outcome === "created") reporter.info(`created database ${config.database}`);
-      if (outcome === "would create") {
-        const pending = steps.map((step) => step.name);
-        reporter.result(`dry run: ${target}: would create database ${config.database}, then apply ${pending.join(", ")}`);
-        return summary("dry run", EXIT.ok, { pending, create_database: true });
-      }
+    },
+  };
+  const session: CliSession = { sql: undefined, phase: "connect" };
+  try {
+    reporter.info(`waiting for ${run.target} (timeout ${formatMs(config.timeoutMs)})`);
+    if (values["wait-only"]) {
+      if (config.createDatabase) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
+      return await waitPhase(run, session);
     }
-    // A retryable failure while applying the schema (a restart, a terminated session) drops
-    // the client and starts over from waiting: the schema step is one transaction, so redoing it is safe.
-    for (;;) {
-      const ready = await waitUntilReady(config, { signal, onAttempt, startedAt });
-      sql = ready.sql;
-      reporter.event({ event: "ready", attempts: ready.attempts, elapsed_ms: ready.elapsedMs, host: ready.target.host, port: ready.target.port, server_version: ready.serverVersion, pooled: ready.pooled });
-      if (values["wait-only"]) {
-        reporter.result(`ready: ${target} (PostgreSQL ${ready.serverVersion}${ready.pooled ? " through a pooler" : ""}) after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}`);
-        return summary("ready", EXIT.ok, { attempts: ready.attempts });
-      }
-      reporter.info(`ready after ${ready.attempts} attempt${ready.attempts === 1 ? "" : "s"} in ${formatMs(ready.elapsedMs)}; ${dryRun ? "checking what the schema would apply" : "applying the schema"}`);
-      if (config.direct) {
-        // Schema work past the pooler: a transaction pooler cannot keep a session lock or a session.
-        await closeClient(sql);
-        sql = undefined;
-        reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
-        sql = (await waitUntilReady(config.direct, { signal, onAttempt, startedAt })).sql;
-      }
-      phase = "schema";
-      try {
-        assertOwnSession(steps, config, ready.pooled);
-        await guardBuiltInSchema(sql, steps, config, signal);
-        const results = await applySchema(sql, steps, config, {
-          signal,
-          dryRun,
-          deadlineAt: startedAt + config.timeoutMs,
-          onWait: ({ step, attempt, delayMs, blockers }) => {
-            reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
-            reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
-          },
-          onStep: (result) => {
-            reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
-            reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
-          },
-        });
-        if (dryRun) {
-          const pending = results.filter((result) => result.status === "pending").map((result) => result.name);
-          reporter.result(`dry run: ${target}: ${pending.length === 0 ? "nothing to apply" : `would apply ${pending.join(", ")}`}`);
-          return summary("dry run", EXIT.ok, { pending });
-        }
-        const appliedCount = results.filter((result) => result.status === "applied").length;
-        reporter.result(`done: ${target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(Date.now() - startedAt)}`);
-        return summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
-      } catch (error) {
-        if (signal.aborted || classifyError(error) === "fatal" || Date.now() >= startedAt + config.timeoutMs) throw error;
-        reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
-        await closeClient(sql);
-        sql = undefined;
-        phase = "connect";
-      }
+    if (config.createDatabase) {
+      const exitCode = await createDatabasePhase(run);
+      if (exitCode !== undefined) return exitCode;
     }
+    return await schemaPhase(run, session);
   } catch (error) {
-    if (signal.aborted) {
-      const name = errorCode(signal.reason);
-      reporter.error(`interrupted by ${name}; connections closed, nothing half-applied`);
-      return summary("interrupted", signalExit(signal.reason));
-    }
-    if (error instanceof NotReadyError) {
-      reporter.error(`${target} ${explain(error)}`, hint(error, config));
-      return summary("not ready", EXIT.notReady, { attempts: error.attempts, code: errorCode(error.lastError), message: explain(error) });
-    }
-    if (phase === "schema" && classifyError(error) === "fatal") {
-      const step = (error as { step?: string }).step;
-      reporter.error(`schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, schemaHint(error));
-      return summary("schema failed", EXIT.schemaFailed, { code: errorCode(error), step, message: explain(error), where: (error as { location?: string }).location });
-    }
-    if (phase === "schema") {
-      reporter.error(`${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, hint(error, config));
-      return summary("not ready", EXIT.notReady, { code: errorCode(error), message: explain(error) });
-    }
-    reporter.error(`cannot connect to ${target}: ${explain(error)}`, hint(error, config));
-    return summary("fatal", EXIT.fatal, { code: errorCode(error), message: explain(error) });
+    const end = exitFor(error, session.phase, run);
+    reporter.error(end.message, end.fix);
+    return summary(end.status, end.exitCode, end.fields);
   } finally {
     removeSignalHandlers();
-    await closeClient(sql);
+    await closeClient(session.sql);
   }
+}
+
+type FlagValues = NonNullable<ReturnType<typeof parseFlags<typeof FLAGS>>["values"]>;
+
+/** What every phase of one CLI run reads. */
+interface CliRun {
+  config: Config;
+  steps: SchemaStep[];
+  reporter: Reporter;
+  /** describeTarget(config), for messages. */
+  target: string;
+  startedAt: number;
+  signal: AbortSignal;
+  dryRun: boolean;
+  onAttempt: (attempt: Attempt) => void;
+  /** Report the summary event; returns its exit code. */
+  summary: (status: string, exitCode: number, extra?: Record<string, unknown>) => number;
+}
+
+/** The client main closes whatever happens, and the phase an error would come from. */
+interface CliSession {
+  sql: Sql | undefined;
+  phase: "connect" | "schema";
+}
+
+/** The configuration and the schema steps the flags ask for (none with --wait-only); throws ConfigError or SchemaError. */
+function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: SchemaStep[] } {
+  const config = parseConfig({
+    url: values.url,
+    timeout: values.timeout,
+    connectTimeout: values["connect-timeout"],
+    commandTimeout: values["command-timeout"],
+    lockTimeout: values["lock-timeout"],
+    maxRetries: values["max-retries"],
+    createDatabase: values["create-database"],
+    ledgerTable: values["ledger-table"],
+    directUrl: values["direct-url"],
+  }, env);
+  if (values["wait-only"]) return { config, steps: [] };
+  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
+  config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
+  if (config.direct) config.direct.targetSessionAttrs = writableSessionAttrs(config.direct.targetSessionAttrs);
+  return { config, steps };
+}
+
+/** Wait until the target is ready and report it; the client stays in `session` for main to close. */
+async function becomeReady(run: CliRun, session: CliSession): Promise<Ready> {
+  const ready = await waitUntilReady(run.config, { signal: run.signal, onAttempt: run.onAttempt, startedAt: run.startedAt });
+  session.sql = ready.sql;
+  run.reporter.event({ event: "ready", attempts: ready.attempts, elapsed_ms: ready.elapsedMs, host: ready.target.host, port: ready.target.port, server_version: ready.serverVersion, pooled: ready.pooled });
+  return ready;
+}
+
+/** --wait-only: ready is the whole job. */
+async function waitPhase(run: CliRun, session: CliSession): Promise<number> {
+  const ready = await becomeReady(run, session);
+  run.reporter.result(`ready: ${run.target} (PostgreSQL ${ready.serverVersion}${ready.pooled ? " through a pooler" : ""}) after ${attemptCount(ready.attempts)} in ${formatMs(ready.elapsedMs)}`);
+  return run.summary("ready", EXIT.ok, { attempts: ready.attempts });
+}
+
+/** --create-database: make the target database if missing. An exit code ends the run (a dry run); undefined goes on to the schema. */
+async function createDatabasePhase(run: CliRun): Promise<number | undefined> {
+  const { config, reporter, signal, onAttempt, startedAt, dryRun } = run;
+  const outcome = await ensureDatabase(config.direct ?? config, { signal, onAttempt, startedAt, dryRun });
+  reporter.event({ event: "database", name: config.database, status: outcome });
+  if (outcome === "created") reporter.info(`created database ${config.database}`);
+  if (outcome !== "would create") return undefined;
+  const pending = run.steps.map((step) => step.name);
+  reporter.result(`dry run: ${run.target}: would create database ${config.database}, then apply ${pending.join(", ")}`);
+  return run.summary("dry run", EXIT.ok, { pending, create_database: true });
+}
+
+/**
+ * Wait, then apply the schema. A retryable failure while applying it (a restart, a terminated
+ * session) drops the client and starts over from waiting: each step is one transaction, so
+ * redoing it is safe.
+ */
+async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
+  const { config, reporter } = run;
+  for (;;) {
+    const ready = await becomeReady(run, session);
+    reporter.info(`ready after ${attemptCount(ready.attempts)} in ${formatMs(ready.elapsedMs)}; ${run.dryRun ? "checking what the schema would apply" : "applying the schema"}`);
+    if (config.direct) {
+      // Schema work past the pooler: a transaction pooler cannot keep a session lock or a session.
+      await closeClient(session.sql);
+      session.sql = undefined;
+      reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
+      session.sql = (await waitUntilReady(config.direct, { signal: run.signal, onAttempt: run.onAttempt, startedAt: run.startedAt })).sql;
+    }
+    session.phase = "schema";
+    try {
+      return await applyAndReport(run, session.sql!, ready.pooled);
+    } catch (error) {
+      if (run.signal.aborted || classifyError(error) === "fatal" || Date.now() >= run.startedAt + config.timeoutMs) throw error;
+      reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
+      await closeClient(session.sql);
+      session.sql = undefined;
+      session.phase = "connect";
+    }
+  }
+}
+
+/** The schema steps on a ready client, and the result line: applied, up to date, or (dry run) pending. */
+async function applyAndReport(run: CliRun, sql: Sql, pooled: boolean): Promise<number> {
+  const { config, steps, reporter, signal, dryRun } = run;
+  assertOwnSession(steps, config, pooled);
+  await guardBuiltInSchema(sql, steps, config, signal);
+  const results = await applySchema(sql, steps, config, {
+    signal,
+    dryRun,
+    deadlineAt: run.startedAt + config.timeoutMs,
+    onWait: ({ step, attempt, delayMs, blockers }) => {
+      reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
+      reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
+    },
+    onStep: (result) => {
+      reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
+      reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
+    },
+  });
+  if (dryRun) {
+    const pending = results.filter((result) => result.status === "pending").map((result) => result.name);
+    reporter.result(`dry run: ${run.target}: ${pending.length === 0 ? "nothing to apply" : `would apply ${pending.join(", ")}`}`);
+    return run.summary("dry run", EXIT.ok, { pending });
+  }
+  const appliedCount = results.filter((result) => result.status === "applied").length;
+  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(Date.now() - run.startedAt)}`);
+  return run.summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
+}
+
+/** "1 attempt", "3 attempts". */
+function attemptCount(count: number): string {
+  return `${count} attempt${count === 1 ? "" : "s"}`;
+}
+
+/**
+ * How a run that threw ends, by the error and the phase it came from: the exit code, the
+ * summary's status and fields, the error line and its hint. The one place exit codes 1, 3, 4,
+ * 130 and 143 are chosen after the configuration was read.
+ */
+function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "config" | "target" | "signal">): {
+  exitCode: number; status: string; message: string; fix?: string; fields?: Record<string, unknown>;
+} {
+  const { config, target, signal } = run;
+  if (signal.aborted) {
+    return { exitCode: signalExit(signal.reason), status: "interrupted", message: `interrupted by ${errorCode(signal.reason)}; connections closed, nothing half-applied` };
+  }
+  if (error instanceof NotReadyError) {
+    return {
+      exitCode: EXIT.notReady, status: "not ready", message: `${target} ${explain(error)}`, fix: hint(error, config),
+      fields: { attempts: error.attempts, code: errorCode(error.lastError), message: explain(error) },
+    };
+  }
+  const fields = { code: errorCode(error), message: explain(error) };
+  if (phase === "schema" && classifyError(error) === "fatal") {
+    const { step, location } = error as { step?: string; location?: string };
+    return {
+      exitCode: EXIT.schemaFailed, status: "schema failed", message: `schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, fix: schemaHint(error),
+      fields: { code: fields.code, step, message: fields.message, where: location },
+    };
+  }
+  if (phase === "schema") {
+    return { exitCode: EXIT.notReady, status: "not ready", message: `${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, fix: hint(error, config), fields };
+  }
+  return { exitCode: EXIT.fatal, status: "fatal", message: `cannot connect to ${target}: ${explain(error)}`, fix: hint(error, config), fields };
 }
 
 /** The server's detail and context, and what a no-transaction step left behind: one indented line each. */
