@@ -7,7 +7,7 @@ import { afterAll, beforeAll, expect } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { Cluster, type ClusterOptions } from "./cluster.ts";
 
 export const ROOT = join(import.meta.dir, "..");
@@ -26,25 +26,41 @@ export function cleanEnv(extra: Record<string, string | undefined> = {}): Record
 }
 
 /**
- * Run `bun <script> ...args`; a process still running after `killAfterMs` is killed and the
- * run fails, so a hang shows up as a failure and not as a stuck suite.
+ * Run `bun <script> ...args` (or, with `executable`, the file itself: a shell script); a process
+ * still running after `killAfterMs` is killed and the run fails, so a hang shows up as a failure
+ * and not as a stuck suite. `group` runs it in its own process group, as a terminal runs a
+ * foreground job: the hang guard then ends the whole group, and so does the signal unless
+ * `signalGroup` is false (a `kill` of the script alone).
  */
 export async function runScript(
   script: string,
   args: string[],
   env: Record<string, string | undefined> = {},
-  { killAfterMs = 60_000, signalOn, signal = "SIGTERM", onStart, onStdout }: {
-    killAfterMs?: number; signalOn?: string; signal?: NodeJS.Signals; onStart?: (child: Bun.Subprocess) => void;
+  { killAfterMs = 60_000, signalOn, signal = "SIGTERM", onStart, onStdout, executable = false, group = false, signalGroup = group }: {
+    killAfterMs?: number;
+    /** Send `signal` once stderr shows this text (observable state, not a guess at timing); the run fails if it never does. */
+    signalOn?: string;
+    signal?: NodeJS.Signals;
+    onStart?: (child: Bun.Subprocess) => void;
     /** Called with everything printed so far, as it comes: to act on what the process says it did. */
     onStdout?: (soFar: string) => void;
+    executable?: boolean;
+    group?: boolean;
+    signalGroup?: boolean;
   } = {},
 ): Promise<Run> {
   const startedAt = performance.now();
-  const child = Bun.spawn([process.execPath, join(ROOT, script), ...args], {
-    cwd: ROOT, env: cleanEnv(env), stdout: "pipe", stderr: "pipe", stdin: "ignore",
+  const path = resolve(ROOT, script);
+  const child = Bun.spawn(executable ? [path, ...args] : [process.execPath, path, ...args], {
+    cwd: ROOT, env: cleanEnv(env), stdout: "pipe", stderr: "pipe", stdin: "ignore", detached: group,
   });
   onStart?.(child);
-  const killer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
+  let hung = false;
+  const killer = setTimeout(() => {
+    hung = true;
+    if (group) process.kill(-child.pid, "SIGKILL");
+    else child.kill("SIGKILL");
+  }, killAfterMs);
   /** Read a stream to its end, telling `onText` everything read so far as it comes. */
   const readAll = async (stream: ReadableStream<Uint8Array>, onText: (soFar: string) => void) => {
     let text = "";
@@ -55,18 +71,19 @@ export async function runScript(
     }
     return text + decoder.decode();
   };
-  // `signalOn`: send `signal` once stderr shows this text (observable state, not a guess at timing).
   let signalled = false;
   const onStderr = (soFar: string) => {
     if (signalOn && !signalled && soFar.includes(signalOn)) {
       signalled = true;
-      child.kill(signal);
+      if (signalGroup) process.kill(-child.pid, signal);
+      else child.kill(signal);
     }
   };
   const [stdout, stderr, code] = await Promise.all([readAll(child.stdout, (soFar) => onStdout?.(soFar)), readAll(child.stderr, onStderr), child.exited]);
   clearTimeout(killer);
   const ms = performance.now() - startedAt;
-  if (child.signalCode === "SIGKILL") throw new Error(`${script} ${args.join(" ")} hung: killed after ${killAfterMs} ms\n${stderr}`);
+  if (hung) throw new Error(`${script} ${args.join(" ")} hung: killed after ${killAfterMs} ms\n${stderr}`);
+  if (signalOn && !signalled) throw new Error(`${script} ${args.join(" ")} never printed "${signalOn}", so no ${signal} was sent:\n${stderr}`);
   return { code, stdout, stderr, ms };
 }
 

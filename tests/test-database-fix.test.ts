@@ -1,10 +1,9 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawn } from "node:child_process";
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Cluster } from "./cluster.ts";
-import { cleanEnv, expectNoSecret, ROOT, useCluster, type Run } from "./helpers.ts";
+import { cleanEnv, expectNoSecret, ROOT, runScript, useCluster } from "./helpers.ts";
 
 const PASSWORD = "fix-Pa55:w@rd";
 
@@ -17,34 +16,15 @@ const PASSWORD = "fix-Pa55:w@rd";
 async function runFix(
   args: string[],
   env: Record<string, string> = {},
-  { signalOn, script = join(ROOT, "test-database-fix.sh") }: { signalOn?: { line: string; signal: "SIGINT" | "SIGTERM" }; script?: string } = {},
+  { signalOn, script = "test-database-fix.sh" }: { signalOn?: { line: string; signal: "SIGINT" | "SIGTERM" }; script?: string } = {},
 ) {
   const tmp = mkdtempSync(join(tmpdir(), "fix-test-"));
   chmodSync(tmp, 0o711); // as root the server runs as nobody, which must reach the work dir inside
-  const startedAt = performance.now();
-  const child = spawn(script, args, {
-    cwd: ROOT, env: cleanEnv({ TMPDIR: tmp, ...env }), stdio: ["ignore", "pipe", "pipe"], detached: true,
+  const run = await runScript(script, args, { TMPDIR: tmp, ...env }, {
+    executable: true, group: true, killAfterMs: 90_000,
+    signalOn: signalOn && `==> ${signalOn.line}\n`, signal: signalOn?.signal, signalGroup: signalOn?.signal === "SIGINT",
   });
-  let stdout = "";
-  let stderr = "";
-  let signalled = false;
-  child.stdout!.on("data", (chunk) => (stdout += chunk));
-  child.stderr!.on("data", (chunk) => {
-    stderr += chunk;
-    if (signalOn && !signalled && stderr.includes(`==> ${signalOn.line}\n`)) {
-      signalled = true;
-      process.kill(signalOn.signal === "SIGINT" ? -child.pid! : child.pid!, signalOn.signal);
-    }
-  });
-  const killer = setTimeout(() => process.kill(-child.pid!, "SIGKILL"), 90_000);
-  const code = await new Promise<number>((resolve) => child.on("close", (status, signal) => resolve(status ?? (signal === "SIGKILL" ? -9 : -1))));
-  clearTimeout(killer);
-  if (signalOn && !signalled) throw new Error(`never saw "==> ${signalOn.line}":\n${stderr}`);
-  const run: Run & { leftovers: string[]; tmp: string } = {
-    code, stdout, stderr, ms: performance.now() - startedAt, tmp,
-    leftovers: readdirSync(tmp).filter((name) => name.startsWith("pg-kit-run.")),
-  };
-  return run;
+  return { ...run, tmp, leftovers: readdirSync(tmp).filter((name) => name.startsWith("pg-kit-run.")) };
 }
 
 /** Run bash with the script's functions sourced (main does not run), then COMMANDS. */
