@@ -492,24 +492,24 @@ function unknownKeyword(which: string, keyword: string, fail: (message: string) 
 export function parseKeywordValue(text: string, source: string): Conninfo {
   const fail = (message: string) => new ConfigError(`${source}: ${message}`);
   const parts: Conninfo = {};
-  const isSpace = (at: number) => at < text.length && /\s/.test(text[at]!);
+  const spaceAt = (at: number) => at < text.length && /\s/.test(text[at]!);
   let i = 0;
   for (let index = 1; ; index++) {
-    while (isSpace(i)) i++;
+    while (spaceAt(i)) i++;
     if (i >= text.length) return parts;
     const which = `setting ${index} of the connection string`;
     let keyword = "";
-    while (i < text.length && !isSpace(i) && text[i] !== "=") keyword += text[i++];
-    while (isSpace(i)) i++;
+    while (i < text.length && !spaceAt(i) && text[i] !== "=") keyword += text[i++];
+    while (spaceAt(i)) i++;
     if (text[i] !== "=") {
       throw fail(index === 1 ? "not a postgres:// or postgresql:// URL, nor a keyword=value connection string" : `${which} has no "=" after its keyword`);
     }
     i++;
-    while (isSpace(i)) i++;
+    while (spaceAt(i)) i++;
     const quoted = text[i] === "'";
     if (quoted) i++;
     let value = "";
-    while (quoted ? text[i] !== "'" : i < text.length && !isSpace(i)) {
+    while (quoted ? text[i] !== "'" : i < text.length && !spaceAt(i)) {
       if (i >= text.length) throw fail(`${which} has a quoted value with no closing '`);
       if (text[i] === "\\" && i + 1 < text.length) i++;
       value += text[i++];
@@ -2937,8 +2937,8 @@ function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "
 
 /** The server's detail and context, and what a no-transaction step left behind: one indented line each. */
 function schemaDetails(error: unknown): string {
-  const { detail, where, notes = [] } = error as { detail?: string; where?: string; notes?: string[] };
-  const lines = [detail && `detail: ${detail}`, where && `where: ${where.replaceAll("\n", " <- ")}`, ...notes].filter(Boolean);
+  const { detail, where: context, notes = [] } = error as { detail?: string; where?: string; notes?: string[] };
+  const lines = [detail && `detail: ${detail}`, context && `where: ${context.replaceAll("\n", " <- ")}`, ...notes].filter(Boolean);
   return lines.map((line) => `\n  ${line}`).join("");
 }
 
