@@ -182,11 +182,14 @@ export function useCluster(
   beforeAll(async () => {
     made.dir = mkdtempSync(join(tmpdir(), "kit-test-"));
     const { standby, prepare, ...clusterOptions } = options;
-    const cluster = (made.cluster = await Cluster.create({ ...clusterOptions, start: !prepare }));
+    const start = clusterOptions.start !== false;
+    const cluster = (made.cluster = await Cluster.create({ ...clusterOptions, start: start && !prepare }));
     if (prepare) {
       prepare(cluster);
-      await cluster.start();
-      if (cluster.database !== "postgres") await cluster.createDatabase(cluster.database);
+      if (start) {
+        await cluster.start();
+        if (cluster.database !== "postgres") await cluster.createDatabase(cluster.database);
+      }
     }
     if (standby) made.standby = await cluster.createStandby();
     await ready(made as Fixture);
