@@ -15,7 +15,8 @@
  *   PGPASSWORD_FILE PGDATABASE PGOPTIONS PGSSLMODE PGSSLROOTCERT PGSSLCERT PGSSLKEY PGAPPNAME
  *   PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS PGLOADBALANCEHOSTS PGPASSFILE ...) > POSTGRES_HOST
  *   POSTGRES_PORT POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB >
- *   ~/.pgpass > the local Unix socket (/var/run/postgresql or /tmp), port 5432.
+ *   ~/.pgpass > localhost:5432 (a connection string without a host: the local Unix socket,
+ *   /var/run/postgresql or /tmp, as in libpq).
  *   --direct-url > DIRECT_URL: schema work goes there, past a pooler. NO_COLOR turns colour off.
  *
  * Schema files are read as psql reads a script (COPY ... FROM stdin data, \restrict skipped,
@@ -625,7 +626,7 @@ function settingError(setting: Setting, keyword: string, problem: string): Confi
 }
 
 /** The targets, by libpq's list rules: as many as hosts (or hostaddrs); one port for all, or one each. */
-function targetsFrom(host: Setting | undefined, hostaddr: Setting | undefined, port: Setting | undefined, socketDir: string): Target[] {
+function targetsFrom(host: Setting | undefined, hostaddr: Setting | undefined, port: Setting | undefined, hostless: string): Target[] {
   const hosts = host ? host.value.split(",") : [""];
   const addresses = hostaddr ? hostaddr.value.split(",") : undefined;
   if (addresses && host && addresses.length !== hosts.length) {
@@ -643,7 +644,7 @@ function targetsFrom(host: Setting | undefined, hostaddr: Setting | undefined, p
       throw settingError(port!, "port", `is not a number from 1 to 65535${port!.quotable ? "" : ENCODE_PASSWORD}`);
     }
     const address = addresses?.[index] || undefined;
-    const name = (host ? hosts[index] : "") || (address ? "" : socketDir);
+    const name = (host ? hosts[index] : "") || (address ? "" : hostless);
     const target: Target = { host: name || address!, port: number };
     if (address) target.hostaddr = address;
     else if (name.startsWith("/")) target.socket = `${name}/.s.PGSQL.${number}`;
@@ -769,7 +770,9 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
   const value = (keyword: Keyword) => settings[keyword]?.value;
 
   const integer = (keyword: Keyword) => (settings[keyword] ? libpqInteger(keyword, settings[keyword]!) : undefined);
-  const targets = targetsFrom(settings.host, settings.hostaddr, settings.port, defaultSocketDir());
+  // A connection string without a host means the local socket, as in libpq; with no connection
+  // string and no host variable at all, the contract's default is TCP to localhost (README: deviations).
+  const targets = targetsFrom(settings.host, settings.hostaddr, settings.port, rawUrl ? defaultSocketDir() : DEFAULTS.host);
   const user = value("user") ?? DEFAULTS.user;
   const database = value("dbname") ?? user;
   const password = first(url.password, passwordFrom("PGPASSWORD", env, readFile), passwordFrom("POSTGRES_PASSWORD", env, readFile));

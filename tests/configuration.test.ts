@@ -58,15 +58,18 @@ describe("precedence", () => {
       .toMatchObject({ targets: [{ host: "db", port: 5432 }], user: "app", password: "pw", database: "app" });
   });
 
-  test("with nothing set, connects through the local socket directory as libpq does", () => {
-    const socketDir = defaultSocketDir();
-    expect(DEFAULTS.socketDirs as readonly string[]).toContain(socketDir);
+  test("with nothing set, connects to localhost:5432 as the contract says; a hostless URL takes the socket", () => {
     expect(config({})).toMatchObject({
-      targets: [{ host: socketDir, port: 5432, socket: `${socketDir}/.s.PGSQL.5432` }], user: "postgres", password: undefined, database: "postgres",
+      targets: [{ host: "localhost", port: 5432 }], user: "postgres", password: undefined, database: "postgres",
       sslmode: "prefer", timeoutMs: DEFAULTS.timeoutMs, connectTimeoutMs: DEFAULTS.connectTimeoutMs,
     });
+    expect(config({}).targets[0]!.socket).toBeUndefined();
+    expect(config({}, { PGPORT: "5433" }).targets).toEqual([{ host: "localhost", port: 5433 }]);
+    const socketDir = defaultSocketDir();
+    expect(DEFAULTS.socketDirs as readonly string[]).toContain(socketDir);
+    expect(config({ url: "postgres:///postgres" })).toMatchObject({ targets: [{ host: socketDir, port: 5432, socket: `${socketDir}/.s.PGSQL.5432` }] });
     expect(defaultSocketDir((path) => path === "/tmp")).toBe("/tmp");
-    expect(describeTarget(config({}))).toBe(`postgres://postgres@/postgres?host=${socketDir}&port=5432`);
+    expect(describeTarget(config({ url: "postgres://postgres@/postgres" }))).toBe(`postgres://postgres@/postgres?host=${socketDir}&port=5432`);
   });
 
   test("reads passwords from files, dropping one trailing newline; refuses ambiguous or unreadable ones", () => {
