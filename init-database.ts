@@ -224,7 +224,7 @@ export interface Tls {
 
 /** A resolved configuration (parseConfig): every field set, times in milliseconds. */
 export interface Config {
-  /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: the local Unix socket, port 5432. */
+  /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: localhost:5432; a connection string without a host: the local Unix socket. */
   targets: Target[];
   /** Default "postgres". */
   user: string;
@@ -2646,7 +2646,8 @@ export function explain(error: unknown): string {
 
 /** Where both scripts look for connection settings, first found first: for their usage texts. */
 export const CONNECTION_SOURCES = `--url, DATABASE_URL, PG* variables,
-POSTGRES_* variables, ~/.pgpass, the local Unix socket (${DEFAULTS.socketDirs.join(" or ")}) port ${DEFAULTS.port}`;
+POSTGRES_* variables, ~/.pgpass, ${DEFAULTS.host}:${DEFAULTS.port} (a connection string without a host:
+the local Unix socket, ${DEFAULTS.socketDirs.join(" or ")})`;
 
 /** The flags both scripts take, meaning the same in each; test-db-connectivity.ts adds its own. */
 export const COMMON_FLAGS = {
