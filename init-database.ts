@@ -31,6 +31,10 @@
  * client made with the same configuration, timeouts and retries:
  *   const sql = await connect({ timeout: 30 });
  *
+ * Contents, in this order, each section opening with a comment that says what it owns:
+ *   configuration, errors and retries, clients, waiting, SQL scripts, schema steps, reporting,
+ *   CLI (main and its phases). A section uses later ones only through their exported names.
+ *
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
  */
 import { createHash } from "node:crypto";
@@ -153,7 +157,9 @@ create index if not exists notifications_unread_idx on notifications (user_id) w
 `;
 
 // ---------------------------------------------------------------------------------------
-// Configuration
+// Configuration: what a caller sets (Options) resolved once, as libpq would, into a Config
+// (parseConfig): URLs and keyword strings, PG* and POSTGRES_* variables, the password file, TLS
+// files. It reads files and the environment and never connects.
 
 /** What a caller may set; the CLI's flags map onto it one to one. Times in seconds. */
 export interface Options {
@@ -272,6 +278,7 @@ export interface Config {
 }
 
 type Env = Record<string, string | undefined>;
+
 type ReadFile = (path: string) => string;
 
 /** A usage or configuration error: exit 2, one line, never the password. */
@@ -284,6 +291,7 @@ export class ConfigError extends Error {
 }
 
 const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
+
 /**
  * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer), one row each: the PG* variable libpq
  * reads for it, the values it accepts, and why the kit refuses it (or one of its values) when
@@ -347,7 +355,9 @@ export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]
   // The kit's own (Prisma's spelling), never sent to the server: a transaction pooler is in front.
   pgbouncer: { values: ["true", "false"] },
 };
+
 export type Keyword = keyof typeof KEYWORDS & string;
+
 /** What a URL sets, keyword by keyword (libpq's names), percent-decoded. */
 export type Conninfo = Partial<Record<Keyword, string>>;
 
@@ -850,8 +860,22 @@ export function secretsOf(config: Config): string[] {
   return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
 }
 
+/**
+ * The schema needs a writable primary whatever the URL says: "any" and "prefer-standby"
+ * become "read-write" (so a standby listed first is skipped, or promotion is awaited until the
+ * deadline), and asking for a standby is a contradiction.
+ */
+export function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
+  if (attrs === "read-only" || attrs === "standby") {
+    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
+  }
+  return attrs === "primary" ? attrs : "read-write";
+}
+
 // ---------------------------------------------------------------------------------------
-// Errors, retries, redaction
+// Errors and retries: the kit's own error codes (KIT_ERRORS, made by kitError), every error
+// classified by its code (classifyError), the retry schedule, redaction, and the one-line
+// explanations and hints a user reads.
 
 /**
  * Every error code the kit makes itself (the server's SQLSTATEs and the system's errno codes
@@ -876,6 +900,7 @@ export const KIT_ERRORS = {
   SIGTERM: "interrupted by SIGTERM (exit 143)",
   UNKNOWN: "what errorCode reports for an error that carries no code",
 } as const;
+
 export type KitErrorCode = keyof typeof KIT_ERRORS;
 
 /** An error with one of the kit's own codes. */
@@ -893,6 +918,7 @@ export function kitError(code: KitErrorCode, message: string): Error & { code: K
 export type ErrorClass = "not-listening" | "starting" | "busy" | "fatal";
 
 const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
+
 const BUSY = new Set([
   "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
   "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
@@ -1042,8 +1068,24 @@ function isTlsError(error: unknown): boolean {
   return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.startsWith("ERR_OSSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
 }
 
+/** The first line of an error's message: parseArgs explains at length. */
+export function firstLine(error: unknown): string {
+  return String(error instanceof Error ? error.message : error).split("\n")[0]!;
+}
+
+/** A short, redacted description of an error: its code and the server's or system's message. */
+export function explain(error: unknown): string {
+  if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
+  const code = errorCode(error);
+  const message = error instanceof Error ? error.message : String(error);
+  const { location, position } = error as { location?: string; position?: string };
+  const at = location ? ` (${location})` : position ? ` (at character ${position})` : "";
+  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
+}
+
 // ---------------------------------------------------------------------------------------
-// Deadlines and clients
+// Clients: sockets and postgres.js clients made from a Config (TLS negotiated here), pools
+// whose every query is bounded, and the client-side deadline every database await gets.
 
 /** Reject with code CLIENT_DEADLINE after `ms`, or with the abort reason when `signal` fires. */
 export function withDeadline<T>(work: Promise<T>, ms: number, signal?: AbortSignal): Promise<T> {
@@ -1186,54 +1228,6 @@ export function createClient(config: Config, target: Target, overrides: postgres
   } as postgres.Options<{}>) as Sql;
 }
 
-interface SessionState {
-  in_recovery: boolean;
-  read_only: string;
-  server_version: string;
-  backend_pid: number;
-}
-
-/** Does this session satisfy target_session_attrs, libpq style (checked on the session itself)? */
-function sessionMatches(attrs: TargetSessionAttrs, state: SessionState, lastHost: boolean): boolean {
-  const writable = !state.in_recovery && state.read_only === "off";
-  switch (attrs) {
-    case "read-write": return writable;
-    case "read-only": return !writable;
-    case "primary": return !state.in_recovery;
-    case "standby": return state.in_recovery;
-    case "prefer-standby": return state.in_recovery || lastHost;
-    default: return true;
-  }
-}
-
-export interface Attempt {
-  attempt: number;
-  elapsedMs: number;
-  error: unknown;
-  errorClass: ErrorClass;
-  delayMs: number;
-}
-
-export interface Ready {
-  sql: Sql;
-  target: Target;
-  attempts: number;
-  elapsedMs: number;
-  serverVersion: string;
-  /**
-   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
-   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
-   */
-  pooled: boolean;
-}
-
-export class NotReadyError extends Error {
-  readonly code: KitErrorCode = "NOT_READY";
-  constructor(readonly lastError: unknown, readonly attempts: number, readonly elapsedMs: number, reason: string) {
-    super(reason);
-  }
-}
-
 /** Opens the socket for a target; the connectivity suite dials a forwarder in its place. */
 export type Dial = (target: Target) => Socket;
 
@@ -1328,6 +1322,127 @@ export function trailingError(bytes: Buffer): { severity: string; code: string; 
  * promotion within one poll, for one query instead of a new connection and authentication.
  */
 type Sockets = ReturnType<typeof oneSocketUntilProven>;
+
+type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
+
+type Queries = Sql | postgres.TransactionSql<{}>;
+
+/**
+ * A connect() pool whose every query is bounded without a start-up parameter (a pooler refuses
+ * them) or a session SET (it would leak to other clients of a transaction pool): each
+ * transaction opens with localSettings (the server enforces --command-timeout), and every query
+ * gets a client-side deadline of --command-timeout plus a grace, counted from when it is
+ * awaited, after which it is cancelled on the server and rejected with CLIENT_DEADLINE. A
+ * transaction whose query ran out is given up a grace later, even if its ROLLBACK never
+ * answers (a network that went silent).
+ */
+export function boundedPool(sql: Sql, config: Config): Sql {
+  if (config.commandTimeoutMs === 0) return sql;
+  const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
+  const bound = <T>(query: T, expired?: (error: Error) => void): T => {
+    if (!(query instanceof Promise) || typeof (query as unknown as PendingQuery).cancel !== "function") return query;
+    const pending = query as unknown as PendingQuery;
+    const then = pending.then;
+    let armed = false;
+    // Armed on first await, not on creation: a query used as a fragment of another never runs.
+    pending.then = function (this: PendingQuery, ...args: Parameters<PendingQuery["then"]>) {
+      if (!armed) {
+        armed = true;
+        const timer = setTimeout(() => {
+          const error = kitError("CLIENT_DEADLINE", `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)`);
+          pending.cancel();
+          pending.reject(error);
+          expired?.(error);
+        }, ms);
+        then.call(pending, () => clearTimeout(timer), () => clearTimeout(timer));
+      }
+      return then.apply(pending, args);
+    } as PendingQuery["then"];
+    return query;
+  };
+  const bounded = <Q extends Queries>(queries: Q, expired?: (error: Error) => void): Q => new Proxy(queries, {
+    apply: (target, self, args) => bound(Reflect.apply(target as (...rest: unknown[]) => unknown, self, args), expired),
+    get: (target, key, receiver) => {
+      const value = Reflect.get(target, key, receiver);
+      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args), expired);
+      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args), expired);
+      if (key === "begin" && !expired) {
+        return (...args: unknown[]) => {
+          const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
+          let giveUp!: (error: Error) => void;
+          const abandoned = new Promise<never>((_, reject) => (giveUp = reject));
+          const expire = (error: Error) => setTimeout(() => giveUp(error), DEFAULTS.graceMs);
+          const work = ((target as Sql).begin as (...rest: unknown[]) => Promise<unknown>)(...args, async (tx: postgres.TransactionSql<{}>) => {
+            const queries = bounded(tx, expire);
+            await queries.unsafe(localSettings(config));
+            return body(queries);
+          });
+          work.catch(() => {});
+          return Promise.race([work, abandoned]);
+        };
+      }
+      return value;
+    },
+  });
+  return bounded(sql);
+}
+
+/** How long the client waits for one answer: the server's statement_timeout plus a grace. */
+function answerDeadline(config: Config): number {
+  return config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting: attempts until a target answers an authenticated query (waitUntilReady), following
+// target_session_attrs and a failover; connect() for library use; --create-database.
+
+interface SessionState {
+  in_recovery: boolean;
+  read_only: string;
+  server_version: string;
+  backend_pid: number;
+}
+
+/** Does this session satisfy target_session_attrs, libpq style (checked on the session itself)? */
+function sessionMatches(attrs: TargetSessionAttrs, state: SessionState, lastHost: boolean): boolean {
+  const writable = !state.in_recovery && state.read_only === "off";
+  switch (attrs) {
+    case "read-write": return writable;
+    case "read-only": return !writable;
+    case "primary": return !state.in_recovery;
+    case "standby": return state.in_recovery;
+    case "prefer-standby": return state.in_recovery || lastHost;
+    default: return true;
+  }
+}
+
+export interface Attempt {
+  attempt: number;
+  elapsedMs: number;
+  error: unknown;
+  errorClass: ErrorClass;
+  delayMs: number;
+}
+
+export interface Ready {
+  sql: Sql;
+  target: Target;
+  attempts: number;
+  elapsedMs: number;
+  serverVersion: string;
+  /**
+   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
+   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
+   */
+  pooled: boolean;
+}
+
+export class NotReadyError extends Error {
+  readonly code: KitErrorCode = "NOT_READY";
+  constructor(readonly lastError: unknown, readonly attempts: number, readonly elapsedMs: number, reason: string) {
+    super(reason);
+  }
+}
 
 export class Parked {
   private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
@@ -1544,69 +1659,6 @@ export async function connect(options: Options = {}, clientOptions: postgres.Opt
   return boundedPool(createClient(config, target, { fetch_types: true, prepare, ...clientOptions, ...follow } as postgres.Options<{}>), config);
 }
 
-type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
-type Queries = Sql | postgres.TransactionSql<{}>;
-
-/**
- * A connect() pool whose every query is bounded without a start-up parameter (a pooler refuses
- * them) or a session SET (it would leak to other clients of a transaction pool): each
- * transaction opens with localSettings (the server enforces --command-timeout), and every query
- * gets a client-side deadline of --command-timeout plus a grace, counted from when it is
- * awaited, after which it is cancelled on the server and rejected with CLIENT_DEADLINE. A
- * transaction whose query ran out is given up a grace later, even if its ROLLBACK never
- * answers (a network that went silent).
- */
-export function boundedPool(sql: Sql, config: Config): Sql {
-  if (config.commandTimeoutMs === 0) return sql;
-  const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
-  const bound = <T>(query: T, expired?: (error: Error) => void): T => {
-    if (!(query instanceof Promise) || typeof (query as unknown as PendingQuery).cancel !== "function") return query;
-    const pending = query as unknown as PendingQuery;
-    const then = pending.then;
-    let armed = false;
-    // Armed on first await, not on creation: a query used as a fragment of another never runs.
-    pending.then = function (this: PendingQuery, ...args: Parameters<PendingQuery["then"]>) {
-      if (!armed) {
-        armed = true;
-        const timer = setTimeout(() => {
-          const error = kitError("CLIENT_DEADLINE", `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)`);
-          pending.cancel();
-          pending.reject(error);
-          expired?.(error);
-        }, ms);
-        then.call(pending, () => clearTimeout(timer), () => clearTimeout(timer));
-      }
-      return then.apply(pending, args);
-    } as PendingQuery["then"];
-    return query;
-  };
-  const bounded = <Q extends Queries>(queries: Q, expired?: (error: Error) => void): Q => new Proxy(queries, {
-    apply: (target, self, args) => bound(Reflect.apply(target as (...rest: unknown[]) => unknown, self, args), expired),
-    get: (target, key, receiver) => {
-      const value = Reflect.get(target, key, receiver);
-      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args), expired);
-      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args), expired);
-      if (key === "begin" && !expired) {
-        return (...args: unknown[]) => {
-          const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
-          let giveUp!: (error: Error) => void;
-          const abandoned = new Promise<never>((_, reject) => (giveUp = reject));
-          const expire = (error: Error) => setTimeout(() => giveUp(error), DEFAULTS.graceMs);
-          const work = ((target as Sql).begin as (...rest: unknown[]) => Promise<unknown>)(...args, async (tx: postgres.TransactionSql<{}>) => {
-            const queries = bounded(tx, expire);
-            await queries.unsafe(localSettings(config));
-            return body(queries);
-          });
-          work.catch(() => {});
-          return Promise.race([work, abandoned]);
-        };
-      }
-      return value;
-    },
-  });
-  return bounded(sql);
-}
-
 /** Where --create-database connects to create the target: the ones createdb tries, in its order. */
 const MAINTENANCE_DATABASES = ["postgres", "template1"] as const;
 
@@ -1651,15 +1703,20 @@ export function quoteIdent(name: string): string {
 }
 
 // ---------------------------------------------------------------------------------------
-// SQL scripts, read as psql reads a file
+// SQL scripts: a schema file split into statements as psql reads it (readScript). No database
+// work here.
 
 /** A line before a file's first statement that makes it run statement by statement, outside a transaction. */
 export const NO_TRANSACTION_MARKER = "-- init-database: no-transaction";
+
 const MARKER_LINE = /^[ \t]*--[ \t]*init-database:[ \t]*no-transaction[ \t]*\r?$/im;
+
 /** psql meta-commands that dumps hold and that mean nothing to a server: skipped. Any other is refused. */
 const SKIPPED_META_COMMANDS = /^\\(?:restrict|unrestrict)(?:\s|$)|^\\set\s+ON_ERROR_STOP(?:\s|$)/;
+
 /** COPY data goes to the server in pieces of this many bytes (a COPY stream need not break at rows). */
 const COPY_CHUNK_BYTES = 256 * 1024;
+
 /** How many top-level words of a statement the reader keeps to classify it. */
 const WORDS_KEPT = 16;
 
@@ -1686,7 +1743,9 @@ export interface Script {
 }
 
 const isSpace = (c: number) => c === 32 || (c >= 9 && c <= 13);
+
 const isIdentStart = (c: number) => (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c >= 128;
+
 const isIdentPart = (c: number) => isIdentStart(c) || (c >= 48 && c <= 57) || c === 36;
 
 /** What PostgreSQL refuses inside a transaction block, named by the statement's first words; undefined when it runs in one. */
@@ -1931,7 +1990,8 @@ function copyData(bytes: Buffer, statement: ScriptStatement, afterSemicolon: num
 }
 
 // ---------------------------------------------------------------------------------------
-// Schema
+// Schema steps: the plan (built-in schema, --schema, --migrations), the ledger, the advisory
+// lock, and each step applied once, in its own transaction or statement by statement.
 
 export interface SchemaStep {
   name: string;
@@ -2106,11 +2166,6 @@ export async function readLedger(sql: Sql, config: Config, deadline: number, sig
   return (rows[0]?.applied ?? {}) as Record<string, string>;
 }
 
-/** How long the client waits for one answer: the server's statement_timeout plus a grace. */
-function answerDeadline(config: Config): number {
-  return config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
-}
-
 /**
  * Apply each pending step under an advisory lock, recording it in the ledger, so that replicas
  * starting together apply it exactly once. A step that meets a lock held by another session
@@ -2206,7 +2261,9 @@ function runner(context: StepContext, progress: ReturnType<typeof progressDeadli
     return result;
   };
 }
+
 type Run = ReturnType<typeof runner>;
+
 /** A step runs on a transaction's connection or on one reserved for it. */
 type Session = Sql | postgres.TransactionSql<{}>;
 
@@ -2543,7 +2600,8 @@ export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: 
 }
 
 // ---------------------------------------------------------------------------------------
-// Output
+// Reporting: human lines on stderr, results on stdout, NDJSON events with --json; every line
+// redacted.
 
 export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
@@ -2614,35 +2672,8 @@ export class Reporter {
   }
 }
 
-/**
- * The schema needs a writable primary whatever the URL says: "any" and "prefer-standby"
- * become "read-write" (so a standby listed first is skipped, or promotion is awaited until the
- * deadline), and asking for a standby is a contradiction.
- */
-export function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
-  if (attrs === "read-only" || attrs === "standby") {
-    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
-  }
-  return attrs === "primary" ? attrs : "read-write";
-}
-
-/** The first line of an error's message: parseArgs explains at length. */
-export function firstLine(error: unknown): string {
-  return String(error instanceof Error ? error.message : error).split("\n")[0]!;
-}
-
-/** A short, redacted description of an error: its code and the server's or system's message. */
-export function explain(error: unknown): string {
-  if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
-  const code = errorCode(error);
-  const message = error instanceof Error ? error.message : String(error);
-  const { location, position } = error as { location?: string; position?: string };
-  const at = location ? ` (${location})` : position ? ` (at character ${position})` : "";
-  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
-}
-
 // ---------------------------------------------------------------------------------------
-// CLI
+// CLI: flags, main() and its phases, the exit code for each way a run ends, the usage text.
 
 /** Where both scripts look for connection settings, first found first: for their usage texts. */
 export const CONNECTION_SOURCES = `--url, DATABASE_URL, PG* variables,
