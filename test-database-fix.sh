@@ -279,10 +279,11 @@ print_summary() {
     total=$((total + step_ms[i]))
   done
   printf '  %-22s %8s ms\n' "total" "$total"
-  # The step that ended the run is the last one before cleanup.
-  for ((i = last; i >= 0; i--)); do
+  # The step that ended the run is the first that did not end "ok" (cleanup comes last).
+  for ((i = 0; i <= last; i++)); do
     [[ "${step_status[$i]}" == "ok" ]] || break
   done
+  ((i <= last)) || i=-1
   case "$status" in
     0) printf 'result: PASSED\n' ;;
     130 | 143)
@@ -340,12 +341,15 @@ teardown() {
     esac
     return 0
   fi
+  local stopped=0
   if [[ "$provider" == "embedded" && -d "$work_dir/pg" ]]; then
-    "$bun_bin" "$ROOT/tests/cluster.ts" stop "$work_dir/pg" || return 1
+    "$bun_bin" "$ROOT/tests/cluster.ts" stop "$work_dir/pg" || stopped=$?
   elif [[ "$provider" == "compose" && -n "$compose_project" ]]; then
-    compose --profile test --profile example down -v --remove-orphans >&2 || return 1
+    compose --profile test --profile example down -v --remove-orphans >&2 || stopped=$?
   fi
+  # Removed whatever happened above: it may hold a password file.
   rm -rf "$work_dir"
+  return "$stopped"
 }
 
 # usage: stop_children    (ends whatever runs in the background, and waits for it)

@@ -155,9 +155,17 @@ function readdirSafe(dir: string): string[] {
   }
 }
 
+/** The server tools running now (initdb, pg_ctl...), so that the CLI can pass a signal on to them. */
+const running = new Set<ReturnType<typeof spawn>>();
+/** The signal the CLI received: no further tool is started after it. */
+let stopping: NodeJS.Signals | undefined;
+
 function run(bin: string, args: string[], identity: { uid?: number; gid?: number }, env: Record<string, string> = {}): Promise<string> {
   return new Promise((resolve, reject) => {
+    if (stopping) return reject(new Error(`interrupted by ${stopping}`));
     const child = spawn(bin, args, { ...identity, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env, LC_ALL: "C" } });
+    running.add(child);
+    child.once("exit", () => running.delete(child));
     let output = "";
     child.stdout.on("data", (chunk) => (output += chunk));
     child.stderr.on("data", (chunk) => (output += chunk));
@@ -282,6 +290,12 @@ export class Cluster {
   async destroy(): Promise<void> {
     try {
       await this.stop("immediate");
+    } catch (error) {
+      // pg_ctl refuses to stop the single-user server of an initdb cut short by a signal.
+      const pidFile = join(this.dataDir, "postmaster.pid");
+      const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8").split("\n")[0]) : 0;
+      if (!(pid > 0)) throw error;
+      process.kill(pid, "SIGKILL");
     } finally {
       rmSync(this.dir, { recursive: true, force: true });
     }
@@ -392,8 +406,20 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (command === "stop") {
-    await (await Cluster.attach(dir)).destroy();
-    return 0;
+    try {
+      await (await Cluster.attach(dir)).destroy();
+      return 0;
+    } catch (error) {
+      console.error(`cluster: ${(error as Error).message.split("\n")[0]}`);
+      return 1;
+    }
+  }
+  // A signal while initdb or pg_ctl runs goes on to them: initdb then removes what it made.
+  for (const name of ["SIGINT", "SIGTERM"] as const) {
+    process.on(name, () => {
+      stopping = name;
+      running.forEach((child) => child.kill(name));
+    });
   }
   try {
     const version = Number(parsed.values["pg-version"] ?? DEFAULT_VERSION);

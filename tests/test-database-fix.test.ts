@@ -130,6 +130,40 @@ describe("test-database-fix.sh", () => {
     expect(serversUnder(run.tmp)).toEqual([]);
   });
 
+  test("SIGTERM to the script alone while initdb's single-user server runs: stopped too, the step named, nothing left", async () => {
+    const tmp = mkdtempSync(join(tmpdir(), "fix-test-"));
+    chmodSync(tmp, 0o711);
+    temps.push(tmp);
+    // Signal once initdb's bootstrap server has written its postmaster.pid: the moment pg_ctl
+    // cannot stop ("single-user server is running") and used to leave the work dir behind.
+    const signalled = new Promise<void>((resolveSignal, rejectSignal) => {
+      const givingUpAt = Date.now() + 60_000;
+      const poll = () => {
+        // A single-user server writes its pid negated.
+        const found = readdirSync(tmp).some((run) => {
+          const pidFile = join(tmp, run, "pg", "data", "postmaster.pid");
+          return existsSync(pidFile) && readFileSync(pidFile, "utf8").startsWith("-");
+        });
+        if (found) return resolveSignal();
+        if (Date.now() > givingUpAt) return rejectSignal(new Error("initdb never wrote postmaster.pid"));
+        setTimeout(poll, 2);
+      };
+      poll();
+    });
+    const run = await runScript("test-database-fix.sh", ["--provider", "embedded"], { TMPDIR: tmp }, {
+      executable: true, group: true, killAfterMs: 90_000,
+      onStart: (child) => void signalled.then(() => child.kill("SIGTERM"), () => child.kill("SIGKILL")),
+    });
+    await signalled;
+    expect(run.code).toBe(143);
+    expect(run.stdout).toMatch(/  database up +\d+ ms  interrupted \(SIGTERM\)/);
+    expect(run.stdout).toContain('result: INTERRUPTED during "database up" (exit 143)');
+    expect(run.stdout).toMatch(/  cleanup +\d+ ms  ok/);
+    expect(run.stderr).not.toContain("single-user");
+    expect(readdirSync(tmp).filter((name) => name.startsWith("pg-kit-run."))).toEqual([]);
+    expect(serversUnder(tmp)).toEqual([]);
+  });
+
   test("SIGTERM during a slow dependency install ends the run at once, not when the install ends", async () => {
     // A copy of the script without node_modules beside it, so that prepare installs (with a stand-in npm).
     const copy = mkdtempSync(join(tmpdir(), "fix-fresh-"));
