@@ -1110,6 +1110,23 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/**
+ * postgres.js on Bun can throw from a timer after a connection has closed (a write queued
+ * with setImmediate runs once its socket is gone: "null is not an object (evaluating
+ * 'socket.write')", seen in about 1 run in 6 after pg_terminate_backend). The client is dropped
+ * by then and every await has its own deadline, so that stray error is absorbed instead of
+ * printing a stack trace; any other uncaught error keeps its default handling. Returns the undo.
+ */
+export function absorbDroppedClientErrors(): () => void {
+  const fromDroppedClient = (error: unknown) =>
+    error instanceof TypeError && /[\\/]postgres[\\/]src[\\/]connection\.js/.test(error.stack ?? "");
+  const handler = (error: unknown) => {
+    if (!fromDroppedClient(error)) throw error;
+  };
+  process.on("uncaughtException", handler);
+  return () => process.off("uncaughtException", handler);
+}
+
 /** Close a client without ever waiting on it for long: a broken one is dropped, not reused. */
 export async function closeClient(sql: Sql | undefined): Promise<void> {
   if (!sql) return;
@@ -2773,6 +2790,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
 
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
+  const restoreErrorHandling = absorbDroppedClientErrors();
   const run: CliRun = {
     config, steps, reporter, summary, startedAt,
     target: describeTarget(config),
@@ -2801,6 +2819,7 @@ export async function main(argv: string[], env: Env = process.env): Promise<numb
     return summary(end.status, end.exitCode, end.fields);
   } finally {
     removeSignalHandlers();
+    restoreErrorHandling();
     await closeClient(session.sql);
   }
 }

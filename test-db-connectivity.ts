@@ -23,7 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type postgres from "postgres";
 import {
-  abortOnSignals, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
+  abortOnSignals, absorbDroppedClientErrors, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
   FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, reportConfigError, Reporter, redact, schemaPlan,
   secretsOf, signalExit, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
@@ -509,6 +509,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
 
   const controller = new AbortController();
   const removeSignalHandlers = abortOnSignals(controller);
+  const restoreErrorHandling = absorbDroppedClientErrors();
   try {
     reporter.info(`testing ${describeTarget(config)}`);
     const results = await runChecks(names, { ...context, signal: controller.signal }, (result) => {
@@ -537,6 +538,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
     return EXIT.failed;
   } finally {
     removeSignalHandlers();
+    restoreErrorHandling();
   }
 }
 

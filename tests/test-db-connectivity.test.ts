@@ -127,10 +127,13 @@ describe("the suite against real servers", () => {
     expect(run.stderr).toContain('no check named "everything"');
   });
 
-  test("runs many times in a row without hanging", async () => {
-    for (let round = 0; round < 8; round++) {
+  test("runs many times in a row without hanging or a stack trace", async () => {
+    // Reconnect left postgres.js throwing from a timer on its dropped socket about 1 run in 6:
+    // sixteen rounds see it with a probability of about 94% if it comes back.
+    for (let round = 0; round < 16; round++) {
       const run = await runScript(SUITE, ["--only", "basic,reconnect,statement-timeout"], { DATABASE_URL: cluster.url() }, { killAfterMs: 30_000 });
       expect(run.code).toBe(0);
+      expect(run.stderr).not.toMatch(/Error:|^\s+at /m);
     }
   });
 
