@@ -2746,9 +2746,22 @@ export function reportConfigError(reporter: Reporter, error: unknown, urls: (str
  * Parse flags strictly. Returns the values, or the exit code to return at once: 0 after
  * printing `usage` for --help, 2 after a one-line error for a bad flag.
  */
+/**
+ * parseArgs calls `--timeout -1` "ambiguous" (a value that looks like a flag); joined as
+ * `--timeout=-1` the value reaches its own check, whose message names the rule and the fix.
+ */
+function withNegativeValues(argv: string[], flags: ParseArgsOptionsConfig): string[] {
+  const takesValue = (arg: string) => arg.startsWith("--") && flags[arg.slice(2)]?.type === "string";
+  return argv.flatMap((arg, index) => {
+    if (index > 0 && takesValue(argv[index - 1]!) && /^-\d/.test(arg)) return [];
+    const next = argv[index + 1];
+    return takesValue(arg) && next !== undefined && /^-\d/.test(next) ? [`${arg}=${next}`] : [arg];
+  });
+}
+
 export function parseFlags<Flags extends ParseArgsOptionsConfig>(argv: string[], flags: Flags, usage: string) {
   try {
-    const { values } = parseArgs({ args: argv, options: flags, strict: true, allowPositionals: false });
+    const { values } = parseArgs({ args: withNegativeValues(argv, flags), options: flags, strict: true, allowPositionals: false });
     if ((values as { help?: boolean }).help) {
       process.stdout.write(usage);
       return { exitCode: EXIT.ok };

@@ -525,7 +525,7 @@ export async function main(argv: string[], env: Record<string, string | undefine
     reporter.result([
       `\n${rule}\nTEST SUMMARY\n${rule}`,
       ...results.map((result) => `${result.name.padEnd(26)} ${result.ok ? "PASSED" : "FAILED"}  ${formatMs(result.ms).padStart(8)}`),
-      `${rule}\nTarget: ${describeTarget(config)}\nTotal: ${results.length} checks in ${formatMs(totalMs)}\n${rule}`,
+      `${rule}\nTarget: ${describeTarget(config)}\nTotal: ${results.length} check${results.length === 1 ? "" : "s"} in ${formatMs(totalMs)}\n${rule}`,
       `${passed} passed, ${failed} failed`,
     ].join("\n"));
     return failed === 0 ? EXIT.ok : EXIT.failed;

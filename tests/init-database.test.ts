@@ -185,6 +185,12 @@ describe("init-database.ts against a real server", () => {
     expect(run.stderr).toContain("--wait-forever");
   });
 
+  test("a negative number after a space is refused by its own rule, not as an 'ambiguous' argument", async () => {
+    const run = await runScript(SCRIPT, ["--timeout", "-1", "--wait-only"], {});
+    expect(run.code).toBe(EXIT.usage);
+    expect(run.stderr).toContain('--timeout "-1" must be a positive number of seconds');
+  });
+
   test("ten runs at once on an empty database all exit 0 and apply the schema once", async () => {
     const database = await cluster.freshDatabase();
     const runs = await Promise.all(Array.from({ length: 10 }, () => runScript(SCRIPT, ["--json"], { DATABASE_URL: cluster.url({ database }) })));
