@@ -107,17 +107,9 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const cluster = await Cluster.create({ start: false });
-  const samples: Record<string, number[]> = {};
   try {
-    for (let round = 0; round < rounds; round++) {
-      for (const delayS of DELAYS_S) {
-        const lags = await trial(cluster, delayS, WAITERS);
-        for (const [name, lag] of Object.entries(lags)) (samples[name] ??= []).push(lag);
-        console.error(`delay ${delayS} s: ${Object.entries(lags).map(([name, lag]) => `${name.split(" ")[0]} ${Math.round(lag)} ms`).join(", ")}`);
-      }
-    }
+    const results = await startUps(cluster, rounds, WAITERS);
     const rates = await closedPortRates();
-    const results = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, summarise(values)]));
     console.log(`readiness lag after the reference poller (${machine()}, ${new Date().toISOString().slice(0, 10)}, ${DELAYS_S.length * rounds} start-ups from ${DELAYS_S[0]} to ${DELAYS_S.at(-1)} s)`);
     console.log(table([
       ["waiter", "mean ms", "median ms", "worst ms", "attempts/s on a closed port"],
@@ -138,19 +130,24 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Every delay of DELAYS_S, `rounds` times: each waiter's lags, summarised per waiter. */
+async function startUps(cluster: Cluster, rounds: number, waiters: Waiter[]) {
+  const samples: Record<string, number[]> = {};
+  for (let round = 0; round < rounds; round++) {
+    for (const delayS of DELAYS_S) {
+      const lags = await trial(cluster, delayS, waiters);
+      for (const [name, lag] of Object.entries(lags)) (samples[name] ??= []).push(lag);
+      console.error(`delay ${delayS} s: ${Object.entries(lags).map(([name, lag]) => `${name} ${Math.round(lag)} ms`).join(", ")}`);
+    }
+  }
+  return Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, summarise(values)]));
+}
+
 /** --pooler: the same start-ups, waiting directly and through PgBouncer. */
 async function poolerMain(rounds: number): Promise<number> {
   const cluster = await Cluster.create({ start: false });
-  const samples: Record<string, number[]> = {};
   try {
-    for (let round = 0; round < rounds; round++) {
-      for (const delayS of DELAYS_S) {
-        const lags = await trial(cluster, delayS, POOLER_WAITERS);
-        for (const [name, lag] of Object.entries(lags)) (samples[name] ??= []).push(lag);
-        console.error(`delay ${delayS} s: ${Object.values(lags).map((lag) => `${Math.round(lag)} ms`).join(", ")}`);
-      }
-    }
-    const results = Object.fromEntries(Object.entries(samples).map(([name, values]) => [name, summarise(values)]));
+    const results = await startUps(cluster, rounds, POOLER_WAITERS);
     console.log(`readiness lag through ${await PgBouncer.version()} after the reference poller (${machine()}, ${new Date().toISOString().slice(0, 10)}, ${DELAYS_S.length * rounds} start-ups from ${DELAYS_S[0]} to ${DELAYS_S.at(-1)} s)`);
     console.log(table([
       ["waiter", "mean ms", "median ms", "worst ms"],
