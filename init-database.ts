@@ -1078,8 +1078,8 @@ export function explain(error: unknown): string {
   if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
-  const { location, position } = error as { location?: string; position?: string };
-  const at = location ? ` (${location})` : position ? ` (at character ${position})` : "";
+  const at = error instanceof StepFailure ? ` (${error.location})`
+    : error instanceof postgres.PostgresError && error.position ? ` (at character ${error.position})` : "";
   return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
 
@@ -2023,6 +2023,30 @@ export class SchemaError extends Error {
   }
 }
 
+/**
+ * A statement of a schema step failed: the server's (or the client's) error with the step, the
+ * place in the file and the sessions that blocked it. It keeps its cause's code and message, so
+ * it is classified, retried and explained as the cause would be.
+ */
+export class StepFailure extends Error {
+  readonly code: string;
+  /** What a failed no-transaction step left behind (statements that ran, INVALID indexes), one line each. */
+  notes: string[] = [];
+  /** The kit's advice when the case needs more than the code's own hint. */
+  fix?: string;
+  constructor(cause: unknown, readonly step: string, readonly location: string, readonly blockers: string[]) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+    this.code = errorCode(cause);
+    if (cause instanceof SchemaError) this.fix = cause.fix;
+  }
+}
+
+/** The server's DETAIL, CONTEXT and HINT fields of an error, or of the one a StepFailure wraps. */
+function serverFields(error: unknown): { detail?: string; context?: string; hint?: string } {
+  const cause = error instanceof StepFailure ? error.cause : error;
+  return cause instanceof postgres.PostgresError ? { detail: cause.detail, context: cause.where, hint: cause.hint } : {};
+}
+
 /** A step from a file's bytes, never decoded whole: a dump of tens of MB stays one buffer. */
 function schemaStep(name: string, bytes: Buffer): SchemaStep {
   return { name, checksum: createHash("sha256").update(bytes).digest("hex"), script: readScript(bytes, name) };
@@ -2248,7 +2272,7 @@ interface StepContext {
 
 /** Back off before the next attempt at a lock, or give up at the deadline (exit 3). */
 async function waitForLocks(step: SchemaStep, context: StepContext, attempt: number, error: unknown): Promise<void> {
-  const blockers = (error as { blockers?: string[] }).blockers ?? [];
+  const blockers = error instanceof StepFailure ? error.blockers : [];
   const delayMs = retryDelay("busy", attempt);
   const left = context.deadlineAt - Date.now();
   if (left <= delayMs) {
@@ -2403,7 +2427,7 @@ async function applyOutsideTransaction(step: SchemaStep, context: StepContext): 
             continue;
           }
           const invalid = building ? (await invalidIndexes(conn, run).catch(() => [])).filter((name) => !invalidBefore.includes(name)) : [];
-          throw partlyApplied(failure, step, ran, invalid);
+          throw partlyApplied(failure, ran, invalid);
         } finally {
           watcher.stop();
         }
@@ -2428,25 +2452,23 @@ async function invalidIndexes(conn: Sql, run: Run): Promise<string[]> {
 }
 
 /** Say what a failed no-transaction step left behind: the statements that ran (committed), and any INVALID index. */
-function partlyApplied(error: unknown, step: SchemaStep, ran: ScriptStatement[], invalid: string[]): unknown {
-  if (typeof error !== "object" || error === null) return error;
-  const notes = [
+function partlyApplied(failure: StepFailure, ran: ScriptStatement[], invalid: string[]): StepFailure {
+  failure.notes = [
     ran.length === 0
       ? "nothing of this step ran before it"
       : `already ran and stay applied (autocommit): ${ran.length} statement${ran.length === 1 ? "" : "s"}, at line${ran.length === 1 ? "" : "s"} ${ran.map((statement) => statement.line).join(", ")}`,
     ...invalid.map((name) => `left behind: INVALID index ${name}; remove it with DROP INDEX CONCURRENTLY ${name};`),
   ];
-  const fix = invalid.length > 0
+  failure.fix = invalid.length > 0
     ? `run DROP INDEX CONCURRENTLY ${invalid.join(", ")}; fix the cause, then re-run: the step is not recorded and runs again from its first statement`
     : `fix the cause and re-run: the step is not recorded and runs again from its first statement, so make the statements that already ran safe to repeat (IF NOT EXISTS)`;
-  return Object.assign(error, { notes, fix });
+  return failure;
 }
 
-/** Attach the step, the file's line and column, and the sessions that blocked it to a server error. */
-function annotate(error: unknown, step: SchemaStep, statement: ScriptStatement, blockers: string[]): unknown {
-  if (typeof error !== "object" || error === null || error instanceof SchemaError) return error;
-  const position = Number((error as { position?: string }).position);
-  return Object.assign(error, { step: step.name, location: statementLocation(step.script, statement, position), blockers });
+/** A statement's error with the step, the file's line (and column, when the server gives its position) and the sessions that blocked it. */
+function annotate(error: unknown, step: SchemaStep, statement: ScriptStatement, blockers: string[]): StepFailure {
+  const position = error instanceof postgres.PostgresError ? Number(error.position) : undefined;
+  return new StepFailure(error, step.name, statementLocation(step.script, statement, position), blockers);
 }
 
 /**
@@ -2471,7 +2493,7 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
     // postgres.js answers a COPY it did not expect with a stream and waits forever: end it.
     if (result instanceof Stream) {
       (result as Stream & { destroy(): void }).destroy();
-      throw new SchemaError(`${step.name}, line ${statement.line}: the statement exchanges COPY data, which the file does not hold`, "SCHEMA_FAILED", "use COPY ... FROM stdin followed by its rows and a line \\., as pg_dump writes it");
+      throw new SchemaError("the statement exchanges COPY data, which the file does not hold", "SCHEMA_FAILED", "use COPY ... FROM stdin followed by its rows and a line \\., as pg_dump writes it");
     }
     return;
   }
@@ -2990,7 +3012,7 @@ function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "
   }
   const fields = { code: errorCode(error), message: explain(error) };
   if (phase === "schema" && classifyError(error) === "fatal") {
-    const { step, location } = error as { step?: string; location?: string };
+    const { step, location } = error instanceof StepFailure ? error : { step: undefined, location: undefined };
     return {
       exitCode: EXIT.schemaFailed, status: "schema failed", message: `schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, fix: schemaHint(error),
       fields: { code: fields.code, step, message: fields.message, where: location },
@@ -3004,14 +3026,16 @@ function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "
 
 /** The server's detail and context, and what a no-transaction step left behind: one indented line each. */
 function schemaDetails(error: unknown): string {
-  const { detail, where: context, notes = [] } = error as { detail?: string; where?: string; notes?: string[] };
+  const { detail, context } = serverFields(error);
+  const notes = error instanceof StepFailure ? error.notes : [];
   const lines = [detail && `detail: ${detail}`, context && `where: ${context.replaceAll("\n", " <- ")}`, ...notes].filter(Boolean);
   return lines.map((line) => `\n  ${line}`).join("");
 }
 
 /** The server's own hint first, then the kit's advice for the case. */
 function schemaHint(error: unknown): string {
-  const { fix, hint: serverHint } = error as { fix?: string; hint?: string };
+  const fix = error instanceof StepFailure || error instanceof SchemaError ? error.fix : undefined;
+  const serverHint = serverFields(error).hint;
   const code = errorCode(error);
   const advice = fix ??
     (code === "57014" ? "a statement ran past --command-timeout: is another session holding a lock? raise --command-timeout or end that session"
