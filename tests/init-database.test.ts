@@ -1,11 +1,11 @@
 import { describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   classifyError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, nextDelay, redact, retryDelay, withDeadline,
 } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
-import { events, expectNoSecret, runScript, useCluster } from "./helpers.ts";
+import { events, expectNoSecret, ROOT, runScript, useCluster } from "./helpers.ts";
 
 const SCRIPT = "init-database.ts";
 const PASSWORD = "s3cret-Pa55/with:odd@chars%#";
@@ -75,6 +75,33 @@ describe("withDeadline", () => {
   test("rejects a promise that never settles with CLIENT_DEADLINE", async () => {
     const never = new Promise<never>(() => {});
     await expect(withDeadline(never, 20)).rejects.toMatchObject({ code: "CLIENT_DEADLINE" });
+  });
+});
+
+describe("the file's layout", () => {
+  const source = readFileSync(join(ROOT, SCRIPT), "utf8");
+  // Each section opens with a rule line, then "// Title: what it owns".
+  const sections = source.split(/^\/\/ -{20,}\n/m).slice(1).map((text) => ({ title: /^\/\/ ([^:\n]+):/.exec(text)?.[1] ?? "(no title)", text }));
+  const withoutComments = (text: string) => text.replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/.*$/gm, "");
+
+  test("has the sections its contents list names, in that order", () => {
+    const list = /Contents, in this order[^:]*:\n((?: \*.*\n)+?) \*\s*\n/.exec(source)?.[1] ?? "";
+    const named = list.replace(/^ \*\s*/gm, "").replace(/\s+/g, " ").replace(/\(.*?\)/g, "").split(". ")[0]!
+      .split(",").map((name) => name.trim().toLowerCase());
+    expect(named.length).toBeGreaterThan(5);
+    expect(sections.map((section) => section.title.toLowerCase())).toEqual(named);
+  });
+
+  test("a section reaches into a later one only through its exported names", () => {
+    const reaches: string[] = [];
+    for (const [index, section] of sections.entries()) {
+      const privateNames = [...section.text.matchAll(/^(?:async )?(?:function\*?|class|const|let|type|interface|enum) ([A-Za-z_$][\w$]*)/gm)].map((match) => match[1]!);
+      for (const name of privateNames) {
+        const use = new RegExp(`(?<![\\w$.])${name.replaceAll("$", "\\$")}(?![\\w$])`);
+        for (const earlier of sections.slice(0, index)) if (use.test(withoutComments(earlier.text))) reaches.push(`${earlier.title} uses ${name} from ${section.title}`);
+      }
+    }
+    expect(reaches).toEqual([]);
   });
 });
 
