@@ -4,14 +4,13 @@
  * README's commands, ten inits at once, the connectivity suite, a pooler that does not know the
  * database, and a PostgreSQL behind it that is down, comes back, or never starts.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 import { classifyError, closeClient, ConfigError, connect, errorCode, EXIT, hint, parseConfig } from "../init-database.ts";
 import { Cluster } from "./cluster.ts";
-import { cleanEnv, events, expectNoSecret, ROOT, runScript, type Run } from "./helpers.ts";
+import { cleanEnv, events, expectNoSecret, ROOT, runScript, useCluster, type Run } from "./helpers.ts";
 import { PgBouncer, type PoolMode } from "./pgbouncer.ts";
 import { FaultProxy } from "./proxy.ts";
 
@@ -34,9 +33,11 @@ async function init(args: string[], env: Record<string, string | undefined>): Pr
 
 const name = (mode: PoolMode, database: (typeof DATABASES)[number]) => `${mode}_${database}`;
 
-beforeAll(async () => {
-  [cluster, late] = await Promise.all([Cluster.create({ password: PASSWORD }), Cluster.create({ password: PASSWORD, start: false })]);
-  workDir = mkdtempSync(join(tmpdir(), "pooler-"));
+useCluster({ password: PASSWORD, start: false }, (fixture) => {
+  late = fixture.cluster;
+});
+useCluster({ password: PASSWORD }, async (fixture) => {
+  ({ cluster, dir: workDir } = fixture);
   await Promise.all(MODES.map(async (mode) => {
     const databases = DATABASES.map((database) => name(mode, database));
     await Promise.all(databases.map((database) => cluster.createDatabase(database)));
@@ -45,8 +46,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   for (const bouncer of bouncers.values()) await bouncer.destroy();
-  await Promise.all([cluster?.destroy(), late?.destroy()]);
-  rmSync(workDir, { recursive: true, force: true });
 });
 
 describe.each(MODES)("through PgBouncer, pool_mode = %s", (mode) => {
