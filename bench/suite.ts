@@ -1,12 +1,13 @@
 #!/usr/bin/env bun
 /**
  * The whole test suite (`npm test`: tsc, shellcheck, every bun test file) several times in a
- * row on this machine, optionally beside a CPU-bound process: whether every run passes, how
+ * row on this machine, optionally beside CPU-bound processes: whether every run passes, how
  * long each takes, and whether any leaves a PostgreSQL server, a PgBouncer or a temporary
  * directory behind. Flaky tests show up here, not in one green run.
  *
- * Usage: bun bench/suite.ts [--runs N] [--beside-cpu-hog]    (writes bench/results/suite.json)
- *   --beside-cpu-hog   keep one core busy the whole time (`sha256sum /dev/zero`)
+ * Usage: bun bench/suite.ts [--runs N] [--cpu-hogs N]
+ *   --cpu-hogs N   keep N cores busy the whole time, one `sha256sum /dev/zero` each (default 0)
+ * Writes bench/results/suite.json, or suite-cpu-hogs-N.json beside hogs.
  * Exit codes: 0 every run passed and left nothing behind, 1 otherwise (a failed run's output is
  *   kept in a temporary file, named on stderr).
  * Example: bun bench/suite.ts --runs 10
@@ -57,9 +58,10 @@ async function runSuite(): Promise<SuiteRun> {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { runs: { type: "string", default: "10" }, "beside-cpu-hog": { type: "boolean" } }, strict: true });
+  const { values } = parseArgs({ args: argv, options: { runs: { type: "string", default: "10" }, "cpu-hogs": { type: "string", default: "0" } }, strict: true });
   const runs = Number(values.runs);
-  const hog = values["beside-cpu-hog"] ? Bun.spawn(["sha256sum", "/dev/zero"], { stdout: "ignore", stderr: "ignore" }) : undefined;
+  const hogCount = Number(values["cpu-hogs"]);
+  const hogs = Array.from({ length: hogCount }, () => Bun.spawn(["sha256sum", "/dev/zero"], { stdout: "ignore", stderr: "ignore" }));
   const results: SuiteRun[] = [];
   try {
     for (let index = 1; index <= runs; index++) {
@@ -68,17 +70,17 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`run ${index}/${runs}: exit ${run.code}, ${run.passed} passed, ${run.failed} failed, ${run.skipped} skipped in ${run.seconds.toFixed(0)} s (load ${run.load})${run.leftovers.length ? `; left behind: ${run.leftovers.join(", ")}` : ""}`);
     }
   } finally {
-    hog?.kill();
+    for (const hog of hogs) hog.kill();
   }
   const seconds = summarise(results.map((run) => run.seconds));
   const green = results.filter((run) => run.code === 0 && run.failed === 0 && run.leftovers.length === 0).length;
-  console.log(`test suite ${runs} times in a row${hog ? " beside a CPU-bound process" : ""} (${machine()}, ${new Date().toISOString().slice(0, 10)})`);
+  console.log(`test suite ${runs} times in a row${hogCount ? ` beside ${hogCount} CPU-bound process${hogCount === 1 ? "" : "es"}` : ""} (${machine()}, ${new Date().toISOString().slice(0, 10)})`);
   console.log(table([
     ["runs", "green", "tests per run", "median s", "worst s", "total s"],
     [runs, green, results[0] ? results[0].passed + results[0].failed + results[0].skipped : 0, seconds.median.toFixed(0), seconds.worst.toFixed(0), results.reduce((sum, run) => sum + run.seconds, 0).toFixed(0)],
   ]));
-  writeFileSync(join(ROOT, "bench", "results", values["beside-cpu-hog"] ? "suite-beside-cpu-hog.json" : "suite.json"),
-    JSON.stringify({ date: new Date().toISOString(), machine: machine(), runs: results }, null, 2) + "\n");
+  writeFileSync(join(ROOT, "bench", "results", hogCount ? `suite-cpu-hogs-${hogCount}.json` : "suite.json"),
+    JSON.stringify({ date: new Date().toISOString(), machine: machine(), cpu_hogs: hogCount, runs: results }, null, 2) + "\n");
   return green === runs ? 0 : 1;
 }
 
