@@ -26,7 +26,7 @@ interface SuiteRun {
   seconds: number;
   /** The 1-minute load average when the run ended. */
   load: number;
-  /** Servers, poolers and temporary entries still there after the run. */
+  /** Servers, poolers and temporary entries the run started or made and left there. */
   leftovers: string[];
 }
 
@@ -41,13 +41,14 @@ function runningServers(): string[] {
 }
 
 async function runSuite(): Promise<SuiteRun> {
-  const before = new Set(readdirSync(tmpdir()));
+  // Only what appeared during the run counts: a system PostgreSQL already running is not a leftover.
+  const before = new Set([...runningServers(), ...readdirSync(tmpdir()).map((entry) => join(tmpdir(), entry))]);
   const startedAt = wallClock();
   const child = Bun.spawn(["npm", "test"], { cwd: ROOT, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   const seconds = (wallClock() - startedAt) / 1000;
   const output = stdout + stderr;
-  const leftovers = [...runningServers(), ...readdirSync(tmpdir()).filter((entry) => !before.has(entry)).map((entry) => join(tmpdir(), entry))];
+  const leftovers = [...runningServers(), ...readdirSync(tmpdir()).map((entry) => join(tmpdir(), entry))].filter((found) => !before.has(found));
   const run = { code, passed: count(output, "pass"), failed: count(output, "fail"), skipped: count(output, "skip"), seconds, load: Number(readFileSync("/proc/loadavg", "utf8").split(" ")[0]), leftovers };
   if (code !== 0) {
     const log = join(tmpdir(), `suite-failed-${Date.now()}.log`);
