@@ -32,8 +32,8 @@
  *   const sql = await connect({ timeout: 30 });
  *
  * Contents, in this order, each section opening with a comment that says what it owns:
- *   configuration, errors and retries, clients, waiting, SQL scripts, schema steps, reporting,
- *   CLI (main and its phases). A section uses later ones only through their exported names.
+ *   errors and retries, configuration, clients, waiting, SQL scripts, schema steps, reporting,
+ *   CLI (main and its phases). The file reads top down: a section uses only itself and the ones above it.
  *
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
  */
@@ -155,6 +155,187 @@ create table if not exists notifications (
 );
 create index if not exists notifications_unread_idx on notifications (user_id) where read_at is null;
 `;
+
+// ---------------------------------------------------------------------------------------
+// Errors and retries: the kit's own error codes (KIT_ERRORS, made by kitError) and error
+// classes, every error classified by its code (classifyError), the retry schedule, redaction.
+
+/**
+ * Every error code the kit makes itself (the server's SQLSTATEs and the system's errno codes
+ * come from elsewhere), each with what it means. Errors with these codes are made only by
+ * `kitError` and the classes below, so this table is the whole list.
+ */
+const KIT_ERRORS = {
+  EINVALIDCONFIG: "a usage or configuration error (exit 2)",
+  NOT_READY: "no host became ready before the deadline or the retry cap (exit 3)",
+  SCHEMA_FAILED: "a schema step cannot be applied as it stands (exit 1)",
+  MIGRATION_CHANGED: "an applied step's file changed since it was recorded (exit 1)",
+  FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
+  CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
+  LOCK_WAIT: "another session held the kit's advisory lock for longer than --command-timeout (exit 1)",
+  CONNECTION_CLOSED: "the server closed the connection during start-up",
+  POOLER_NO_SERVER: "the login was accepted but no session followed before the connect timeout: a pooler waiting for its PostgreSQL",
+  CONNECT_TIMEOUT: "no connection or no answer to the TLS request within the connect timeout (postgres.js uses the same code for its own)",
+  WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
+  NO_MAINTENANCE_DATABASE: "--create-database found no maintenance database to create the target from (exit 4)",
+  TLS_REFUSED: "sslmode requires TLS and the server does not offer it (exit 4)",
+  SIGINT: "interrupted by SIGINT (exit 130)",
+  SIGTERM: "interrupted by SIGTERM (exit 143)",
+  UNKNOWN: "what errorCode reports for an error that carries no code",
+} as const;
+
+export type KitErrorCode = keyof typeof KIT_ERRORS;
+
+/** An error with one of the kit's own codes. */
+function kitError(code: KitErrorCode, message: string): Error & { code: KitErrorCode } {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
+ * not-listening: nothing answers yet (poll fast, it costs the server nothing);
+ * starting: the server answers "starting up", or is a standby where a primary is wanted (poll
+ *   fast, it will be ready soon: a failover promotes a standby within seconds);
+ * busy: the server is there but overloaded, restarting or dropping us (back off);
+ * fatal: retrying cannot help (exit 4).
+ */
+export type ErrorClass = "not-listening" | "starting" | "busy" | "fatal";
+
+const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
+
+const BUSY = new Set([
+  "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
+  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
+  "CLIENT_DEADLINE", "POOLER_NO_SERVER",
+  "57P01", "57P02", "53300",
+]);
+
+/**
+ * PgBouncer answers very different situations with one SQLSTATE, 08P01, and fixed message
+ * texts, so behind it the code alone cannot tell "fix your configuration" from "wait": these
+ * prefixes split them. The one place the kit reads a message (taken from PgBouncer's source and
+ * provoked for real against PgBouncer 1.18, see tests/init-database.pooler.test.ts).
+ */
+const POOLER_MESSAGES: readonly { prefix: string; errorClass: ErrorClass; hint: string }[] = [
+  { prefix: "unsupported startup parameter", errorClass: "fatal", hint: "the pooler refuses a start-up parameter the client sent: add it to PgBouncer's ignore_startup_parameters, or stop sending it" },
+  { prefix: "no such database", errorClass: "fatal", hint: "the pooler has no such database: add it to the [databases] section of pgbouncer.ini (or a \"*\" fallback entry), or fix the name" },
+  { prefix: "no such user", errorClass: "fatal", hint: "the pooler does not know this user: add it to PgBouncer's auth_file (userlist.txt) or fix auth_query" },
+  { prefix: "SASL authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
+  // PostgreSQL's own refusal of the pooler's login, passed on by PgBouncer under 08P01.
+  { prefix: "password authentication failed for user", errorClass: "fatal", hint: "PostgreSQL refused the pooler's login: the password PgBouncer uses for this user (its auth_file entry, or password= in [databases]) does not match PostgreSQL's" },
+  { prefix: "password authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
+  { prefix: "server login has been failing", errorClass: "busy", hint: "the pooler cannot log in to PostgreSQL: is PostgreSQL up, and the password PgBouncer uses right? PgBouncer retries only every server_login_retry (default 15 s)" },
+  { prefix: "pgbouncer cannot connect to server", errorClass: "busy", hint: "the pooler cannot reach PostgreSQL: is it up? PgBouncer retries only every server_login_retry (default 15 s)" },
+  { prefix: "no more connections allowed", errorClass: "busy", hint: "the pooler is full: raise PgBouncer's max_client_conn (or max_db_connections / max_user_connections)" },
+  { prefix: "query_wait_timeout", errorClass: "busy", hint: "no server connection became free in the pooler in time: raise PgBouncer's default_pool_size or query_wait_timeout" },
+  { prefix: "server conn crashed", errorClass: "busy", hint: "PostgreSQL ended the pooler's server connection mid-query: a restart or a terminated session" },
+  { prefix: "database does not allow connections", errorClass: "busy", hint: "the database is disabled in the pooler (PgBouncer's DISABLE): ENABLE it" },
+];
+
+/** The POOLER_MESSAGES entry for an 08P01 error, if it is one of PgBouncer's. */
+function poolerMessage(error: unknown): (typeof POOLER_MESSAGES)[number] | undefined {
+  if (errorCode(error) !== "08P01") return undefined;
+  const message = error instanceof Error ? error.message : "";
+  return POOLER_MESSAGES.find((entry) => message.startsWith(entry.prefix));
+}
+
+/** Classify an error by its `.code` alone, save PgBouncer's 08P01 (POOLER_MESSAGES). */
+export function classifyError(error: unknown): ErrorClass {
+  const pooler = poolerMessage(error);
+  if (pooler) return pooler.errorClass;
+  const code = errorCode(error);
+  if (NOT_LISTENING.has(code)) return "not-listening";
+  if (code === "57P03" || code === "WRONG_SESSION_ATTRS") return "starting";
+  if (BUSY.has(code) || code.startsWith("08")) return "busy";
+  return "fatal";
+}
+
+/** An error's code as text: a SQLSTATE, an errno name, or one of KIT_ERRORS (UNKNOWN when it has none). */
+export function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" || typeof code === "number" ? String(code) : ("UNKNOWN" satisfies KitErrorCode);
+}
+
+/**
+ * The pause before the next attempt, or undefined when the attempt just made was the last:
+ * a delay that would pass the deadline is cut to what remains, so the last attempt is made at
+ * the deadline instead of being given up early.
+ */
+export function nextDelay(errorClass: ErrorClass, busyInARow: number, remainingMs: number, random: () => number = Math.random): number | undefined {
+  if (remainingMs <= 0) return undefined;
+  return Math.min(retryDelay(errorClass, busyInARow, random), remainingMs);
+}
+
+/** Milliseconds to wait before the next attempt, given the last failure and how many busy ones ran in a row. */
+export function retryDelay(errorClass: ErrorClass, busyInARow: number, random: () => number = Math.random): number {
+  if (errorClass !== "busy") return DEFAULTS.pollMs;
+  const ceiling = Math.min(DEFAULTS.backoffCapMs, DEFAULTS.backoffBaseMs * 2 ** Math.max(0, busyInARow - 1));
+  return Math.max(DEFAULTS.pollMs, Math.round(random() * ceiling));
+}
+
+/**
+ * Hide passwords: each known secret (raw and percent-encoded) and any URL's password part.
+ * A short secret is hidden where it stands alone, so that a password "b" does not turn
+ * "but" into "***ut"; a long one wherever it appears.
+ */
+export function redact(text: string, secrets: (string | undefined)[] = []): string {
+  let result = text;
+  for (const secret of secrets) {
+    if (!secret) continue;
+    for (const form of new Set([secret, encodeURIComponent(secret)])) {
+      const escaped = form.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      const pattern = form.length >= SHORT_SECRET ? escaped : `(?<![A-Za-z0-9])${escaped}(?![A-Za-z0-9])`;
+      result = result.replace(new RegExp(pattern, "g"), "***");
+    }
+  }
+  return result.replace(/(postgres(?:ql)?:\/\/[^:@/\s]*:)[^\s]*@/gi, "$1***@");
+}
+
+/** A usage or configuration error: exit 2, one line, never the password. */
+export class ConfigError extends Error {
+  readonly code: KitErrorCode = "EINVALIDCONFIG";
+  /** `fix`: the hint line, when there is something more precise to say than "see --help". */
+  constructor(message: string, readonly fix = "see --help") {
+    super(message);
+  }
+}
+
+/** The deadline or the retry cap passed before a host was ready (exit 3). */
+export class NotReadyError extends Error {
+  readonly code: KitErrorCode = "NOT_READY";
+  constructor(readonly lastError: unknown, readonly attempts: number, readonly elapsedMs: number, reason: string) {
+    super(reason);
+  }
+}
+
+/** A schema step cannot be applied as it stands (exit 1), with the fix when one is known. */
+export class SchemaError extends Error {
+  constructor(message: string, readonly code: KitErrorCode = "SCHEMA_FAILED", readonly fix?: string) {
+    super(message);
+  }
+}
+
+/**
+ * A statement of a schema step failed: the server's (or the client's) error with the step, the
+ * place in the file and the sessions that blocked it. It keeps its cause's code and message, so
+ * it is classified, retried and explained as the cause would be.
+ */
+class StepFailure extends Error {
+  readonly code: string;
+  /** What a failed no-transaction step left behind (statements that ran, INVALID indexes), one line each. */
+  notes: string[] = [];
+  /** The kit's advice when the case needs more than the code's own hint. */
+  fix?: string;
+  constructor(cause: unknown, readonly step: string, readonly location: string, readonly blockers: string[]) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+    this.code = errorCode(cause);
+    if (cause instanceof SchemaError) this.fix = cause.fix;
+  }
+}
+
+/** Milliseconds as a person reads them: "850 ms", "2.5 s". */
+export function formatMs(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
 
 // ---------------------------------------------------------------------------------------
 // Configuration: what a caller sets (Options) resolved once, as libpq would, into a Config
@@ -280,15 +461,6 @@ export interface Config {
 type Env = Record<string, string | undefined>;
 
 type ReadFile = (path: string) => string;
-
-/** A usage or configuration error: exit 2, one line, never the password. */
-export class ConfigError extends Error {
-  readonly code: KitErrorCode = "EINVALIDCONFIG";
-  /** `fix`: the hint line, when there is something more precise to say than "see --help". */
-  constructor(message: string, readonly fix = "see --help") {
-    super(message);
-  }
-}
 
 const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
 
@@ -532,7 +704,7 @@ export function parseKeywordValue(text: string, source: string): Conninfo {
 }
 
 /** A connection string as libpq takes it: a postgres:// URL, else keyword=value settings. */
-export function parseConnectionString(text: string, source: string): Conninfo {
+function parseConnectionString(text: string, source: string): Conninfo {
   return /^postgres(?:ql)?:\/\//.test(text) ? parseUrl(text, source) : parseKeywordValue(text, source);
 }
 
@@ -865,146 +1037,11 @@ export function secretsOf(config: Config): string[] {
  * become "read-write" (so a standby listed first is skipped, or promotion is awaited until the
  * deadline), and asking for a standby is a contradiction.
  */
-export function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
+function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
   if (attrs === "read-only" || attrs === "standby") {
     throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
   }
   return attrs === "primary" ? attrs : "read-write";
-}
-
-// ---------------------------------------------------------------------------------------
-// Errors and retries: the kit's own error codes (KIT_ERRORS, made by kitError), every error
-// classified by its code (classifyError), the retry schedule, redaction, and the one-line
-// explanations and hints a user reads.
-
-/**
- * Every error code the kit makes itself (the server's SQLSTATEs and the system's errno codes
- * come from elsewhere), each with what it means. Errors with these codes are made only by
- * `kitError` and the classes below, so this table is the whole list.
- */
-export const KIT_ERRORS = {
-  EINVALIDCONFIG: "a usage or configuration error (exit 2)",
-  NOT_READY: "no host became ready before the deadline or the retry cap (exit 3)",
-  SCHEMA_FAILED: "a schema step cannot be applied as it stands (exit 1)",
-  MIGRATION_CHANGED: "an applied step's file changed since it was recorded (exit 1)",
-  FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
-  CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
-  LOCK_WAIT: "another session held the kit's advisory lock for longer than --command-timeout (exit 1)",
-  CONNECTION_CLOSED: "the server closed the connection during start-up",
-  POOLER_NO_SERVER: "the login was accepted but no session followed before the connect timeout: a pooler waiting for its PostgreSQL",
-  CONNECT_TIMEOUT: "no connection or no answer to the TLS request within the connect timeout (postgres.js uses the same code for its own)",
-  WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
-  NO_MAINTENANCE_DATABASE: "--create-database found no maintenance database to create the target from (exit 4)",
-  TLS_REFUSED: "sslmode requires TLS and the server does not offer it (exit 4)",
-  SIGINT: "interrupted by SIGINT (exit 130)",
-  SIGTERM: "interrupted by SIGTERM (exit 143)",
-  UNKNOWN: "what errorCode reports for an error that carries no code",
-} as const;
-
-export type KitErrorCode = keyof typeof KIT_ERRORS;
-
-/** An error with one of the kit's own codes. */
-export function kitError(code: KitErrorCode, message: string): Error & { code: KitErrorCode } {
-  return Object.assign(new Error(message), { code });
-}
-
-/**
- * not-listening: nothing answers yet (poll fast, it costs the server nothing);
- * starting: the server answers "starting up", or is a standby where a primary is wanted (poll
- *   fast, it will be ready soon: a failover promotes a standby within seconds);
- * busy: the server is there but overloaded, restarting or dropping us (back off);
- * fatal: retrying cannot help (exit 4).
- */
-export type ErrorClass = "not-listening" | "starting" | "busy" | "fatal";
-
-const NOT_LISTENING = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"]);
-
-const BUSY = new Set([
-  "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
-  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
-  "CLIENT_DEADLINE", "POOLER_NO_SERVER",
-  "57P01", "57P02", "53300",
-]);
-
-/**
- * PgBouncer answers very different situations with one SQLSTATE, 08P01, and fixed message
- * texts, so behind it the code alone cannot tell "fix your configuration" from "wait": these
- * prefixes split them. The one place the kit reads a message (taken from PgBouncer's source and
- * provoked for real against PgBouncer 1.18, see tests/init-database.pooler.test.ts).
- */
-export const POOLER_MESSAGES: readonly { prefix: string; errorClass: ErrorClass; hint: string }[] = [
-  { prefix: "unsupported startup parameter", errorClass: "fatal", hint: "the pooler refuses a start-up parameter the client sent: add it to PgBouncer's ignore_startup_parameters, or stop sending it" },
-  { prefix: "no such database", errorClass: "fatal", hint: "the pooler has no such database: add it to the [databases] section of pgbouncer.ini (or a \"*\" fallback entry), or fix the name" },
-  { prefix: "no such user", errorClass: "fatal", hint: "the pooler does not know this user: add it to PgBouncer's auth_file (userlist.txt) or fix auth_query" },
-  { prefix: "SASL authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
-  // PostgreSQL's own refusal of the pooler's login, passed on by PgBouncer under 08P01.
-  { prefix: "password authentication failed for user", errorClass: "fatal", hint: "PostgreSQL refused the pooler's login: the password PgBouncer uses for this user (its auth_file entry, or password= in [databases]) does not match PostgreSQL's" },
-  { prefix: "password authentication failed", errorClass: "fatal", hint: "the pooler refused the password: check it, and the user's entry in PgBouncer's auth_file (userlist.txt) or auth_query" },
-  { prefix: "server login has been failing", errorClass: "busy", hint: "the pooler cannot log in to PostgreSQL: is PostgreSQL up, and the password PgBouncer uses right? PgBouncer retries only every server_login_retry (default 15 s)" },
-  { prefix: "pgbouncer cannot connect to server", errorClass: "busy", hint: "the pooler cannot reach PostgreSQL: is it up? PgBouncer retries only every server_login_retry (default 15 s)" },
-  { prefix: "no more connections allowed", errorClass: "busy", hint: "the pooler is full: raise PgBouncer's max_client_conn (or max_db_connections / max_user_connections)" },
-  { prefix: "query_wait_timeout", errorClass: "busy", hint: "no server connection became free in the pooler in time: raise PgBouncer's default_pool_size or query_wait_timeout" },
-  { prefix: "server conn crashed", errorClass: "busy", hint: "PostgreSQL ended the pooler's server connection mid-query: a restart or a terminated session" },
-  { prefix: "database does not allow connections", errorClass: "busy", hint: "the database is disabled in the pooler (PgBouncer's DISABLE): ENABLE it" },
-];
-
-/** The POOLER_MESSAGES entry for an 08P01 error, if it is one of PgBouncer's. */
-export function poolerMessage(error: unknown): (typeof POOLER_MESSAGES)[number] | undefined {
-  if (errorCode(error) !== "08P01") return undefined;
-  const message = error instanceof Error ? error.message : "";
-  return POOLER_MESSAGES.find((entry) => message.startsWith(entry.prefix));
-}
-
-/** Classify an error by its `.code` alone, save PgBouncer's 08P01 (POOLER_MESSAGES). */
-export function classifyError(error: unknown): ErrorClass {
-  const pooler = poolerMessage(error);
-  if (pooler) return pooler.errorClass;
-  const code = errorCode(error);
-  if (NOT_LISTENING.has(code)) return "not-listening";
-  if (code === "57P03" || code === "WRONG_SESSION_ATTRS") return "starting";
-  if (BUSY.has(code) || code.startsWith("08")) return "busy";
-  return "fatal";
-}
-
-/** An error's code as text: a SQLSTATE, an errno name, or one of KIT_ERRORS (UNKNOWN when it has none). */
-export function errorCode(error: unknown): string {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" || typeof code === "number" ? String(code) : ("UNKNOWN" satisfies KitErrorCode);
-}
-
-/**
- * The pause before the next attempt, or undefined when the attempt just made was the last:
- * a delay that would pass the deadline is cut to what remains, so the last attempt is made at
- * the deadline instead of being given up early.
- */
-export function nextDelay(errorClass: ErrorClass, busyInARow: number, remainingMs: number, random: () => number = Math.random): number | undefined {
-  if (remainingMs <= 0) return undefined;
-  return Math.min(retryDelay(errorClass, busyInARow, random), remainingMs);
-}
-
-/** Milliseconds to wait before the next attempt, given the last failure and how many busy ones ran in a row. */
-export function retryDelay(errorClass: ErrorClass, busyInARow: number, random: () => number = Math.random): number {
-  if (errorClass !== "busy") return DEFAULTS.pollMs;
-  const ceiling = Math.min(DEFAULTS.backoffCapMs, DEFAULTS.backoffBaseMs * 2 ** Math.max(0, busyInARow - 1));
-  return Math.max(DEFAULTS.pollMs, Math.round(random() * ceiling));
-}
-
-/**
- * Hide passwords: each known secret (raw and percent-encoded) and any URL's password part.
- * A short secret is hidden where it stands alone, so that a password "b" does not turn
- * "but" into "***ut"; a long one wherever it appears.
- */
-export function redact(text: string, secrets: (string | undefined)[] = []): string {
-  let result = text;
-  for (const secret of secrets) {
-    if (!secret) continue;
-    for (const form of new Set([secret, encodeURIComponent(secret)])) {
-      const escaped = form.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-      const pattern = form.length >= SHORT_SECRET ? escaped : `(?<![A-Za-z0-9])${escaped}(?![A-Za-z0-9])`;
-      result = result.replace(new RegExp(pattern, "g"), "***");
-    }
-  }
-  return result.replace(/(postgres(?:ql)?:\/\/[^:@/\s]*:)[^\s]*@/gi, "$1***@");
 }
 
 /** Where a target is, for messages: `host:port`, or the socket file. */
@@ -1022,65 +1059,6 @@ export function describeTarget(config: Config): string {
   }
   const hosts = config.targets.map(({ host, port }) => `${host.includes(":") ? `[${host}]` : host}:${port}`).join(",");
   return `postgres://${credentials}@${hosts}/${config.database}`;
-}
-
-/** One line saying what to do about an error, by code. */
-export function hint(error: unknown, config: Config): string {
-  if (error instanceof NotReadyError) return hint(error.lastError, config);
-  const pooler = poolerMessage(error);
-  // --create-database first connects to a maintenance database, which a pooler rarely lists.
-  const directly = config.createDatabase && !config.direct ? "; --create-database behind a pooler needs DIRECT_URL (or --direct-url) to reach PostgreSQL directly" : "";
-  if (pooler) return pooler.hint + (pooler.prefix === "no such database" ? directly : "");
-  const code = errorCode(error);
-  const places = config.targets.map(where).join(", ");
-  const defaultSocket = config.targets.some((target) => target.socket && target.host === defaultSocketDir())
-    ? ` (no host was given, so the local socket directory ${defaultSocketDir()}; set PGHOST or a host in the URL for TCP)`
-    : "";
-  const hints: Record<string, string> = {
-    "26000": "a prepared statement vanished: a transaction pooler (PgBouncer pool_mode=transaction) is in front; add pgbouncer=true to the URL, or use prepare: false",
-    "28P01": "check the password (PGPASSWORD, POSTGRES_PASSWORD or the URL); in Compose an old volume may hold a different password (docker compose down -v resets it)",
-    "28000": `the server refused user "${config.user}": check the user name and pg_hba.conf`,
-    "3D000": `database "${config.database}" does not exist: fix the name, or create it with: bun run init-database.ts --create-database (same connection settings)`,
-    NO_MAINTENANCE_DATABASE: `create it from a database you can reach, e.g. createdb --maintenance-db=THAT_DATABASE ${quoteIdent(config.database)}, then run without --create-database`,
-    "42501": `user "${config.user}" lacks a privilege it needs (CONNECT on the database, CREATE on the schema)`,
-    "53300": "the server is full: raise max_connections or shrink the pools of other clients",
-    "57P03": "the server is still starting or recovering",
-    ECONNREFUSED: `nothing listens on ${places}: is the server up and the port right?${defaultSocket}`,
-    ENOENT: `no server socket at ${places}: is the server up, with this port and unix_socket_directories?${defaultSocket}`,
-    ERR_CRYPTO_OPERATION_FAILED: "a TLS file could not be used (sslrootcert, sslcert, sslkey, sslcrl, sslcrldir): check it is PEM of the right kind",
-    TLS_REFUSED: "the server has TLS turned off (ssl = off): turn it on in postgresql.conf with a certificate, or use sslmode=prefer or disable on a network you trust",
-    ENOTFOUND: `the host name does not resolve: in Compose use the service name, on the same network`,
-    EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,
-    CONNECT_TIMEOUT: `${places} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
-    CLIENT_DEADLINE: "the server stopped answering mid-query; the client was replaced",
-    POOLER_NO_SERVER: `${places} accepted the login but opened no session: a pooler (PgBouncer) whose PostgreSQL is down or unreachable? PgBouncer retries it every server_login_retry (default 15 s)`,
-    CONNECTION_CLOSED: `${places} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
-    ECONNRESET: `${places} reset the connection: a server restarting, or a proxy or firewall cutting it`,
-    "55P03": "another session holds a lock the schema step needs (see \"blocked by\"): let it finish or end it, or raise --timeout to wait longer",
-    WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
-    TLS: `the server's certificate failed the check sslmode=${config.sslmode} asks for: check sslrootcert (the CA that signed it)${config.tls.verifyHost ? " and that the certificate names the host you connect to" : ""}, or choose a weaker sslmode`,
-  };
-  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (isTlsError(error) ? hints.TLS! : "");
-}
-
-function isTlsError(error: unknown): boolean {
-  const code = errorCode(error);
-  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.startsWith("ERR_OSSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
-}
-
-/** The first line of an error's message: parseArgs explains at length. */
-export function firstLine(error: unknown): string {
-  return String(error instanceof Error ? error.message : error).split("\n")[0]!;
-}
-
-/** A short, redacted description of an error: its code and the server's or system's message. */
-export function explain(error: unknown): string {
-  if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
-  const code = errorCode(error);
-  const message = error instanceof Error ? error.message : String(error);
-  const at = error instanceof StepFailure ? ` (${error.location})`
-    : error instanceof postgres.PostgresError && error.position ? ` (at character ${error.position})` : "";
-  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1141,7 +1119,7 @@ const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
  * sslmode=require or stricter ends the attempt with TLS_REFUSED, which is fatal. postgres.js
  * then speaks over it as over a plain socket. (`allow` is treated as `prefer`.)
  */
-export function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Promise<Socket> {
+function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Promise<Socket> {
   const { tls } = config;
   // postgres.js reads host and port off its socket, for its error messages.
   const named = <S extends Socket>(socket: S) => Object.assign(socket, { host: target.host, port: target.port });
@@ -1304,7 +1282,7 @@ function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { soc
  * AuthenticationOk) without a session following (ReadyForQuery)? PostgreSQL sends the session
  * at once; PgBouncer with no server connection yet authenticates the client itself, then waits.
  */
-export function loginWithoutSession(bytes: Buffer): boolean {
+function loginWithoutSession(bytes: Buffer): boolean {
   // The one-byte answer to SSLRequest comes first when TLS was offered and declined.
   let at = bytes[0] === 0x4e ? 1 : 0;
   let accepted = false;
@@ -1318,7 +1296,7 @@ export function loginWithoutSession(bytes: Buffer): boolean {
 }
 
 /** The ErrorResponse these bytes end with, if any: what a server said before it hung up. */
-export function trailingError(bytes: Buffer): { severity: string; code: string; message: string } | undefined {
+function trailingError(bytes: Buffer): { severity: string; code: string; message: string } | undefined {
   for (let at = bytes.length - 6; at >= 0; at--) {
     if (bytes[at] !== 0x45 || bytes.readUInt32BE(at + 1) !== bytes.length - at - 1) continue;
     const fields: Record<string, string> = {};
@@ -1333,11 +1311,7 @@ export function trailingError(bytes: Buffer): { severity: string; code: string; 
   return undefined;
 }
 
-/**
- * Sessions on hosts that answered but did not match target_session_attrs (a standby where a
- * primary is wanted), kept open between attempts: asking the same session again sees a
- * promotion within one poll, for one query instead of a new connection and authentication.
- */
+/** An attempt's socket source: one socket until the session is proven (oneSocketUntilProven). */
 type Sockets = ReturnType<typeof oneSocketUntilProven>;
 
 type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
@@ -1353,7 +1327,7 @@ type Queries = Sql | postgres.TransactionSql<{}>;
  * transaction whose query ran out is given up a grace later, even if its ROLLBACK never
  * answers (a network that went silent).
  */
-export function boundedPool(sql: Sql, config: Config): Sql {
+function boundedPool(sql: Sql, config: Config): Sql {
   if (config.commandTimeoutMs === 0) return sql;
   const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
   const bound = <T>(query: T, expired?: (error: Error) => void): T => {
@@ -1454,14 +1428,12 @@ export interface Ready {
   pooled: boolean;
 }
 
-export class NotReadyError extends Error {
-  readonly code: KitErrorCode = "NOT_READY";
-  constructor(readonly lastError: unknown, readonly attempts: number, readonly elapsedMs: number, reason: string) {
-    super(reason);
-  }
-}
-
-export class Parked {
+/**
+ * Sessions on hosts that answered but did not match target_session_attrs (a standby where a
+ * primary is wanted), kept open between attempts: asking the same session again sees a
+ * promotion within one poll, for one query instead of a new connection and authentication.
+ */
+class Parked {
   private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
   get size(): number {
     return this.sessions.size;
@@ -1619,7 +1591,7 @@ export async function waitUntilReady(
  * a matching host (a promotion), finding at most once per poll interval: no more than 20
  * attempts a second against a dead host, however many queries wait.
  */
-export function followTarget(config: Config, found: Target): () => Promise<Socket> {
+function followTarget(config: Config, found: Target): () => Promise<Socket> {
   let current: Target | undefined = found;
   let finding: Promise<unknown> | undefined;
   let lastFindAt = 0;
@@ -1684,7 +1656,7 @@ const MAINTENANCE_DATABASES = ["postgres", "template1"] as const;
  * database (as createdb does). Waits like any run (with `onAttempt` progress) up to the same
  * deadline. With `dryRun` nothing is created: a missing database is "would create".
  */
-export async function ensureDatabase(
+async function ensureDatabase(
   config: Config,
   { signal, onAttempt, startedAt, dryRun = false }: { signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; startedAt?: number; dryRun?: boolean } = {},
 ): Promise<"exists" | "created" | "would create"> {
@@ -1715,7 +1687,7 @@ export async function ensureDatabase(
   }
 }
 
-export function quoteIdent(name: string): string {
+function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
@@ -1766,7 +1738,7 @@ const isIdentStart = (c: number) => (c >= 65 && c <= 90) || (c >= 97 && c <= 122
 const isIdentPart = (c: number) => isIdentStart(c) || (c >= 48 && c <= 57) || c === 36;
 
 /** What PostgreSQL refuses inside a transaction block, named by the statement's first words; undefined when it runs in one. */
-export function needsNoTransaction(words: string[]): string | undefined {
+function needsNoTransaction(words: string[]): string | undefined {
   const [first, second, third] = words;
   const concurrently = words.includes("concurrently");
   if (first === "vacuum") return "VACUUM";
@@ -2017,30 +1989,6 @@ export interface SchemaStep {
   script: Script;
 }
 
-export class SchemaError extends Error {
-  constructor(message: string, readonly code: KitErrorCode = "SCHEMA_FAILED", readonly fix?: string) {
-    super(message);
-  }
-}
-
-/**
- * A statement of a schema step failed: the server's (or the client's) error with the step, the
- * place in the file and the sessions that blocked it. It keeps its cause's code and message, so
- * it is classified, retried and explained as the cause would be.
- */
-export class StepFailure extends Error {
-  readonly code: string;
-  /** What a failed no-transaction step left behind (statements that ran, INVALID indexes), one line each. */
-  notes: string[] = [];
-  /** The kit's advice when the case needs more than the code's own hint. */
-  fix?: string;
-  constructor(cause: unknown, readonly step: string, readonly location: string, readonly blockers: string[]) {
-    super(cause instanceof Error ? cause.message : String(cause), { cause });
-    this.code = errorCode(cause);
-    if (cause instanceof SchemaError) this.fix = cause.fix;
-  }
-}
-
 /** The server's DETAIL, CONTEXT and HINT fields of an error, or of the one a StepFailure wraps. */
 function serverFields(error: unknown): { detail?: string; context?: string; hint?: string } {
   const cause = error instanceof StepFailure ? error.cause : error;
@@ -2089,7 +2037,7 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
  * or a pooler detected at connect time, whose mode the kit cannot see) such a step needs schema
  * work to go directly to PostgreSQL.
  */
-export function assertOwnSession(steps: SchemaStep[], config: Config, pooled: boolean): void {
+function assertOwnSession(steps: SchemaStep[], config: Config, pooled: boolean): void {
   const step = steps.find((candidate) => candidate.script.noTransaction);
   if (!step || config.direct || (config.pooler !== "transaction" && !pooled)) return;
   const why = config.pooler === "transaction" ? "the URL says pgbouncer=true" : "a pooler answered the connection";
@@ -2100,14 +2048,14 @@ export function assertOwnSession(steps: SchemaStep[], config: Config, pooled: bo
   );
 }
 
-export interface StepResult {
+interface StepResult {
   name: string;
   status: "applied" | "already applied" | "pending";
   ms: number;
 }
 
 /** A step waiting for a lock another session holds, before its next attempt. */
-export interface LockWait {
+interface LockWait {
   step: string;
   attempt: number;
   delayMs: number;
@@ -2172,7 +2120,7 @@ function progressDeadline(ms: number, signal?: AbortSignal) {
 }
 
 /** The ledger, resolved once per run: always addressed schema-qualified, the advisory-lock key made from that name. */
-export interface Ledger {
+interface Ledger {
   ident: string;
   lockKey: string;
   /** The schema was named in --ledger-table, so the kit creates it if missing. */
@@ -2184,7 +2132,7 @@ export interface Ledger {
  * public), asked once: a step that empties search_path (as pg_dump output does) cannot
  * move it, and two spellings of the same table share one lock.
  */
-export async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Ledger> {
+async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Ledger> {
   const parts = config.ledgerTable.split(".");
   const table = parts.at(-1)!;
   let schema = parts.length > 1 ? parts[0] : undefined;
@@ -2213,7 +2161,7 @@ export async function readLedger(sql: Sql, config: Config, deadline: number, sig
  * for longer than --lock-timeout is rolled back and retried (jittered backoff) until `deadlineAt`,
  * each wait reported through `onWait`; past the deadline it is a NotReadyError (exit 3).
  */
-export async function applySchema(
+async function applyMigrations(
   sql: Sql,
   steps: SchemaStep[],
   config: Config,
@@ -2240,7 +2188,7 @@ export async function applySchema(
       let status: StepStatus;
       for (let attempt = 1; ; attempt++) {
         try {
-          status = await (step.script.noTransaction ? applyOutsideTransaction(step, context) : applyInTransaction(step, context));
+          status = await (step.script.noTransaction ? applyMigrationOutsideTransaction(step, context) : applyMigrationInTransaction(step, context));
           break;
         } catch (error) {
           if (errorCode(error) !== "55P03" || step.script.noTransaction) throw error;
@@ -2337,16 +2285,16 @@ function lockPoller(step: SchemaStep, context: StepContext) {
 }
 
 /** One step in one transaction: timeouts, lock (else end the transaction and try again), re-check the ledger inside the lock, apply, reset the session, record. */
-async function applyInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
+async function applyMigrationInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
   const pause = lockPoller(step, context);
   for (;;) {
-    const status = await oneTransaction(step, context);
+    const status = await migrationTransactionOnce(step, context);
     if (status !== "locked") return status;
     await pause();
   }
 }
 
-async function oneTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus | "locked"> {
+async function migrationTransactionOnce(step: SchemaStep, context: StepContext): Promise<StepStatus | "locked"> {
   const { sql, config, ledger } = context;
   const progress = progressDeadline(answerDeadline(config), context.signal);
   const run = runner(context, progress);
@@ -2392,7 +2340,7 @@ function buildsIndexConcurrently(words: string[]): boolean {
  * CONCURRENTLY, which waits for every older transaction). The session is the kit's own here
  * (such a step needs a direct connection), so its timeouts are session settings, reset after.
  */
-async function applyOutsideTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
+async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
   const { sql, config, ledger } = context;
   const progress = progressDeadline(answerDeadline(config), context.signal);
   const run = runner(context, progress);
@@ -2520,10 +2468,7 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
   await run(done, query);
 }
 
-/**
- * While a step runs, look now and then at who blocks its session (pg_blocking_pids), so that
- * a lock timeout can name them. `stop` returns the last sessions seen blocking it.
- */
+/** A session as pg_stat_activity shows it, to name one that blocks a step or holds the kit's lock. */
 interface SessionRow {
   pid: number;
   application: string;
@@ -2554,6 +2499,10 @@ async function advisoryLockHolders(context: StepContext): Promise<string[]> {
   return describeSessions(rows);
 }
 
+/**
+ * While a step runs, look now and then at who blocks its session (pg_blocking_pids), so that
+ * a lock timeout can name them. `stop` returns the last sessions seen blocking it.
+ */
 function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[] } {
   let seen: string[] = [];
   let stopped = false;
@@ -2598,7 +2547,7 @@ async function verifyTables(sql: Sql, tables: readonly string[], deadline: numbe
  * or where the ledger already records it; anything else is refused before any change.
  * Costs one catalog query; the ledger is read only when other tables are found.
  */
-export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal): Promise<void> {
+async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal): Promise<void> {
   if (!isBuiltIn(steps)) return;
   const deadline = answerDeadline(config);
   const [ledgerSchema, ledgerName] = config.ledgerTable.includes(".") ? config.ledgerTable.split(".").slice(-2) : [undefined, config.ledgerTable];
@@ -2639,11 +2588,66 @@ export async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: 
 }
 
 // ---------------------------------------------------------------------------------------
-// Reporting: human lines on stderr, results on stdout, NDJSON events with --json; every line
-// redacted.
+// Reporting: the one-line explanations and hints a user reads; human lines on stderr, results
+// on stdout, NDJSON events with --json; every line redacted.
 
-export function formatMs(ms: number): string {
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+/** One line saying what to do about an error, by code. */
+export function hint(error: unknown, config: Config): string {
+  if (error instanceof NotReadyError) return hint(error.lastError, config);
+  const pooler = poolerMessage(error);
+  // --create-database first connects to a maintenance database, which a pooler rarely lists.
+  const directly = config.createDatabase && !config.direct ? "; --create-database behind a pooler needs DIRECT_URL (or --direct-url) to reach PostgreSQL directly" : "";
+  if (pooler) return pooler.hint + (pooler.prefix === "no such database" ? directly : "");
+  const code = errorCode(error);
+  const places = config.targets.map(where).join(", ");
+  const defaultSocket = config.targets.some((target) => target.socket && target.host === defaultSocketDir())
+    ? ` (no host was given, so the local socket directory ${defaultSocketDir()}; set PGHOST or a host in the URL for TCP)`
+    : "";
+  const hints: Record<string, string> = {
+    "26000": "a prepared statement vanished: a transaction pooler (PgBouncer pool_mode=transaction) is in front; add pgbouncer=true to the URL, or use prepare: false",
+    "28P01": "check the password (PGPASSWORD, POSTGRES_PASSWORD or the URL); in Compose an old volume may hold a different password (docker compose down -v resets it)",
+    "28000": `the server refused user "${config.user}": check the user name and pg_hba.conf`,
+    "3D000": `database "${config.database}" does not exist: fix the name, or create it with: bun run init-database.ts --create-database (same connection settings)`,
+    NO_MAINTENANCE_DATABASE: `create it from a database you can reach, e.g. createdb --maintenance-db=THAT_DATABASE ${quoteIdent(config.database)}, then run without --create-database`,
+    "42501": `user "${config.user}" lacks a privilege it needs (CONNECT on the database, CREATE on the schema)`,
+    "53300": "the server is full: raise max_connections or shrink the pools of other clients",
+    "57P03": "the server is still starting or recovering",
+    ECONNREFUSED: `nothing listens on ${places}: is the server up and the port right?${defaultSocket}`,
+    ENOENT: `no server socket at ${places}: is the server up, with this port and unix_socket_directories?${defaultSocket}`,
+    ERR_CRYPTO_OPERATION_FAILED: "a TLS file could not be used (sslrootcert, sslcert, sslkey, sslcrl, sslcrldir): check it is PEM of the right kind",
+    TLS_REFUSED: "the server has TLS turned off (ssl = off): turn it on in postgresql.conf with a certificate, or use sslmode=prefer or disable on a network you trust",
+    ENOTFOUND: `the host name does not resolve: in Compose use the service name, on the same network`,
+    EAI_AGAIN: `the host name does not resolve yet: DNS is not answering`,
+    CONNECT_TIMEOUT: `${places} accepts TCP but the server never answers: wrong port, a proxy, or a firewall?`,
+    CLIENT_DEADLINE: "the server stopped answering mid-query; the client was replaced",
+    POOLER_NO_SERVER: `${places} accepted the login but opened no session: a pooler (PgBouncer) whose PostgreSQL is down or unreachable? PgBouncer retries it every server_login_retry (default 15 s)`,
+    CONNECTION_CLOSED: `${places} closed the connection: a server restarting or shutting down, a proxy with no backend, or a TLS mismatch?`,
+    ECONNRESET: `${places} reset the connection: a server restarting, or a proxy or firewall cutting it`,
+    "55P03": "another session holds a lock the schema step needs (see \"blocked by\"): let it finish or end it, or raise --timeout to wait longer",
+    WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
+    TLS: `the server's certificate failed the check sslmode=${config.sslmode} asks for: check sslrootcert (the CA that signed it)${config.tls.verifyHost ? " and that the certificate names the host you connect to" : ""}, or choose a weaker sslmode`,
+  };
+  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (isTlsError(error) ? hints.TLS! : "");
+}
+
+function isTlsError(error: unknown): boolean {
+  const code = errorCode(error);
+  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.startsWith("ERR_OSSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
+}
+
+/** The first line of an error's message: parseArgs explains at length. */
+function firstLine(error: unknown): string {
+  return String(error instanceof Error ? error.message : error).split("\n")[0]!;
+}
+
+/** A short, redacted description of an error: its code and the server's or system's message. */
+export function explain(error: unknown): string {
+  if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
+  const code = errorCode(error);
+  const message = error instanceof Error ? error.message : String(error);
+  const at = error instanceof StepFailure ? ` (${error.location})`
+    : error instanceof postgres.PostgresError && error.position ? ` (at character ${error.position})` : "";
+  return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
 
 /** Human lines on stderr, results on stdout, NDJSON with --json; everything redacted. */
@@ -2765,10 +2769,6 @@ export function reportConfigError(reporter: Reporter, error: unknown, urls: (str
 }
 
 /**
- * Parse flags strictly. Returns the values, or the exit code to return at once: 0 after
- * printing `usage` for --help, 2 after a one-line error for a bad flag.
- */
-/**
  * parseArgs calls `--timeout -1` "ambiguous" (a value that looks like a flag); joined as
  * `--timeout=-1` the value reaches its own check, whose message names the rule and the fix.
  */
@@ -2781,6 +2781,10 @@ function withNegativeValues(argv: string[], flags: ParseArgsOptionsConfig): stri
   });
 }
 
+/**
+ * Parse flags strictly. Returns the values, or the exit code to return at once: 0 after
+ * printing `usage` for --help, 2 after a one-line error for a bad flag.
+ */
 export function parseFlags<Flags extends ParseArgsOptionsConfig>(argv: string[], flags: Flags, usage: string) {
   try {
     const { values } = parseArgs({ args: withNegativeValues(argv, flags), options: flags, strict: true, allowPositionals: false });
@@ -2795,7 +2799,7 @@ export function parseFlags<Flags extends ParseArgsOptionsConfig>(argv: string[],
   }
 }
 
-export async function main(argv: string[], env: Env = process.env): Promise<number> {
+async function main(argv: string[], env: Env = process.env): Promise<number> {
   const startedAt = Date.now();
   const parsed = parseFlags(argv, FLAGS, USAGE);
   if (!parsed.values) return parsed.exitCode;
@@ -2948,7 +2952,7 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
     }
     session.phase = "schema";
     try {
-      return await applyAndReport(run, session.sql!, ready.pooled);
+      return await applyMigrationsAndReport(run, session.sql!, ready.pooled);
     } catch (error) {
       if (run.signal.aborted || classifyError(error) === "fatal" || Date.now() >= run.startedAt + config.timeoutMs) throw error;
       reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
@@ -2960,11 +2964,11 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
 }
 
 /** The schema steps on a ready client, and the result line: applied, up to date, or (dry run) pending. */
-async function applyAndReport(run: CliRun, sql: Sql, pooled: boolean): Promise<number> {
+async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean): Promise<number> {
   const { config, steps, reporter, signal, dryRun } = run;
   assertOwnSession(steps, config, pooled);
   await guardBuiltInSchema(sql, steps, config, signal);
-  const results = await applySchema(sql, steps, config, {
+  const results = await applyMigrations(sql, steps, config, {
     signal,
     dryRun,
     deadlineAt: run.startedAt + config.timeoutMs,

@@ -82,7 +82,9 @@ describe("the file's layout", () => {
   const source = readFileSync(join(ROOT, SCRIPT), "utf8");
   // Each section opens with a rule line, then "// Title: what it owns".
   const sections = source.split(/^\/\/ -{20,}\n/m).slice(1).map((text) => ({ title: /^\/\/ ([^:\n]+):/.exec(text)?.[1] ?? "(no title)", text }));
-  const withoutComments = (text: string) => text.replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/.*$/gm, "");
+  // Code only: comments, string literals and the text of template literals say nothing about what a section uses.
+  const codeOf = (text: string) => text.replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/.*$/gm, "").replace(/"(?:[^"\\\n]|\\.)*"/g, '""')
+    .replace(/`[^`]*`/g, (template) => (template.match(/\$\{[^}]*\}/g) ?? []).join(" "));
 
   test("has the sections its contents list names, in that order", () => {
     const list = /Contents, in this order[^:]*:\n((?: \*.*\n)+?) \*\s*\n/.exec(source)?.[1] ?? "";
@@ -92,13 +94,14 @@ describe("the file's layout", () => {
     expect(sections.map((section) => section.title.toLowerCase())).toEqual(named);
   });
 
-  test("a section reaches into a later one only through its exported names", () => {
+  test("reads top down: no section uses a name declared in a later one, exported or not", () => {
     const reaches: string[] = [];
     for (const [index, section] of sections.entries()) {
-      const privateNames = [...section.text.matchAll(/^(?:async )?(?:function\*?|class|const|let|type|interface|enum) ([A-Za-z_$][\w$]*)/gm)].map((match) => match[1]!);
-      for (const name of privateNames) {
-        const use = new RegExp(`(?<![\\w$.])${name.replaceAll("$", "\\$")}(?![\\w$])`);
-        for (const earlier of sections.slice(0, index)) if (use.test(withoutComments(earlier.text))) reaches.push(`${earlier.title} uses ${name} from ${section.title}`);
+      const declared = [...section.text.matchAll(/^(?:export )?(?:async )?(?:function\*?|class|const|let|type|interface|enum) ([A-Za-z_$][\w$]*)/gm)].map((match) => match[1]!);
+      for (const name of declared) {
+        // A use, not an object key or a type member of the same name (`hint: ...`).
+        const use = new RegExp(`(?<![\\w$.])${name.replaceAll("$", "\\$")}(?![\\w$]|\\??:)`);
+        for (const earlier of sections.slice(0, index)) if (use.test(codeOf(earlier.text))) reaches.push(`${earlier.title} uses ${name} from ${section.title}`);
       }
     }
     expect(reaches).toEqual([]);
