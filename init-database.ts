@@ -665,7 +665,7 @@ export function parseUrl(url: string, source: string): Conninfo {
 /** The keyword's error: named by its place, since a misplaced value may be a password; with the nearest keyword. */
 function unknownKeyword(which: string, keyword: string, fail: (message: string) => ConfigError): ConfigError {
   const near = nearestKeyword(keyword);
-  return fail(`${which} is not a libpq connection keyword${near ? ` (did you mean "${near}"?)` : ""}; the keywords are listed in the README`);
+  return fail(`${which} is not a libpq connection keyword${near ? ` (did you mean "${near}"?)` : ""}; the keywords are listed in docs/configuration.md`);
 }
 
 /**
@@ -953,7 +953,7 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 
   const integer = (keyword: Keyword) => (settings[keyword] ? libpqInteger(keyword, settings[keyword]!) : undefined);
   // A connection string without a host means the local socket, as in libpq; with no connection
-  // string and no host variable at all, the contract's default is TCP to localhost (README: deviations).
+  // string and no host variable at all, the contract's default is TCP to localhost (docs/configuration.md: deviations from libpq).
   const targets = targetsFrom(settings.host, settings.hostaddr, settings.port, rawUrl ? defaultSocketDir() : DEFAULTS.host);
   const user = value("user") ?? DEFAULTS.user;
   const database = value("dbname") ?? user;

@@ -141,6 +141,17 @@ describe("init-database.ts against a real server", () => {
     expect(await cluster.query(`select name from schema_migrations`, database)).toEqual([{ name: "flow-backend" }]);
   });
 
+  test("reports built-in tables dropped after the ledger recorded them, instead of silently re-creating them", async () => {
+    const database = await cluster.freshDatabase();
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    expect((await runScript(SCRIPT, [], env)).code).toBe(EXIT.ok);
+    await cluster.query(`drop table notifications`, database);
+    const again = await runScript(SCRIPT, [], env);
+    expect(again.code).toBe(EXIT.schemaFailed);
+    expect(again.stderr).toContain("tables missing after the schema ran: notifications (were they dropped? delete the ledger row to re-apply)");
+    expect(await cluster.query(`select to_regclass('notifications') as t`, database)).toEqual([{ t: null }]);
+  });
+
   test("fails fast on a wrong password with exit 4 and a hint, without retrying", async () => {
     const run = await runScript(SCRIPT, ["--timeout", "30"], { DATABASE_URL: cluster.url({ password: "wrong-password" }) });
     expect(run.code).toBe(EXIT.fatal);

@@ -3,8 +3,8 @@
  * fixtures/libpq-uri-cases.json), and more URIs answered by the installed libpq 15
  * (fixtures/libpq-15-more-uri-cases.json), run against the kit's parser: every case must give
  * the keywords libpq gives and the same kind of connection (Unix socket or TCP), or be refused
- * where libpq refuses it. A difference fails unless README.md's table of deviations names the
- * case's URI.
+ * where libpq refuses it. A difference fails unless the table of deviations in
+ * docs/configuration.md names the case's URI.
  */
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
@@ -26,10 +26,10 @@ const noFile = (): string => {
   throw Object.assign(new Error("no such file"), { code: "ENOENT" });
 };
 
-/** The URIs the README's deviations table lists (its other rows are not about the suite's cases). */
+/** The URIs docs/configuration.md's deviations table lists (its other rows are not about the suite's cases). */
 function listedDeviations(): string[] {
-  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-  const section = readme.split(/^#+ Deviations from libpq$/m)[1]?.split(/^#/m)[0] ?? "";
+  const page = readFileSync(join(ROOT, "docs", "configuration.md"), "utf8");
+  const section = page.split(/^#+ Deviations from libpq$/m)[1]?.split(/^#/m)[0] ?? "";
   return [...section.matchAll(/^\| `(postgres[^`]*)`/gm)].map((match) => match[1]!);
 }
 

@@ -9,7 +9,13 @@ import { join } from "node:path";
 import { ROOT } from "./helpers.ts";
 
 const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-const adopting = readme.slice(readme.indexOf("## Adopting"), readme.indexOf("## Configuration"));
+/** The section under "## Adopting", up to the next section. */
+const adopting = ((): string => {
+  const start = readme.indexOf("\n## Adopting");
+  if (start < 0) throw new Error('README.md has no "## Adopting" section');
+  const end = readme.indexOf("\n## ", start + 1);
+  return readme.slice(start, end < 0 ? undefined : end);
+})();
 
 /** The first fenced block of `language` in `text`, its indentation removed. */
 function block(text: string, language: string): string {
