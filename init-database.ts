@@ -32,7 +32,7 @@
  *   const sql = await connect({ timeout: 30 });
  *
  * Contents, in this order, each section opening with a comment that says what it owns:
- *   errors and retries, configuration, clients, waiting, SQL scripts, schema steps, reporting,
+ *   errors and retries, configuration, driver, waiting, SQL scripts, schema steps, reporting,
  *   CLI (main and its phases). The file reads top down: a section uses only itself and the ones above it.
  *
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
@@ -40,7 +40,7 @@
 import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { createConnection, isIP, type Socket } from "node:net";
+import { createConnection, isIP, Socket } from "node:net";
 import { homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { Stream, type Writable } from "node:stream";
@@ -335,6 +335,29 @@ class StepFailure extends Error {
 /** Milliseconds as a person reads them: "850 ms", "2.5 s". */
 export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** Reject with code CLIENT_DEADLINE after `ms`, or with the abort reason when `signal` fires. */
+export function withDeadline<T>(work: Promise<T>, ms: number, signal?: AbortSignal): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onAbort: (() => void) | undefined;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms`)), ms);
+    onAbort = () => reject(signal!.reason);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  return Promise.race([work, limit]).finally(() => {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+  });
+}
+
+/** Sleep, but wake at once when `signal` fires. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return withDeadline(new Promise<never>(() => {}), ms, signal).catch((error) => {
+    if (errorCode(error) !== "CLIENT_DEADLINE") throw error;
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1062,38 +1085,21 @@ export function describeTarget(config: Config): string {
 }
 
 // ---------------------------------------------------------------------------------------
-// Clients: sockets and postgres.js clients made from a Config (TLS negotiated here), pools
-// whose every query is bounded, and the client-side deadline every database await gets.
+// Driver: the only code that knows postgres.js, and every workaround for it, each checked
+// against the pinned version (POSTGRES_JS_VERSION): a client on a target (its sockets, TLS,
+// the session it proves), a bounded pool, a reserved session that says when it is lost, a
+// COPY, and what an error or a result carries. Everything below talks to postgres.js through it.
 
-/** Reject with code CLIENT_DEADLINE after `ms`, or with the abort reason when `signal` fires. */
-export function withDeadline<T>(work: Promise<T>, ms: number, signal?: AbortSignal): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let onAbort: (() => void) | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms`)), ms);
-    onAbort = () => reject(signal!.reason);
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener("abort", onAbort, { once: true });
-  });
-  return Promise.race([work, limit]).finally(() => {
-    clearTimeout(timer);
-    if (onAbort) signal?.removeEventListener("abort", onAbort);
-  });
-}
-
-/** Sleep, but wake at once when `signal` fires. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return withDeadline(new Promise<never>(() => {}), ms, signal).catch((error) => {
-    if (errorCode(error) !== "CLIENT_DEADLINE") throw error;
-  });
-}
+/** The postgres.js version the workarounds below were read against (package.json pins it; a test checks node_modules). */
+export const POSTGRES_JS_VERSION = "3.4.9";
 
 /**
- * postgres.js on Bun can throw from a timer after a connection has closed (a write queued
+ * postgres.js 3.4.9 on Bun can throw from a timer after a connection has closed (a write queued
  * with setImmediate runs once its socket is gone: "null is not an object (evaluating
- * 'socket.write')", seen in about 1 run in 6 after pg_terminate_backend). The client is dropped
- * by then and every await has its own deadline, so that stray error is absorbed instead of
- * printing a stack trace; any other uncaught error keeps its default handling. Returns the undo.
+ * 'socket.write')", after pg_terminate_backend). The client is dropped by then and every await
+ * has its own deadline, so that stray error is absorbed instead of printing a stack trace; it is
+ * told by its stack, which runs through postgres.js's connection.js. Any other uncaught error
+ * keeps its default handling. Returns the undo.
  */
 export function absorbDroppedClientErrors(): () => void {
   const fromDroppedClient = (error: unknown) =>
@@ -1111,6 +1117,44 @@ export async function closeClient(sql: Sql | undefined): Promise<void> {
   await withDeadline(sql.end({ timeout: 0 }), 1_000).catch(() => {});
 }
 
+/**
+ * A socket that fails through its own events, as a refused TCP socket does. postgres.js 3.4.9
+ * handles a socket's 'error' and 'close' (the query fails, the connection goes back to be
+ * reopened), but when the `socket` factory REJECTS, createSocket() calls error() and never
+ * closed(): that connection stays in the `connecting` queue for good, and a pool whose every
+ * connection was refused once (a server restarting) never opens another. So the kit's socket
+ * factories never reject: they return this.
+ */
+function failedSocket(error: unknown, target: Target): Socket {
+  const socket = Object.assign(new Socket(), { host: target.host, port: target.port });
+  // It fails once postgres.js has written its start-up message, as a refused socket does: 3.4.9
+  // writes it from a timer, and a socket that closes before that timer runs leaves the timer
+  // cleared but not forgotten (closed()), so that connection would never write again.
+  let failing = false;
+  socket.write = (() => {
+    if (!failing) {
+      failing = true;
+      setImmediate(() => {
+        socket.emit("error", error);
+        socket.emit("close", true);
+      });
+    }
+    return true;
+  }) as Socket["write"];
+  return socket;
+}
+
+/** A socket factory that never rejects (see failedSocket). */
+function neverRejects(target: Target, open: () => Socket | Promise<Socket>): () => Promise<Socket> {
+  return async () => {
+    try {
+      return await open();
+    } catch (error) {
+      return failedSocket(error, target);
+    }
+  };
+}
+
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
 /**
@@ -1118,14 +1162,29 @@ const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
  * with sslnegotiation=direct), never TLS over a Unix socket; a server that refuses TLS under
  * sslmode=require or stricter ends the attempt with TLS_REFUSED, which is fatal. postgres.js
  * then speaks over it as over a plain socket. (`allow` is treated as `prefer`.)
+ *
+ * Why not postgres.js's own `ssl` option, which sends the SSLRequest, does sslnegotiation=direct
+ * with ALPN and skips SNI for addresses, also on a `socket` of ours: in 3.4.9 (connection.js
+ * secure()) only the string 'prefer' falls back to plain text on the server's "N", so with the
+ * options libpq needs (a root certificate, a client certificate, a CRL, protocol bounds, all
+ * given as an object) an "N" is answered with a TLS handshake the server never reads (a hang to
+ * the connect timeout, not libpq's "server does not support SSL, but SSL was required"), and
+ * prefer cannot send a client certificate or check the chain as libpq does when the files are
+ * there. It also swaps the socket for a TLS one inside, so a pooler's last words
+ * (oneSocketUntilProven) could no longer be read. Never rejects: a failure comes back as a
+ * failed socket.
  */
 function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Promise<Socket> {
   const { tls } = config;
   // postgres.js reads host and port off its socket, for its error messages.
   const named = <S extends Socket>(socket: S) => Object.assign(socket, { host: target.host, port: target.port });
-  // Connection errors (ENOENT, ECONNREFUSED) reject here, before postgres.js listens on the socket.
-  return new Promise((resolve, reject) => {
-    const raw = dial(target);
+  return new Promise((resolve) => {
+    let raw: Socket;
+    try {
+      raw = dial(target);
+    } catch (error) {
+      return resolve(failedSocket(error, target));
+    }
     let secure: Socket | undefined;
     const closed = () => fail(kitError("CONNECTION_CLOSED", `${where(target)} closed the connection before start-up`));
     const settle = () => {
@@ -1138,7 +1197,7 @@ function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Pr
     const fail = (error: unknown) => {
       settle();
       (secure ?? raw).destroy();
-      reject(error);
+      resolve(failedSocket(error, target));
     };
     const timer = setTimeout(() => fail(kitError("CONNECT_TIMEOUT", `${where(target)} did not answer within ${config.connectTimeoutMs} ms`)), config.connectTimeoutMs);
     const done = (socket: Socket) => {
@@ -1195,9 +1254,19 @@ export function localSettings(config: Config): string {
   return `set local statement_timeout = ${config.commandTimeoutMs}`;
 }
 
-/** A postgres.js client for one host, with the kit's timeouts; `overrides` come from library users. */
-export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}): Sql {
-  return postgres({
+/** Who hears of a client's connections closing (reserveSession): postgres.js's onclose names only a connection id. */
+const closeListeners = new WeakMap<Sql, Set<() => void>>();
+
+/**
+ * A postgres.js client for one host, with the kit's timeouts; `overrides` come from library users.
+ * Its sockets (postgres.js's `socket` option, documented, left out of its type declarations) come
+ * from `openSocketFor` (the kit's own: an attempt's, a pool following a failover), else from an
+ * override's, else from openSocket; none ever rejects (failedSocket).
+ */
+export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}, openSocketFor?: () => Socket | Promise<Socket>): Sql {
+  const { socket: userSocket, onclose, ...rest } = overrides as postgres.Options<{}> & { socket?: () => Socket | Promise<Socket> };
+  const listeners = new Set<() => void>();
+  const sql = postgres({
     host: target.host,
     port: target.port,
     user: config.user,
@@ -1205,8 +1274,7 @@ export function createClient(config: Config, target: Target, overrides: postgres
     database: config.database,
     // openSocket negotiates TLS (libpq's sslmode, certificate files, sslnegotiation); postgres.js must not again.
     ssl: false,
-    // `socket` is a documented postgres.js option its type declarations leave out.
-    socket: () => openSocket(config, target),
+    socket: neverRejects(target, openSocketFor ?? userSocket ?? (() => openSocket(config, target))),
     max: DEFAULTS.poolMax,
     connect_timeout: config.connectTimeoutMs / 1000,
     keep_alive: config.keepAliveSeconds,
@@ -1219,8 +1287,14 @@ export function createClient(config: Config, target: Target, overrides: postgres
     // application_name only (PgBouncer refuses other start-up parameters: localSettings instead),
     // and `options` when the user sets it, which libpq sends as a start-up parameter too.
     connection: { application_name: config.applicationName, ...(config.options ? { options: config.options } : {}) },
-    ...overrides,
+    ...rest,
+    onclose: (id: number) => {
+      for (const listener of [...listeners]) listener();
+      onclose?.(id);
+    },
   } as postgres.Options<{}>) as Sql;
+  closeListeners.set(sql, listeners);
+  return sql;
 }
 
 /** Opens the socket for a target; the connectivity suite dials a forwarder in its place. */
@@ -1237,9 +1311,9 @@ export function dialTarget(target: Target): Socket {
 }
 
 /**
- * postgres.js reconnects at once, in a tight loop, when a socket closes during start-up (a
+ * postgres.js 3.4.9 reconnects at once, in a tight loop, when a socket closes during start-up (a
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
- * from here: until the session is proven, a second socket is refused, which ends the attempt.
+ * from here: until the session is proven, a second socket is a failed one, which ends the attempt.
  */
 function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { socket: () => Promise<Socket>; proven: () => void; explain: (error: unknown) => unknown } {
   let proving = true;
@@ -1248,7 +1322,7 @@ function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { soc
   return {
     socket: async () => {
       if (proving && ++opened > 1) {
-        throw kitError("CONNECTION_CLOSED", `${where(target)} closed the connection during start-up`);
+        return failedSocket(kitError("CONNECTION_CLOSED", `${where(target)} closed the connection during start-up`), target);
       }
       const socket = await openSocket(config, target, dial);
       // What the server said last (decrypted, under TLS).
@@ -1263,7 +1337,7 @@ function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { soc
     },
     /**
      * A pooler that refuses a query (PgBouncer's "server login has been failing") sends an error
-     * and hangs up at once; postgres.js then reports only CONNECTION_CLOSED. Give the error back.
+     * and hangs up at once; postgres.js 3.4.9 then reports only CONNECTION_CLOSED. Give the error back.
      */
     explain: (error) => {
       const said = errorCode(error) === "CONNECTION_CLOSED" ? trailingError(received) : undefined;
@@ -1276,6 +1350,9 @@ function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { soc
     },
   };
 }
+
+/** An attempt's socket source: one socket until the session is proven (oneSocketUntilProven). */
+type Sockets = ReturnType<typeof oneSocketUntilProven>;
 
 /**
  * Did these bytes (a server's answers during start-up) accept the login (SASLFinal or
@@ -1311,12 +1388,99 @@ function trailingError(bytes: Buffer): { severity: string; code: string; message
   return undefined;
 }
 
-/** An attempt's socket source: one socket until the session is proven (oneSocketUntilProven). */
-type Sockets = ReturnType<typeof oneSocketUntilProven>;
+/** The backend process a session's cancel key names: postgres.js 3.4.9 keeps its BackendKeyData on each result, as the private `state`. */
+function cancelKeyPid(rows: unknown): number | undefined {
+  return (rows as { state?: { pid?: number } }).state?.pid;
+}
+
+/** The server's fields of an error (or of the one a StepFailure wraps), as postgres.js's PostgresError carries them. */
+function serverFields(error: unknown): { position?: number; detail?: string; context?: string; hint?: string } {
+  const cause = error instanceof StepFailure ? error.cause : error;
+  if (!(cause instanceof postgres.PostgresError)) return {};
+  return { position: cause.position ? Number(cause.position) : undefined, detail: cause.detail, context: cause.where, hint: cause.hint };
+}
+
+/** postgres.js 3.4.9 answers a COPY it did not expect (COPY ... TO STDOUT, FROM STDIN without data) with a stream, and waits on it forever. */
+function isCopyStream(result: unknown): result is Stream & { destroy(): void } {
+  return result instanceof Stream;
+}
+
+/**
+ * `COPY ... FROM stdin`: the stream to write the rows to, and a promise that rejects with the
+ * server's error. postgres.js 3.4.9 drops a server error that arrives after the last row was
+ * sent (it only reaches the query's reject, already settled by then, and the stream waits
+ * forever for its end): the query's private `reject` is wrapped to catch it there.
+ */
+function copyFromStdin(query: { writable(): Promise<unknown> }): { writable: Promise<Writable>; serverFailed: Promise<never> } {
+  const copy = query as unknown as { reject(error: unknown): void };
+  let rejectCopy: (error: unknown) => void = () => {};
+  const serverFailed = new Promise<never>((_, reject) => (rejectCopy = reject));
+  serverFailed.catch(() => {});
+  const reject = copy.reject;
+  copy.reject = (error) => {
+    rejectCopy(error);
+    reject(error);
+  };
+  return { writable: query.writable() as unknown as Promise<Writable>, serverFailed };
+}
+
+/**
+ * One connection of a pool, kept for a run of statements (sql.reserve()), and `lost`, which
+ * fires once a connection of that pool closes. postgres.js 3.4.9 runs a query sent on a
+ * reserved connection that has closed by writing to its dead socket from a timer: it neither
+ * answers nor fails. So every await on the session also awaits `lost`, and `release` does not
+ * hand a closed connection back (release() would put it in the open queue). `lost` cannot tell
+ * which connection closed (postgres.js names it by an id the reserved one does not show), so it
+ * fires for any: the session's work is then given up and redone, as after a restart.
+ */
+async function reserveSession(sql: Sql, ms: number, signal: AbortSignal | undefined): Promise<{ conn: postgres.ReservedSql<{}>; lost: AbortSignal; release(): void }> {
+  const lost = new AbortController();
+  const listeners = closeListeners.get(sql);
+  const onClose = () => lost.abort(kitError("CONNECTION_CLOSED", "the server closed the step's connection"));
+  listeners?.add(onClose);
+  const conn = await withDeadline(sql.reserve(), ms, signal).catch((error) => {
+    listeners?.delete(onClose);
+    throw error;
+  });
+  return {
+    conn,
+    lost: lost.signal,
+    release: () => {
+      listeners?.delete(onClose);
+      if (!lost.signal.aborted) conn.release();
+    },
+  };
+}
 
 type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
 
 type Queries = Sql | postgres.TransactionSql<{}>;
+
+type Cancellable = PromiseLike<unknown> & { cancel(): unknown };
+
+/**
+ * On SIGINT/SIGTERM the server must stop the running statement now: closing our socket alone
+ * leaves it running (and its locks held) until it next talks to us. postgres.js 3.4.9 on Bun settles
+ * a cancel request's promise before the request has left the process, so `release` waits for
+ * the statement itself to end (bounded).
+ */
+function cancelOnAbort(signal: AbortSignal | undefined) {
+  let inflight: { query: Cancellable; ended: Promise<unknown> } | undefined;
+  let cancelling: Promise<unknown> | undefined;
+  const cancel = () => {
+    if (inflight) cancelling = Promise.all([Promise.resolve(inflight.query.cancel()).catch(() => {}), inflight.ended]);
+  };
+  signal?.addEventListener("abort", cancel, { once: true });
+  return {
+    track(query: Cancellable): void {
+      inflight = { query, ended: Promise.resolve(query).then(() => {}, () => {}) };
+    },
+    async release(): Promise<void> {
+      signal?.removeEventListener("abort", cancel);
+      if (cancelling) await withDeadline(cancelling, DEFAULTS.graceMs).catch(() => {});
+    },
+  };
+}
 
 /**
  * A connect() pool whose every query is bounded without a start-up parameter (a pooler refuses
@@ -1325,7 +1489,9 @@ type Queries = Sql | postgres.TransactionSql<{}>;
  * gets a client-side deadline of --command-timeout plus a grace, counted from when it is
  * awaited, after which it is cancelled on the server and rejected with CLIENT_DEADLINE. A
  * transaction whose query ran out is given up a grace later, even if its ROLLBACK never
- * answers (a network that went silent).
+ * answers (a network that went silent). postgres.js 3.4.9 runs a query when it is first
+ * awaited, through its `then`, and settles it through its private `reject`: the bound replaces
+ * that `then` to start the clock, and rejects through that `reject`.
  */
 function boundedPool(sql: Sql, config: Config): Sql {
   if (config.commandTimeoutMs === 0) return sql;
@@ -1500,9 +1666,7 @@ async function checkSession(
     return undefined;
   }
   sockets.proven();
-  // postgres.js keeps the BackendKeyData of the session on each result as `state`.
-  const cancelKey = (rows as unknown as { state?: { pid?: number } }).state;
-  return { sql, target, serverVersion: state.server_version, pooled: cancelKey?.pid !== state.backend_pid };
+  return { sql, target, serverVersion: state.server_version, pooled: cancelKeyPid(rows) !== state.backend_pid };
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
@@ -1521,8 +1685,7 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
     const { sql, sockets } = parked.take(target) ?? (() => {
       const attemptConfig = { ...config, connectTimeoutMs };
       const sockets = oneSocketUntilProven(attemptConfig, target, dial);
-      // `socket` is a documented postgres.js option its type declarations leave out.
-      return { sql: createClient(attemptConfig, target, { ...overrides, socket: sockets.socket } as postgres.Options<{}>), sockets };
+      return { sql: createClient(attemptConfig, target, overrides, sockets.socket), sockets };
     })();
     try {
       const found = await checkSession(config, target, { sql, sockets }, connectTimeoutMs + DEFAULTS.graceMs, signal, parked, index === order.length - 1);
@@ -1589,7 +1752,8 @@ export async function waitUntilReady(
  * all), the next one finds the host again, each session checked as in waitUntilReady, rather
  * than dialling a dead or demoted server. A new connection waits up to the connect timeout for
  * a matching host (a promotion), finding at most once per poll interval: no more than 20
- * attempts a second against a dead host, however many queries wait.
+ * attempts a second against a dead host, however many queries wait. A rejection here becomes a
+ * failed socket in createClient (failedSocket).
  */
 function followTarget(config: Config, found: Target): () => Promise<Socket> {
   let current: Target | undefined = found;
@@ -1617,7 +1781,8 @@ function followTarget(config: Config, found: Target): () => Promise<Socket> {
       });
     }
     const target = current;
-    const socket = Object.assign(dialTarget(target), { host: target.host, port: target.port });
+    // Negotiated as every other socket (TLS by sslmode); a failure comes back as a failed socket.
+    const socket = await openSocket(config, target);
     socket.once("close", () => {
       if (current === target) current = undefined;
     });
@@ -1641,11 +1806,10 @@ export async function connect(options: Options = {}, clientOptions: postgres.Opt
   const config = parseConfig(options, env);
   const { sql, target, pooled } = await waitUntilReady(config, { overrides: { max: 1 } });
   await closeClient(sql);
-  const follow = config.targets.length === 1 && config.targetSessionAttrs === "any" ? {} : { socket: followTarget(config, target) };
+  const follow = config.targets.length === 1 && config.targetSessionAttrs === "any" ? undefined : followTarget(config, target);
   // Named statements only where a session is known to be ours: not behind a pooler (pgbouncer=true or detected).
   const prepare = !pooled && config.pooler === undefined;
-  // `socket` is a documented postgres.js option its type declarations leave out.
-  return boundedPool(createClient(config, target, { fetch_types: true, prepare, ...clientOptions, ...follow } as postgres.Options<{}>), config);
+  return boundedPool(createClient(config, target, { fetch_types: true, prepare, ...clientOptions }, follow), config);
 }
 
 /** Where --create-database connects to create the target: the ones createdb tries, in its order. */
@@ -1989,12 +2153,6 @@ export interface SchemaStep {
   script: Script;
 }
 
-/** The server's DETAIL, CONTEXT and HINT fields of an error, or of the one a StepFailure wraps. */
-function serverFields(error: unknown): { detail?: string; context?: string; hint?: string } {
-  const cause = error instanceof StepFailure ? error.cause : error;
-  return cause instanceof postgres.PostgresError ? { detail: cause.detail, context: cause.where, hint: cause.hint } : {};
-}
-
 /** A step from a file's bytes, never decoded whole: a dump of tens of MB stays one buffer. */
 function schemaStep(name: string, bytes: Buffer): SchemaStep {
   return { name, checksum: createHash("sha256").update(bytes).digest("hex"), script: readScript(bytes, name) };
@@ -2061,32 +2219,6 @@ interface LockWait {
   delayMs: number;
   /** The sessions it waited behind: pid, application, state, how long their query has run, its start. */
   blockers: string[];
-}
-
-type Cancellable = PromiseLike<unknown> & { cancel(): unknown };
-
-/**
- * On SIGINT/SIGTERM the server must stop the running statement now: closing our socket alone
- * leaves it running (and its locks held) until it next talks to us. postgres.js on Bun settles
- * a cancel request's promise before the request has left the process, so `release` waits for
- * the statement itself to end (bounded).
- */
-function cancelOnAbort(signal: AbortSignal | undefined) {
-  let inflight: { query: Cancellable; ended: Promise<unknown> } | undefined;
-  let cancelling: Promise<unknown> | undefined;
-  const cancel = () => {
-    if (inflight) cancelling = Promise.all([Promise.resolve(inflight.query.cancel()).catch(() => {}), inflight.ended]);
-  };
-  signal?.addEventListener("abort", cancel, { once: true });
-  return {
-    track(query: Cancellable): void {
-      inflight = { query, ended: Promise.resolve(query).then(() => {}, () => {}) };
-    },
-    async release(): Promise<void> {
-      signal?.removeEventListener("abort", cancel);
-      if (cancelling) await withDeadline(cancelling, DEFAULTS.graceMs).catch(() => {});
-    },
-  };
 }
 
 /**
@@ -2342,11 +2474,12 @@ function buildsIndexConcurrently(words: string[]): boolean {
  */
 async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
   const { sql, config, ledger } = context;
-  const progress = progressDeadline(answerDeadline(config), context.signal);
+  const reserved = await reserveSession(sql, answerDeadline(config), context.signal);
+  const { conn, lost } = reserved;
+  // Every await on the session ends at once when its connection is lost.
+  const progress = progressDeadline(answerDeadline(config), context.signal ? AbortSignal.any([context.signal, lost]) : lost);
   const run = runner(context, progress);
-  let conn: postgres.ReservedSql<{}> | undefined;
   try {
-    conn = await Promise.race([sql.reserve(), progress.expired]);
     const [session] = await run(conn.unsafe(
       `select set_config('statement_timeout', $1, false), set_config('lock_timeout', '0', false), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
     const pause = lockPoller(step, context);
@@ -2387,10 +2520,9 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
     return "applied";
   } finally {
     progress.stop();
-    if (conn) {
-      await withDeadline(conn.unsafe(`${RESET_SESSION}; select pg_advisory_unlock_all()`), DEFAULTS.graceMs).catch(() => {});
-      conn.release();
-    }
+    // A lost session's settings and locks went with it.
+    if (!lost.aborted) await withDeadline(conn.unsafe(`${RESET_SESSION}; select pg_advisory_unlock_all()`), DEFAULTS.graceMs, lost).catch(() => {});
+    reserved.release();
   }
 }
 
@@ -2415,8 +2547,7 @@ function partlyApplied(failure: StepFailure, ran: ScriptStatement[], invalid: st
 
 /** A statement's error with the step, the file's line (and column, when the server gives its position) and the sessions that blocked it. */
 function annotate(error: unknown, step: SchemaStep, statement: ScriptStatement, blockers: string[]): StepFailure {
-  const position = error instanceof postgres.PostgresError ? Number(error.position) : undefined;
-  return new StepFailure(error, step.name, statementLocation(step.script, statement, position), blockers);
+  return new StepFailure(error, step.name, statementLocation(step.script, statement, serverFields(error).position), blockers);
 }
 
 /**
@@ -2438,25 +2569,14 @@ async function runStatement(conn: Session, step: SchemaStep, statement: ScriptSt
   const query = conn.unsafe(bytes.toString("utf8", statement.start, statement.end));
   if (!statement.data) {
     const result: unknown = await run(query);
-    // postgres.js answers a COPY it did not expect with a stream and waits forever: end it.
-    if (result instanceof Stream) {
-      (result as Stream & { destroy(): void }).destroy();
+    if (isCopyStream(result)) {
+      result.destroy();
       throw new SchemaError("the statement exchanges COPY data, which the file does not hold", "SCHEMA_FAILED", "use COPY ... FROM stdin followed by its rows and a line \\., as pg_dump writes it");
     }
     return;
   }
-  // postgres.js 3.4 drops a server error that arrives after the last row was sent (it only
-  // reaches the query's reject, already settled by then, and the stream waits forever for
-  // its end): catch it there.
-  const copy = query as unknown as { reject(error: unknown): void };
-  let rejectCopy: (error: unknown) => void = () => {};
-  const serverFailed = new Promise<never>((_, reject) => (rejectCopy = reject));
-  const reject = copy.reject;
-  copy.reject = (error) => {
-    rejectCopy(error);
-    reject(error);
-  };
-  const stream = (await run(query.writable(), query)) as unknown as Writable;
+  const { writable, serverFailed } = copyFromStdin(query);
+  const stream = await run(writable, query);
   const done = Promise.race([finished(stream), serverFailed]);
   done.catch(() => {});
   const { start, end } = statement.data;
@@ -2646,7 +2766,7 @@ export function explain(error: unknown): string {
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
   const at = error instanceof StepFailure ? ` (${error.location})`
-    : error instanceof postgres.PostgresError && error.position ? ` (at character ${error.position})` : "";
+    : serverFields(error).position ? ` (at character ${serverFields(error).position})` : "";
   return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
 

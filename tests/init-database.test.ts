@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  classifyError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, nextDelay, redact, retryDelay, withDeadline,
+  classifyError, connect, DEFAULTS, EXIT, FLOW_BACKEND_TABLES, nextDelay, POSTGRES_JS_VERSION, redact, retryDelay, withDeadline,
 } from "../init-database.ts";
 import { Cluster, freePort } from "./cluster.ts";
 import { events, expectNoSecret, ROOT, runScript, useCluster } from "./helpers.ts";
@@ -105,6 +105,19 @@ describe("the file's layout", () => {
       }
     }
     expect(reaches).toEqual([]);
+  });
+
+  test("the driver's workarounds were read against the postgres.js that is installed", () => {
+    const installed = JSON.parse(readFileSync(join(ROOT, "node_modules", "postgres", "package.json"), "utf8")).version;
+    expect(installed).toBe(POSTGRES_JS_VERSION);
+    expect(JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).dependencies.postgres).toBe(POSTGRES_JS_VERSION);
+  });
+
+  test("only the driver section names postgres.js's own classes and options", () => {
+    const outside = sections.filter((section) => section.title !== "Driver")
+      .filter((section) => /postgres\.PostgresError|\.reserve\(\)|\bssl:|\bsocket:/.test(codeOf(section.text)))
+      .map((section) => section.title);
+    expect(outside).toEqual([]);
   });
 });
 
