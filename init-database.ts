@@ -591,6 +591,11 @@ export interface Options {
   ledgerTable?: string;
   /** Where schema work goes past a pooler (--direct-url). Default: DIRECT_URL, else none. */
   directUrl?: string;
+  /**
+   * The run writes (applies a schema), so it needs a writable primary: target_session_attrs
+   * "any" and "prefer-standby" become "read-write", and asking for a standby is refused. Default false.
+   */
+  writable?: boolean;
 }
 
 /**
@@ -636,8 +641,12 @@ export interface Tls {
   maxVersion?: SecureVersion;
 }
 
-/** A resolved configuration (parseConfig): every field set, times in milliseconds. */
-export interface Config {
+/**
+ * How to reach the server, resolved as libpq resolves its keywords (parseConnection): the
+ * targets, the login, TLS, the per-attempt connect limit. Like pgx's pgconn.Config: nothing
+ * about what the run then does. Times in milliseconds.
+ */
+export interface ConnectionConfig {
   /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: localhost:5432; a connection string without a host: the local Unix socket. */
   targets: Target[];
   /** Default "postgres". */
@@ -651,7 +660,7 @@ export interface Config {
   tls: Tls;
   /** application_name, else fallback_application_name, else Options.applicationName. Default "init-database". */
   applicationName: string;
-  /** Which server of `targets` will do. Default "any". */
+  /** Which server of `targets` will do. Default "any" ("read-write" when the run writes: Options.writable). */
   targetSessionAttrs: TargetSessionAttrs;
   /** "random": the targets in a new random order at every attempt. Default "disable". */
   loadBalanceHosts: "disable" | "random";
@@ -659,10 +668,22 @@ export interface Config {
   options: string | undefined;
   /** TCP keepalive idle time in seconds; 0 turns keepalives off. Default 30. */
   keepAliveSeconds: number;
-  /** Overall deadline for becoming ready. Default 120,000. */
-  timeoutMs: number;
   /** Per-attempt connect limit. Default 10,000 (libpq's connect_timeout when set; 0 there: the overall deadline). */
   connectTimeoutMs: number;
+  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. Default undefined. */
+  pooler: "transaction" | undefined;
+  /** Warnings met while resolving (a password file with loose permissions), for the caller to print. */
+  notices: string[];
+}
+
+/**
+ * A resolved configuration (parseConfig): the connection, and the run's options around it (as
+ * pgx's ConnConfig embeds pgconn.Config). Every field set, times in milliseconds; never changed
+ * once made.
+ */
+export interface Config extends ConnectionConfig {
+  /** Overall deadline for becoming ready. Default 120,000. */
+  timeoutMs: number;
   /** statement_timeout of the kit's statements; 0 = none. Default 60,000. */
   commandTimeoutMs: number;
   /** lock_timeout of every schema step; 0 = none. Default 5,000. */
@@ -673,16 +694,12 @@ export interface Config {
   createDatabase: boolean;
   /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
-  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. Default undefined. */
-  pooler: "transaction" | undefined;
   /**
    * The connection for schema work, past the pooler (--direct-url / DIRECT_URL): waiting and
-   * checking go through `targets`, applying the schema goes here. Default undefined: schema
-   * work goes through `targets` too.
+   * checking go through the connection above, applying the schema goes here. Default
+   * undefined: schema work goes there too.
    */
-  direct: Config | undefined;
-  /** Warnings met while resolving (a password file with loose permissions), for the caller to print. */
-  notices: string[];
+  direct: ConnectionConfig | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -1146,13 +1163,11 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
 }
 
 /**
- * Resolve the whole configuration once. Precedence, keyword by keyword:
- * options (flags) > the URL (`--url`, else DATABASE_URL) > libpq's PG* variables >
- * the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
+ * Resolve one connection as libpq would, from a connection string (`rawUrl`, named `urlSource` in
+ * errors) and the environment. Precedence, keyword by keyword: the connection string > libpq's
+ * PG* variables > the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
  */
-export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
-  const urlSource = options.url !== undefined ? "--url" : "DATABASE_URL";
-  const rawUrl = first(options.url, env.DATABASE_URL);
+function parseConnection(rawUrl: string | undefined, urlSource: string, options: Options, env: Env, readFile: ReadFile): ConnectionConfig {
   const url: Conninfo = rawUrl ? parseConnectionString(rawUrl, urlSource) : {};
   const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
   const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
@@ -1199,7 +1214,7 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 
   // libpq: connect_timeout is whole seconds, at least 2; 0 or less means no limit (the overall deadline still holds).
   const libpqTimeout = integer("connect_timeout");
-  const timeoutMs = secondsAsMs("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
+  const timeoutMs = timeoutOf(options);
   const connectTimeoutMs =
     secondsAsMs("--connect-timeout", options.connectTimeout) ??
     (libpqTimeout === undefined ? DEFAULTS.connectTimeoutMs : libpqTimeout <= 0 ? timeoutMs : Math.max(2, libpqTimeout) * 1000);
@@ -1207,7 +1222,8 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
   const keepAliveIdle = integer("keepalives_idle");
 
   const tls = tlsFrom((keyword) => settings[keyword], env.HOME || homedir(), env, readFile);
-  const config: Config = {
+  const attrs = (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs;
+  return {
     targets,
     user,
     password,
@@ -1215,46 +1231,46 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
     sslmode: tls.mode,
     tls,
     applicationName: first(value("application_name"), value("fallback_application_name"), options.applicationName) ?? DEFAULTS.applicationName,
-    targetSessionAttrs: (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs,
+    targetSessionAttrs: options.writable ? writableSessionAttrs(attrs) : attrs,
     loadBalanceHosts: (value("load_balance_hosts") ?? "disable") as Config["loadBalanceHosts"],
     options: value("options"),
     keepAliveSeconds: keepalives === 0 ? 0 : keepAliveIdle && keepAliveIdle > 0 ? keepAliveIdle : DEFAULTS.keepAliveSeconds,
-    timeoutMs,
     connectTimeoutMs,
-    commandTimeoutMs: secondsAsMs("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
-    lockTimeoutMs: secondsAsMs("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs,
-    maxRetries: undefined,
-    createDatabase: options.createDatabase ?? false,
-    ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
     pooler: value("pgbouncer") === "true" ? "transaction" : undefined,
-    direct: undefined,
     notices,
   };
+}
+
+/** --timeout, in milliseconds. */
+function timeoutOf(options: Options): number {
+  return secondsAsMs("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
+}
+
+/**
+ * Resolve the whole configuration once: the connection (`--url`, else DATABASE_URL, see
+ * parseConnection), the one for schema work (`--direct-url`, else DIRECT_URL, resolved the same
+ * way), and the run's options, flags over DEFAULTS.
+ */
+export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
+  const connection = parseConnection(first(options.url, env.DATABASE_URL), options.url !== undefined ? "--url" : "DATABASE_URL", options, env, readFile);
+  const timeoutMs = timeoutOf(options);
+  const commandTimeoutMs = secondsAsMs("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs;
+  const lockTimeoutMs = secondsAsMs("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs;
   const directUrl = first(options.directUrl, env.DIRECT_URL);
-  if (directUrl) {
-    const source = options.directUrl !== undefined ? "--direct-url" : "DIRECT_URL";
-    try {
-      config.direct = parseConfig({ ...options, url: directUrl, directUrl: undefined }, { ...env, DIRECT_URL: undefined }, readFile);
-    } catch (error) {
-      // The nested parse names its URL "--url"; this one is the direct URL.
-      throw error instanceof ConfigError ? new ConfigError(error.message.replace(/^--url\b/, source), error.fix) : error;
-    }
+  const direct = directUrl ? parseConnection(directUrl, options.directUrl !== undefined ? "--direct-url" : "DIRECT_URL", options, env, readFile) : undefined;
+  const retries = options.maxRetries === undefined ? undefined : Number(options.maxRetries);
+  if (retries !== undefined && (!Number.isInteger(retries) || retries < 1)) {
+    throw new ConfigError(`--max-retries "${options.maxRetries}" must be a whole number of attempts, 1 or more`);
   }
-  if (options.maxRetries !== undefined) {
-    const retries = Number(options.maxRetries);
-    if (!Number.isInteger(retries) || retries < 1) {
-      throw new ConfigError(`--max-retries "${options.maxRetries}" must be a whole number of attempts, 1 or more`);
-    }
-    config.maxRetries = retries;
+  const ledgerTable = options.ledgerTable ?? DEFAULTS.ledgerTable;
+  if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/.test(ledgerTable)) {
+    throw new ConfigError(`--ledger-table "${ledgerTable}" must be a plain table name, optionally schema-qualified`);
   }
-  if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/.test(config.ledgerTable)) {
-    throw new ConfigError(`--ledger-table "${config.ledgerTable}" must be a plain table name, optionally schema-qualified`);
-  }
-  return config;
+  return { ...connection, timeoutMs, commandTimeoutMs, lockTimeoutMs, maxRetries: retries, createDatabase: options.createDatabase ?? false, ledgerTable, direct };
 }
 
 /** Every secret a configuration holds, for redaction. */
-export function secretsOf(config: Config): string[] {
+export function secretsOf(config: ConnectionConfig & { direct?: ConnectionConfig }): string[] {
   const secrets = [config.password, config.tls.passphrase, ...config.targets.map((target) => target.password)];
   return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
 }
@@ -1277,7 +1293,7 @@ export function where(target: Target): string {
 }
 
 /** The target as a URL with the password hidden, for messages; sockets as libpq writes them (`?host=/dir`). */
-export function describeTarget(config: Config): string {
+export function describeTarget(config: ConnectionConfig): string {
   const user = encodeURIComponent(config.user);
   const credentials = config.password === undefined && config.targets.every((target) => target.password === undefined) ? user : `${user}:***`;
   if (config.targets.some((target) => target.socket)) {
@@ -1378,7 +1394,7 @@ const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
  * (oneSocketUntilProven) could no longer be read. Never rejects: a failure comes back as a
  * failed socket.
  */
-function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Promise<Socket> {
+function openSocket(config: ConnectionConfig, target: Target, dial: Dial = dialTarget): Promise<Socket> {
   const { tls } = config;
   // postgres.js reads host and port off its socket, for its error messages.
   const named = <S extends Socket>(socket: S) => Object.assign(socket, { host: target.host, port: target.port });
@@ -1454,7 +1470,7 @@ function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Pr
  * parameters, which PgBouncer refuses ("unsupported startup parameter"), nor a plain SET, which
  * in a transaction pool stays on the server session for whichever client gets it next.
  */
-export function localSettings(config: Config): string {
+export function localSettings(config: Pick<Config, "commandTimeoutMs">): string {
   return `set local statement_timeout = ${config.commandTimeoutMs}`;
 }
 
@@ -1467,7 +1483,7 @@ const closeListeners = new WeakMap<Sql, Set<() => void>>();
  * from `openSocketFor` (the kit's own: an attempt's, a pool following a failover), else from an
  * override's, else from openSocket; none ever rejects (failedSocket).
  */
-export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}, openSocketFor?: () => Socket | Promise<Socket>): Sql {
+export function createClient(config: ConnectionConfig, target: Target, overrides: postgres.Options<{}> = {}, openSocketFor?: () => Socket | Promise<Socket>): Sql {
   const { socket: userSocket, onclose, ...rest } = overrides as postgres.Options<{}> & { socket?: () => Socket | Promise<Socket> };
   const listeners = new Set<() => void>();
   const sql = postgres({
@@ -1519,7 +1535,7 @@ export function dialTarget(target: Target): Socket {
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
  * from here: until the session is proven, a second socket is a failed one, which ends the attempt.
  */
-function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { socket: () => Promise<Socket>; proven: () => void; explain: (error: unknown) => unknown } {
+function oneSocketUntilProven(config: ConnectionConfig, target: Target, dial: Dial): { socket: () => Promise<Socket>; proven: () => void; explain: (error: unknown) => unknown } {
   let proving = true;
   let opened = 0;
   let received = Buffer.alloc(0);
@@ -1684,7 +1700,7 @@ async function cancelStatement(query: Cancellable): Promise<void> {
  * awaited, through its `then`, and settles it through its private `reject`: the bound replaces
  * that `then` to start the clock, and rejects through that `reject`.
  */
-function boundedPool(sql: Sql, config: Config): Sql {
+function boundedPool(sql: Sql, config: Pick<Config, "commandTimeoutMs">): Sql {
   if (config.commandTimeoutMs === 0) return sql;
   const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
   const bound = <T>(query: T, expired?: (error: unknown) => void): T => {
@@ -1809,7 +1825,7 @@ class Parked {
    * recheckMs meanwhile: one query on an open session costs the server little, and a promotion
    * is seen within milliseconds instead of at the next attempt. The session that now matches, if any.
    */
-  async waitFor(config: Config, ms: number, deadline: Deadline): Promise<Found | undefined> {
+  async waitFor(config: ConnectionConfig, ms: number, deadline: Deadline): Promise<Found | undefined> {
     const horizon = deadline.horizon(ms);
     try {
       return await retry(async () => {
@@ -1846,7 +1862,7 @@ interface Found {
 
 /** Ask a session whether it matches target_session_attrs: the host found, or undefined (and the session parked). */
 async function checkSession(
-  config: Config, target: Target, session: { sql: Sql; sockets: Sockets }, timeoutMs: number, deadline: Deadline,
+  config: ConnectionConfig, target: Target, session: { sql: Sql; sockets: Sockets }, timeoutMs: number, deadline: Deadline,
   parked?: Parked, lastHost = target === config.targets.at(-1),
 ): Promise<Found | undefined> {
   const { sql, sockets } = session;
@@ -1864,7 +1880,7 @@ async function checkSession(
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: Config, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
+async function tryTargets(config: ConnectionConfig, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
   let lastError: unknown;
   // load_balance_hosts=random: libpq shuffles the hosts for each connection attempt.
   const order = [...config.targets];
@@ -1901,12 +1917,13 @@ async function tryTargets(config: Config, deadline: Deadline, overrides: postgre
  * deadline). `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`.
  */
 export async function waitUntilReady(
-  config: Config,
-  { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial }: {
-    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial;
+  config: ConnectionConfig & Partial<Pick<Config, "timeoutMs" | "commandTimeoutMs" | "maxRetries">>,
+  { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial, maxRetries = config.maxRetries }: {
+    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial; maxRetries?: number;
   } = {},
 ): Promise<Ready> {
-  const run = deadline ?? Deadline.forRun({ timeoutMs: config.timeoutMs, commandTimeoutMs: config.commandTimeoutMs, signal, startedAt });
+  const { timeoutMs = DEFAULTS.timeoutMs, commandTimeoutMs = DEFAULTS.commandTimeoutMs } = config;
+  const run = deadline ?? Deadline.forRun({ timeoutMs, commandTimeoutMs, signal, startedAt });
   let cause: unknown;
   const parked = new Parked();
   try {
@@ -1923,7 +1940,7 @@ export async function waitUntilReady(
       }
     }, {
       deadline: run,
-      maxAttempts: config.maxRetries,
+      maxAttempts: maxRetries,
       onRetry: onAttempt,
       // A standby parked by the attempt is asked again meanwhile, so its promotion is seen at once.
       pause: async (ms, attempt) => {
@@ -1948,7 +1965,7 @@ export async function waitUntilReady(
  * attempts a second against a dead host, however many queries wait. A rejection here becomes a
  * failed socket in createClient (failedSocket).
  */
-function followTarget(config: Config, found: Target): () => Promise<Socket> {
+function followTarget(config: ConnectionConfig, found: Target): () => Promise<Socket> {
   let current: Target | undefined = found;
   let finding: Promise<unknown> | undefined;
   let lastFindAt = 0;
@@ -2013,14 +2030,14 @@ const MAINTENANCE_DATABASES = ["postgres", "template1"] as const;
  * deadline. With `dryRun` nothing is created: a missing database is "would create".
  */
 async function ensureDatabase(
-  config: Config,
-  { deadline, onAttempt, dryRun = false }: { deadline: Deadline; onAttempt?: (attempt: Attempt) => void; dryRun?: boolean },
+  config: ConnectionConfig,
+  { deadline, onAttempt, maxRetries, dryRun = false }: { deadline: Deadline; onAttempt?: (attempt: Attempt) => void; maxRetries?: number; dryRun?: boolean },
 ): Promise<"exists" | "created" | "would create"> {
   let sql: Sql | undefined;
   // Not a retry: each candidate is waited for (waitUntilReady retries); one that does not exist makes way for the next.
   for (const database of MAINTENANCE_DATABASES) {
     try {
-      ({ sql } = await waitUntilReady({ ...config, database }, { deadline, onAttempt, overrides: { max: 1 } }));
+      ({ sql } = await waitUntilReady({ ...config, database }, { deadline, onAttempt, maxRetries, overrides: { max: 1 } }));
       break;
     } catch (error) {
       if (errorCode(error) !== "3D000") throw error;
@@ -3178,12 +3195,11 @@ function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: Sch
     createDatabase: values["create-database"],
     ledgerTable: values["ledger-table"],
     directUrl: values["direct-url"],
+    // The schema needs a writable primary: decided while the configuration is resolved.
+    writable: !values["wait-only"],
   }, env);
   if (values["wait-only"]) return { config, steps: [] };
-  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
-  config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
-  if (config.direct) config.direct.targetSessionAttrs = writableSessionAttrs(config.direct.targetSessionAttrs);
-  return { config, steps };
+  return { config, steps: schemaPlan({ schema: values.schema, migrations: values.migrations }) };
 }
 
 /** Wait until the target is ready and report it; the client stays in `session` for main to close. */
@@ -3204,7 +3220,7 @@ async function waitPhase(run: CliRun, session: CliSession): Promise<number> {
 /** --create-database: make the target database if missing. An exit code ends the run (a dry run); undefined goes on to the schema. */
 async function createDatabasePhase(run: CliRun): Promise<number | undefined> {
   const { config, reporter, deadline, onAttempt, dryRun } = run;
-  const outcome = await ensureDatabase(config.direct ?? config, { deadline, onAttempt, dryRun });
+  const outcome = await ensureDatabase(config.direct ?? config, { deadline, onAttempt, maxRetries: config.maxRetries, dryRun });
   reporter.event({ event: "database", name: config.database, status: outcome });
   if (outcome === "created") reporter.info(`created database ${config.database}`);
   if (outcome !== "would create") return undefined;
@@ -3229,7 +3245,7 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       await closeClient(session.sql);
       session.sql = undefined;
       reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
-      session.sql = (await waitUntilReady(config.direct, { deadline: run.deadline, onAttempt: run.onAttempt })).sql;
+      session.sql = (await waitUntilReady(config.direct, { deadline: run.deadline, onAttempt: run.onAttempt, maxRetries: config.maxRetries })).sql;
     }
     session.phase = "schema";
     return applyMigrationsAndReport(run, session.sql!, ready.pooled);
