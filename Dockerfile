@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The kit as two single executables (init-database, test-db-connectivity), made at build time,
 # so that a container starts with no package registry, no Bun and no node_modules: the Compose
 # db-init boots on an air-gapped network, through a registry outage, past rate limits.
