@@ -9,6 +9,7 @@
  *                            [--ledger-table NAME] [--dry-run] [--create-database]
  *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
  *                            [--lock-timeout S] [--max-retries N] [--json] [--quiet] [--help]
+ *                            [--check | --wait-for-schema] [-- COMMAND [ARGS...]]
  *
  * Environment (first found wins, keyword by keyword, as libpq reads them; KEYWORDS lists all):
  *   --url > DATABASE_URL > libpq's PG* variables (PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD
@@ -26,6 +27,9 @@
  * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
  *   3 not ready before the deadline (or retries exhausted, or a schema lock never granted), 4 fatal connection error
  *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
+ *   --check: 0 every step recorded with its checksum, 1 a step pending or changed.
+ *   -- COMMAND: once the run exits 0, COMMAND's own status (128+N for signal N; 127 not found,
+ *   126 not executable).
  *
  * Library use: `import { connect } from "./init-database.ts"` returns a ready postgres.js
  * client made with the same configuration, timeouts and retries:
@@ -41,7 +45,7 @@ import { createHash } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { createConnection, isIP, Socket } from "node:net";
-import { homedir } from "node:os";
+import { constants as osConstants, homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { Stream, type Writable } from "node:stream";
 import { finished } from "node:stream/promises";
@@ -58,6 +62,9 @@ export const EXIT = {
   usage: 2,
   notReady: 3,
   fatal: 4,
+  /** `-- COMMAND` could not be started: not executable (126) or not found (127), as shells say. */
+  commandNotExecutable: 126,
+  commandNotFound: 127,
   sigint: 130,
   sigterm: 143,
 } as const;
@@ -179,6 +186,7 @@ const KIT_ERRORS = {
   WRONG_SESSION_ATTRS: "the session does not match target_session_attrs",
   NO_MAINTENANCE_DATABASE: "--create-database found no maintenance database to create the target from (exit 4)",
   TLS_REFUSED: "sslmode requires TLS and the server does not offer it (exit 4)",
+  SCHEMA_PENDING: "--wait-for-schema read the ledger and a step is not recorded yet: read again (exit 3 at the deadline)",
   SIGINT: "interrupted by SIGINT (exit 130)",
   SIGTERM: "interrupted by SIGTERM (exit 143)",
   UNKNOWN: "what errorCode reports for an error that carries no code",
@@ -522,10 +530,10 @@ export interface RetryOptions<T> {
  * not: the one place the kit sleeps between attempts is here.
  *
  * @example
- *   // Wait until a read-only check holds (what a --wait-for-schema would do):
+ *   // Wait until a read-only check holds (as --wait-for-schema does, schemaCheckPhase):
  *   await retry(async () => {
- *     const pending = await pendingSteps(sql, deadline);
- *     if (pending.length > 0) throw Object.assign(new Error(`pending: ${pending.join(", ")}`), { code: "SCHEMA_PENDING" });
+ *     const { pending } = schemaState(steps, await recordedSteps(sql, config, deadline));
+ *     if (pending.length > 0) throw kitError("SCHEMA_PENDING", `pending: ${pending.join(", ")}`);
  *   }, { deadline, classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)) });
  */
 export async function retry<T>(attempt: (attempt: number) => Promise<T>, options: RetryOptions<T>): Promise<T> {
@@ -1319,11 +1327,15 @@ export const POSTGRES_JS_VERSION = "3.4.9";
  * 'socket.write')", after pg_terminate_backend). The client is dropped by then and every await
  * has its own deadline, so that stray error is absorbed instead of printing a stack trace; it is
  * told by its stack, which runs through postgres.js's connection.js. Any other uncaught error
- * keeps its default handling. Returns the undo.
+ * keeps its default handling. Returns the undo. In a `bun build --compile` executable every
+ * frame names the executable, not postgres.js's file, so there the error is known by that exact
+ * message (seen in about 1 run in 2 of the compiled connectivity suite, Bun 1.4.5).
  */
 export function absorbDroppedClientErrors(): () => void {
+  const compiled = import.meta.path.startsWith("/$bunfs/");
   const fromDroppedClient = (error: unknown) =>
-    error instanceof TypeError && /[\\/]postgres[\\/]src[\\/]connection\.js/.test(error.stack ?? "");
+    error instanceof TypeError && (/[\\/]postgres[\\/]src[\\/]connection\.js/.test(error.stack ?? "") ||
+      (compiled && error.message === "null is not an object (evaluating 'socket.write')"));
   const handler = (error: unknown) => {
     if (!fromDroppedClient(error)) throw error;
   };
@@ -2467,6 +2479,41 @@ export async function readLedger(sql: Sql, config: Config, deadline: Deadline, l
 }
 
 /**
+ * What the ledger records, read in a READ ONLY transaction: the server itself refuses any write,
+ * no lock is taken and no ledger is created (a missing one records nothing). Works through a
+ * transaction pooler and on a standby. --check and --wait-for-schema read the ledger only here.
+ */
+export async function recordedSteps(sql: Sql, config: Config, deadline: Deadline): Promise<Record<string, string>> {
+  const read = sql.begin("read only", async (tx) => {
+    await tx.unsafe(localSettings(config));
+    const session = tx as unknown as Sql;
+    const ledger = await resolveLedger(session, config, deadline);
+    // Asked first: a failed query would end the transaction, and with it the read.
+    const [found] = await deadline.answer(tx<{ present: boolean }[]>`select to_regclass(${ledger.ident}) is not null as present`);
+    return found?.present ? readLedger(session, config, deadline, ledger) : {};
+  });
+  return (await deadline.answer(read)) as Record<string, string>;
+}
+
+/** Where the database stands against the plan: each step recorded with its checksum, pending, or changed since it was recorded. */
+export interface SchemaState {
+  recorded: string[];
+  pending: string[];
+  changed: { name: string; recorded: string; file: string }[];
+}
+
+export function schemaState(steps: SchemaStep[], recorded: Record<string, string>): SchemaState {
+  const state: SchemaState = { recorded: [], pending: [], changed: [] };
+  for (const step of steps) {
+    const checksum = recorded[step.name];
+    if (checksum === undefined) state.pending.push(step.name);
+    else if (checksum !== step.checksum) state.changed.push({ name: step.name, recorded: checksum, file: step.checksum });
+    else state.recorded.push(step.name);
+  }
+  return state;
+}
+
+/**
  * Apply each pending step under an advisory lock, recording it in the ledger, so that replicas
  * starting together apply it exactly once. A step that meets a lock held by another session
  * for longer than --lock-timeout is rolled back and retried (jittered backoff) until the
@@ -3038,6 +3085,8 @@ const FLAGS = {
   ...COMMON_FLAGS,
   "direct-url": { type: "string" },
   "wait-only": { type: "boolean" },
+  check: { type: "boolean" },
+  "wait-for-schema": { type: "boolean" },
   "create-database": { type: "boolean" },
   "dry-run": { type: "boolean" },
   "lock-timeout": { type: "string" },
@@ -3096,7 +3145,56 @@ export function parseFlags<Flags extends ParseArgsOptionsConfig>(argv: string[],
   }
 }
 
+/**
+ * The CLI: the kit's run, then, once it succeeded, `-- COMMAND` in its place (the kit holds no
+ * connection by then). When the run fails the command never starts and the kit's exit code stands.
+ */
 async function main(argv: string[], env: Env = process.env): Promise<number> {
+  const at = argv.indexOf("--");
+  const [kitArgs, command] = at === -1 ? [argv, undefined] : [argv.slice(0, at), argv.slice(at + 1)];
+  if (command?.length === 0) {
+    process.stderr.write("error: -- must be followed by a command to start once the run succeeds\nhint: init-database.ts [options] -- COMMAND [ARGS...]\n");
+    return EXIT.usage;
+  }
+  const exitCode = await initDatabase(kitArgs, env);
+  const helped = kitArgs.some((arg) => arg === "--help" || arg === "-h");
+  return exitCode === EXIT.ok && command && !helped ? await runCommand(command, env) : exitCode;
+}
+
+/** The signals a supervisor sends to stop a container or a job, passed on to `-- COMMAND`. */
+const FORWARDED_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
+/**
+ * Start COMMAND with the kit's environment, stdin, stdout and stderr, forward FORWARDED_SIGNALS
+ * to it, and return its exit status (128+N when signal N ended it). One that cannot be started
+ * is one line and exit 127 (not found) or 126 (found, not executable), as POSIX shells do.
+ */
+async function runCommand(command: string[], env: Env): Promise<number> {
+  let child: Bun.Subprocess;
+  try {
+    child = Bun.spawn(command, { env, stdio: ["inherit", "inherit", "inherit"] });
+  } catch (error) {
+    const notFound = errorCode(error) === "ENOENT";
+    const why = notFound ? (command[0]!.includes("/") ? "no such file" : "not found on PATH") : `not executable (${errorCode(error)})`;
+    process.stderr.write(`error: cannot start ${command[0]}: ${why}\nhint: ${notFound ? "give the full path, or fix PATH in the container" : "chmod +x it, or start it through its interpreter (-- sh script.sh)"}\n`);
+    return notFound ? EXIT.commandNotFound : EXIT.commandNotExecutable;
+  }
+  const forwarders = FORWARDED_SIGNALS.map((name) => {
+    const forward = () => child.kill(name);
+    process.on(name, forward);
+    return () => process.off(name, forward);
+  });
+  try {
+    const code = await child.exited;
+    const signal = child.signalCode as NodeJS.Signals | null;
+    return signal ? 128 + osConstants.signals[signal] : code;
+  } finally {
+    forwarders.forEach((remove) => remove());
+  }
+}
+
+/** The kit's own run (everything before `--`): its exit code. */
+async function initDatabase(argv: string[], env: Env): Promise<number> {
   const startedAt = Date.now();
   const parsed = parseFlags(argv, FLAGS, USAGE);
   if (!parsed.values) return parsed.exitCode;
@@ -3143,6 +3241,10 @@ async function main(argv: string[], env: Env = process.env): Promise<number> {
     if (values["wait-only"]) {
       if (config.createDatabase) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
       return await waitPhase(run, session);
+    }
+    if (values.check || values["wait-for-schema"]) {
+      if (config.createDatabase) reporter.info(`--create-database ignored: --${values.check ? "check" : "wait-for-schema"} only reads and changes nothing`);
+      return await schemaCheckPhase(run, session, Boolean(values["wait-for-schema"]));
     }
     if (config.createDatabase) {
       const exitCode = await createDatabasePhase(run);
@@ -3195,9 +3297,12 @@ function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: Sch
     createDatabase: values["create-database"],
     ledgerTable: values["ledger-table"],
     directUrl: values["direct-url"],
-    // The schema needs a writable primary: decided while the configuration is resolved.
-    writable: !values["wait-only"],
+    // Applying the schema needs a writable primary; waiting, and reading the ledger (--check,
+    // --wait-for-schema), do not: a standby's replicated ledger answers as well.
+    writable: !(values["wait-only"] || values.check || values["wait-for-schema"]),
   }, env);
+  const modes = (["wait-only", "check", "wait-for-schema", "dry-run"] as const).filter((flag) => values[flag]);
+  if (modes.length > 1) throw new ConfigError(`--${modes[0]} and --${modes[1]} exclude each other; choose one`);
   if (values["wait-only"]) return { config, steps: [] };
   return { config, steps: schemaPlan({ schema: values.schema, migrations: values.migrations }) };
 }
@@ -3227,6 +3332,78 @@ async function createDatabasePhase(run: CliRun): Promise<number | undefined> {
   const pending = run.steps.map((step) => step.name);
   reporter.result(`dry run: ${run.target}: would create database ${config.database}, then apply ${pending.join(", ")}`);
   return run.summary("dry run", EXIT.ok, { pending, create_database: true });
+}
+
+/**
+ * --check and --wait-for-schema: compare what the ledger records (read-only, recordedSteps)
+ * with the plan. --check answers once. --wait-for-schema asks again on the same session through
+ * retry, a SCHEMA_PENDING failure while a step is pending (class "starting": every
+ * DEFAULTS.pollMs, the last read at the deadline), until every step is recorded or the deadline
+ * (exit 3 naming what is pending). A lost session is dropped and the next attempt waits for the
+ * server again. A step whose checksum differs ends either at once (exit 1).
+ */
+async function schemaCheckPhase(run: CliRun, session: CliSession, wait: boolean): Promise<number> {
+  const { config, steps, reporter, deadline } = run;
+  let pendingState: SchemaState | undefined;
+  let shown = "";
+  try {
+    return await retry(async () => {
+      if (!session.sql) await becomeReady(run, session);
+      try {
+        const state = schemaState(steps, await recordedSteps(session.sql!, config, deadline));
+        if (!wait || state.changed.length > 0 || state.pending.length === 0) return reportSchemaState(run, state, false);
+        pendingState = state;
+        throw kitError("SCHEMA_PENDING", `${state.pending.length} of ${steps.length} steps pending`);
+      } catch (error) {
+        if (errorCode(error) !== "SCHEMA_PENDING") {
+          await closeClient(session.sql);
+          session.sql = undefined;
+        }
+        throw error;
+      }
+    }, {
+      deadline,
+      classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)),
+      onRetry: ({ error, delayMs }) => {
+        if (delayMs === 0) return;
+        if (errorCode(error) !== "SCHEMA_PENDING") return reporter.info(`schema check interrupted (${explain(error)}); reconnecting`);
+        const pending = pendingState!.pending.join(", ");
+        if (pending !== shown) reporter.event({ event: "schema_pending", elapsed_ms: deadline.elapsedMs(), pending: pendingState!.pending });
+        shown = pending;
+        reporter.progress(`waiting for the schema, ${formatMs(deadline.elapsedMs())}: ${pendingState!.pending.length} of ${steps.length} steps pending (${pending})`, pending);
+      },
+    });
+  } catch (error) {
+    if (error instanceof NotReadyError && errorCode(error.lastError) === "SCHEMA_PENDING") return reportSchemaState(run, pendingState!, true);
+    throw error;
+  }
+}
+
+/** The schema's state as the result: at head (0), else each changed and pending step on its own line (1; 3 at the deadline). */
+function reportSchemaState(run: CliRun, state: SchemaState, atDeadline: boolean): number {
+  const { reporter, target } = run;
+  const lists = { recorded: state.recorded, pending: state.pending, changed: state.changed };
+  const total = run.steps.length;
+  if (state.changed.length === 0 && state.pending.length === 0) {
+    reporter.result(`schema at head: ${target}: ${total === 1 ? "its one step" : `all ${total} steps`} recorded with ${total === 1 ? "its checksum" : "their checksums"}`);
+    return run.summary("at head", EXIT.ok, lists);
+  }
+  for (const step of state.changed) reporter.result(`changed: ${step.name} (recorded with checksum ${step.recorded.slice(0, 12)}…, the file has ${step.file.slice(0, 12)}…)`);
+  for (const name of state.pending) reporter.result(`pending: ${name}`);
+  if (state.changed.length > 0) {
+    reporter.error(
+      `${target}: ${state.changed.length === 1 ? "1 recorded step differs from its file" : `${state.changed.length} recorded steps differ from their files`}: ${state.changed.map((step) => step.name).join(", ")}`,
+      "the database was migrated from other files than these: deploy the files that were applied (the same release as the migration Job), or put the change in a new migration",
+    );
+    return run.summary("schema changed", EXIT.schemaFailed, lists);
+  }
+  const pending = `${state.pending.length} of ${total} step${total === 1 ? "" : "s"} pending: ${state.pending.join(", ")}`;
+  if (atDeadline) {
+    reporter.error(`${target}: the schema is still not at head after ${formatMs(run.deadline.elapsedMs())}; ${pending}`, "is the migration Job (or db-init) running, and what do its logs say? or raise --timeout");
+    return run.summary("not ready", EXIT.notReady, lists);
+  }
+  reporter.error(`${target}: the schema is not at head; ${pending}`, "apply them with the same --migrations or --schema without --check (the migration Job), or wait for that with --wait-for-schema");
+  return run.summary("pending", EXIT.schemaFailed, lists);
 }
 
 /**
@@ -3355,7 +3532,7 @@ function schemaHint(error: unknown): string {
 
 const USAGE = `Wait until PostgreSQL accepts queries, then apply the schema exactly once.
 
-Usage: bun run init-database.ts [options]
+Usage: bun run init-database.ts [options] [-- COMMAND [ARGS...]]
 
 Connection (first found wins, as libpq reads it): ${CONNECTION_SOURCES}
   --url URL               postgres://user:pass@host:port/db?keyword=value (libpq's URI; several
@@ -3373,6 +3550,13 @@ What to do:
   --migrations DIR        apply DIR/*.sql in name order, each once, recorded in the ledger
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
   --dry-run               list the steps that would be applied, apply nothing
+  --check                 read-only (no DDL, no lock, no ledger made): exit 0 when every step
+                          is recorded with its checksum, else 1 naming each pending or changed one
+  --wait-for-schema       --check until it holds (another process applies the schema), up to
+                          --timeout: exit 3 then naming what is pending, 1 at once if a step changed
+  -- COMMAND [ARGS...]    once the run succeeded, start COMMAND in the kit's place (stdio and
+                          environment inherited, SIGINT/SIGTERM/SIGHUP forwarded) and exit with
+                          its status (128+N when signal N ended it); never started on failure
 
 Timeouts (seconds):
   --timeout S             overall deadline for becoming ready (default ${DEFAULTS.timeoutMs / 1000})
@@ -3387,8 +3571,9 @@ Output:
   -q, --quiet             errors only
   -h, --help              this text
 
-Exit codes: 0 ready/done, 1 schema failed, 2 usage, 3 not ready in time, 4 fatal connection error,
-            130/143 interrupted.
+Exit codes: 0 ready/done, 1 schema failed (or, with --check, not at head), 2 usage, 3 not ready
+            in time, 4 fatal connection error, 130/143 interrupted; with -- COMMAND: its status,
+            or 127 (not found) / 126 (not executable) when it cannot be started.
 `;
 
 if (import.meta.main) process.exit(await main(process.argv.slice(2)));

@@ -240,9 +240,10 @@ database_up() {
     compose)
       compose_password="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
       compose_project="pgkit-$$-${RANDOM}"
-      mkdir -p "$work_dir/secrets"
-      private_file "$work_dir/secrets/postgres_password"
-      printf '%s\n' "$compose_password" >"$work_dir/secrets/postgres_password"
+      # The directory is private; the file itself readable, since Compose mounts it with its
+      # host mode and the kit's image runs as uid 65532 (see docker-compose.security.yml).
+      mkdir -m 700 "$work_dir/secrets"
+      (umask 022 && printf '%s\n' "$compose_password" >"$work_dir/secrets/postgres_password")
       private_file "$work_dir/compose.env"
       {
         printf 'POSTGRES_USER=flow\nPOSTGRES_DB=flow_backend\n'

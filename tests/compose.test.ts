@@ -78,7 +78,7 @@ describe("docker-compose.yml", () => {
 
   test("starts db-init after a healthy postgres, and the suite and services after db-init succeeded", () => {
     expect(base.services["db-init"]!.depends_on).toEqual({ postgres: { condition: "service_healthy" } });
-    expect(base.services["db-init"]!.entrypoint.join(" ")).toContain("bun run init-database.ts");
+    expect(base.services["db-init"]!.build).toBe("."); // the Dockerfile's ENTRYPOINT: tests/offline-image.test.ts
     expect(base.services["db-test"]!.profiles).toEqual(["test"]);
     for (const name of ["db-test", "app"]) {
       expect(base.services[name]!.depends_on["db-init"]).toEqual({ condition: "service_completed_successfully" });
