@@ -6,7 +6,7 @@
  *
  * Usage:
  *   bun run init-database.ts [--url URL] [--direct-url URL] [--wait-only] [--schema FILE | --migrations DIR]
- *                            [--ledger-table NAME] [--dry-run] [--create-database]
+ *                            [--migrations-format NAME] [--ledger-table NAME] [--dry-run] [--create-database]
  *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
  *                            [--lock-timeout S] [--max-retries N] [--json] [--quiet] [--help]
  *
@@ -23,6 +23,11 @@
  * other meta-commands refused); a file with "-- init-database: no-transaction" before its first
  * statement runs outside a transaction.
  *
+ * Migrations of other tools: --migrations DIR recognises the folders of golang-migrate, dbmate,
+ * Flyway, Prisma, Drizzle, Diesel, goose and the Supabase CLI (MIGRATION_LAYOUTS), applies what
+ * that tool would apply (never a down or undo part), and counts what its history records as
+ * applied; --migrations-format NAME names the layout instead.
+ *
  * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
  *   3 not ready before the deadline (or retries exhausted, or a schema lock never granted), 4 fatal connection error
  *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
@@ -32,8 +37,8 @@
  *   const sql = await connect({ timeout: 30 });
  *
  * Contents, in this order, each section opening with a comment that says what it owns:
- *   errors and retries, configuration, driver, waiting, SQL scripts, schema steps, reporting,
- *   CLI (main and its phases). The file reads top down: a section uses only itself and the ones above it.
+ *   errors and retries, configuration, driver, waiting, SQL scripts, migration layouts, schema
+ *   steps, reporting, CLI (main and its phases). The file reads top down: a section uses only itself and the ones above it.
  *
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
  */
@@ -171,6 +176,8 @@ const KIT_ERRORS = {
   SCHEMA_FAILED: "a schema step cannot be applied as it stands (exit 1)",
   MIGRATION_CHANGED: "an applied step's file changed since it was recorded (exit 1)",
   FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
+  LEDGER_CLASH: "the ledger's table (or a tool's history table) is of another shape: another tool's, or unknown (exit 1)",
+  HISTORY_FAILED: "another tool's history records a failed or half-applied migration: repair it with that tool (exit 1)",
   CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
   LOCK_WAIT: "another session held the kit's advisory lock for longer than --command-timeout (exit 1)",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
@@ -1943,9 +1950,10 @@ function isCopyToStdout(words: string[]): boolean {
  * `COPY ... FROM stdin` takes the rows after it up to a line `\.` (kept as offsets, never
  * copied); `\restrict`, `\unrestrict` and `\set ON_ERROR_STOP` are skipped; any other psql
  * meta-command is refused, as is a statement PostgreSQL refuses in a transaction block in a
- * file without the no-transaction marker. Throws SchemaError naming the file and line.
+ * file without the no-transaction marker. `noTransactionRule`, from a migration tool's own
+ * option (MIGRATION_LAYOUTS), replaces the marker. Throws SchemaError naming the file and line.
  */
-export function readScript(source: string | Buffer, name: string): Script {
+export function readScript(source: string | Buffer, name: string, noTransactionRule?: boolean): Script {
   const bytes = typeof source === "string" ? Buffer.from(source) : source;
   const statements: ScriptStatement[] = [];
   const length = bytes.length;
@@ -2076,7 +2084,7 @@ export function readScript(source: string | Buffer, name: string): Script {
   const firstStart = statements[0]?.start ?? length;
   const toStdout = statements.find((statement) => isCopyToStdout(statement.words));
   if (toStdout) fail(toStdout.line, "COPY ... TO STDOUT writes to psql's output, which a schema step does not have", "remove it (or write to a file on the server: COPY ... TO 'path')");
-  const noTransaction = MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
+  const noTransaction = noTransactionRule ?? MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
   if (noTransaction) return { name, bytes, statements, noTransaction };
   const kept = statements.filter((statement, index) => {
     const control = transactionControl(statement.words);
@@ -2143,19 +2151,543 @@ function copyData(bytes: Buffer, statement: ScriptStatement, afterSemicolon: num
 }
 
 // ---------------------------------------------------------------------------------------
+// Migration layouts: the folders other migration tools write (and the kit's own), one entry
+// each in MIGRATION_LAYOUTS: how a folder is recognised, its order, the up part of each file
+// with the tool's transaction rule, and the tool's history table (the SQL that reads it, and
+// writes it where the kit is proven to write it as the tool does). Files only: the schema steps
+// run the history SQL.
+
+/** Where the kit keeps its own ledger beside another tool's history (the kit's own layout keeps DEFAULTS.ledgerTable). */
+export const TOOL_LAYOUT_LEDGER = "init_database_migrations";
+
+/** A migration as its tool sees it: what the tool would send, never a down or undo part. */
+export interface LayoutMigration {
+  /** The file, relative to the folder: the step's name in messages and in the kit's ledger. */
+  name: string;
+  /** What the tool's history records it by: its version, folder name or journal time. */
+  version: string;
+  /** The file's bytes as they are (drizzle's hash, the kit's former checksum). */
+  bytes: Buffer;
+  /** The up part alone, for the checksum. */
+  up: Buffer;
+  /** The file with all but the up part (and a BOM) blanked, newlines kept: what runs, with the file's own line numbers. */
+  runnable: Buffer;
+  /** true: statement by statement in autocommit; false: one transaction; undefined: the kit's marker decides. */
+  noTransaction: boolean | undefined;
+  /** Flyway's R__ files: applied after the versioned ones, and again whenever they change. */
+  repeatable: boolean;
+}
+
+/** A row of a tool's history as its read SQL returns it. */
+export interface HistoryRow {
+  version: string;
+  /** The tool records this migration as failed or half-applied (golang-migrate's dirty, Flyway's success = false, Prisma's unfinished row). */
+  failed: boolean;
+  /** The row covers every version up to its own (golang-migrate's one row, drizzle's last time, Flyway's baseline). */
+  up_to: boolean;
+}
+
+/** A tool's history table. */
+export interface ToolHistory {
+  /** As the tool addresses it (unqualified: the session's current schema). */
+  table: string;
+  /** Columns that mark the table as this tool's, "name type" as format_type writes them. */
+  columns: readonly string[];
+  /** Read-only; rows of HistoryRow. */
+  read: string;
+  /** What the user runs to repair a failed or dirty state, for the message. */
+  repair: (row: HistoryRow) => string;
+  /** How the kit records a migration in it exactly as the tool does (proven against the real tool in tests/other-tools.test.ts); absent: the kit's own ledger, beside it. */
+  write?: {
+    create: string;
+    /** `$1`: the migration's version; true when the tool counts it as applied. */
+    has: string;
+    insert: string;
+    values: (migration: LayoutMigration) => (string | number)[];
+  };
+}
+
+export interface MigrationLayout {
+  /** What `--migrations-format` takes and messages say. */
+  name: LayoutName;
+  /** How it is recognised, for the one line that says which layout a folder is in. */
+  recognisedBy: string;
+  /** The folder the tool uses inside a project, looked for under DIR when DIR itself holds no migrations. */
+  folder?: string;
+  /** Does the folder hold this tool's migrations? */
+  recognises(folder: Folder): boolean;
+  /** Its migrations in the tool's order; throws ConfigError or SchemaError for what the tool would refuse. */
+  migrations(folder: Folder): LayoutMigration[];
+  /** How versions compare, for histories that record "up to". */
+  compare: (a: string, b: string) => number;
+  history?: ToolHistory;
+}
+
+export const LAYOUT_NAMES = ["kit", "golang-migrate", "dbmate", "flyway", "prisma", "drizzle", "diesel", "goose", "supabase"] as const;
+export type LayoutName = (typeof LAYOUT_NAMES)[number];
+
+/** A migrations folder, read once: its entries, and files read on demand. */
+export interface Folder {
+  path: string;
+  files: string[];
+  dirs: string[];
+  read(relative: string): Buffer;
+  has(relative: string): boolean;
+}
+
+export function readFolder(path: string): Folder {
+  const entries = readdirSync(path, { withFileTypes: true });
+  const cache = new Map<string, Buffer>();
+  return {
+    path,
+    files: entries.filter((entry) => entry.isFile()).map((entry) => entry.name).sort(),
+    dirs: entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name).sort(),
+    read(relative) {
+      let bytes = cache.get(relative);
+      if (!bytes) {
+        try {
+          bytes = readFileSync(join(path, relative));
+        } catch (error) {
+          throw new ConfigError(`--migrations ${join(path, relative)} cannot be read (${errorCode(error)})`, "make the file readable, or remove it from the folder");
+        }
+        cache.set(relative, bytes);
+      }
+      return bytes;
+    },
+    has: (relative) => existsSync(join(path, relative)),
+  };
+}
+
+const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
+
+const sha256 = (bytes: Buffer) => createHash("sha256").update(bytes).digest("hex");
+
+/** A file's text as a checkout may have changed it back: without a leading BOM, CRLF as LF. What a step's checksum is taken of. */
+export function normalizedText(bytes: Buffer): Buffer {
+  const body = bytes.subarray(0, 3).equals(BOM) ? bytes.subarray(3) : bytes;
+  return body.includes(13) ? Buffer.from(body.toString("latin1").replaceAll("\r\n", "\n"), "latin1") : body;
+}
+
+/** The file with only [start, end) ranges kept and the rest (and a leading BOM) blanked, newlines kept. */
+function keepParts(bytes: Buffer, parts: [number, number][]): Buffer {
+  const out = Buffer.from(bytes);
+  let at = 0;
+  const blank = (from: number, to: number) => {
+    for (let i = from; i < to; i++) if (out[i] !== 10 && out[i] !== 13) out[i] = 32;
+  };
+  for (const [start, end] of parts) {
+    blank(at, start);
+    at = end;
+  }
+  blank(at, out.length);
+  if (out.subarray(0, 3).equals(BOM)) out.fill(32, 0, 3);
+  return out;
+}
+
+function layoutMigration(name: string, version: string, bytes: Buffer, parts: [number, number][] | undefined, noTransaction: boolean | undefined, repeatable = false): LayoutMigration {
+  const ranges = parts ?? [[0, bytes.length]];
+  return {
+    name, version, bytes, noTransaction, repeatable,
+    up: Buffer.concat(ranges.map(([start, end]) => bytes.subarray(start, end))),
+    runnable: keepParts(bytes, ranges),
+  };
+}
+
+/** The lines of a file that match `annotation` (with multiline `^`), as byte offsets of their start and end. */
+function annotations(bytes: Buffer, annotation: RegExp): { start: number; end: number; match: RegExpExecArray }[] {
+  const text = bytes.toString("latin1");
+  const found: { start: number; end: number; match: RegExpExecArray }[] = [];
+  const pattern = new RegExp(annotation.source, annotation.flags.includes("g") ? annotation.flags : annotation.flags + "g");
+  for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
+    const newline = text.indexOf("\n", match.index);
+    found.push({ start: match.index, end: newline === -1 ? text.length : newline + 1, match });
+  }
+  return found;
+}
+
+const byNumber = (a: string, b: string) => {
+  const [x, y] = [BigInt(a), BigInt(b)];
+  return x < y ? -1 : x > y ? 1 : 0;
+};
+const byText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Flyway's version order: parts split at `.` (or `_`), each compared as a number, missing parts as 0 (1.10 after 1.2; 1 = 1.0). */
+export function compareFlywayVersions(a: string, b: string): number {
+  const [x, y] = [a.split(/[._]/).map(BigInt), b.split(/[._]/).map(BigInt)];
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    const [p, q] = [x[i] ?? 0n, y[i] ?? 0n];
+    if (p !== q) return p < q ? -1 : 1;
+  }
+  return 0;
+}
+
+/** A Flyway version as Flyway prints it: `_` as `.`, no leading zeros, no trailing `.0` parts. */
+function flywayVersion(raw: string): string {
+  const parts = raw.split(/[._]/).map((part) => BigInt(part).toString());
+  while (parts.length > 1 && parts.at(-1) === "0") parts.pop();
+  return parts.join(".");
+}
+
+/** Flyway's checksum of a script: CRC-32 of its lines without their line breaks (and without a BOM), as a signed 32-bit number. */
+export function flywayChecksum(bytes: Buffer): number {
+  const lines = normalizedText(bytes).toString("utf8").split(/\r\n|\r|\n/);
+  return Bun.hash.crc32(lines.join("")) | 0;
+}
+
+/** Refuse two files with one version, as every versioned tool does. */
+function uniqueVersions(layout: string, list: LayoutMigration[], same = (a: string, b: string) => a === b): LayoutMigration[] {
+  for (const [index, entry] of list.entries()) {
+    const twin = list.slice(index + 1).find((other) => !other.repeatable && !entry.repeatable && same(other.version, entry.version));
+    if (twin) throw new ConfigError(`${layout}: ${entry.name} and ${twin.name} have the same version ${entry.version}`, `give one of them a new version: ${layout} refuses such a folder too`);
+  }
+  return list;
+}
+
+/** The files of a folder that match `pattern`, with the pattern's first group as version, sorted by `compare`. */
+function versioned(folder: Folder, pattern: RegExp, compare: (a: string, b: string) => number): { file: string; version: string }[] {
+  return folder.files.flatMap((file) => {
+    const match = pattern.exec(file);
+    return match ? [{ file, version: match[1]! }] : [];
+  }).sort((a, b) => compare(a.version, b.version) || byText(a.file, b.file));
+}
+
+/** TOML's `key = value` (a string, boolean or number), enough for migration_lock.toml and metadata.toml. */
+function tomlValue(text: string, key: string): string | undefined {
+  const match = new RegExp(`^\\s*${key}\\s*=\\s*(?:"([^"]*)"|'([^']*)'|([\\w.-]+))`, "m").exec(text);
+  return match ? (match[1] ?? match[2] ?? match[3]) : undefined;
+}
+
+/** Tools that send a whole file in one simple query (one implicit transaction): a file whose only statement PostgreSQL refuses in a transaction runs alone, in autocommit. */
+function aloneOutsideTransaction(runnable: Buffer, name: string): boolean | undefined {
+  const statements = readScript(runnable, name, true).statements;
+  return statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
+}
+
+const DBMATE_UP = /^--[ \t]*migrate:up(.*)$/m;
+const DBMATE_DOWN = /^--[ \t]*migrate:down(.*)$/m;
+const GOOSE = /^--[ \t]*\+goose[ \t]+(\w+(?:[ \t]+\w+)?)[ \t]*\r?$/im;
+
+const SQL_FILES = /\.sql$/;
+
+/** Flyway's file names: V{version}__{description}.sql, U... (undo, never run), R__{description}.sql. */
+const FLYWAY_FILE = /^(V|U|R)(\d+(?:[._]\d+)*)?__(.+)\.sql$/;
+
+/**
+ * Every migration folder layout the kit reads, one entry per tool. Rules from each tool's
+ * documentation; tests/migration-layouts.test.ts checks each against fixtures written from it.
+ */
+export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
+  {
+    name: "kit",
+    recognisedBy: "plain *.sql files",
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file)),
+    migrations: (folder) => folder.files.filter((file) => SQL_FILES.test(file)).map((file) => layoutMigration(file, file, folder.read(file), undefined, undefined)),
+    compare: byText,
+  },
+  {
+    name: "golang-migrate",
+    recognisedBy: "{version}_{title}.up.sql files",
+    recognises: (folder) => folder.files.some((file) => /^\d+_.*\.up\.sql$/.test(file)),
+    migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber).map(({ file, version }) => {
+      const bytes = folder.read(file);
+      const found = layoutMigration(file, BigInt(version).toString(), bytes, undefined, undefined);
+      found.noTransaction = aloneOutsideTransaction(found.runnable, file);
+      return found;
+    })),
+    compare: byNumber,
+    history: {
+      table: "schema_migrations",
+      columns: ["version bigint", "dirty boolean"],
+      read: "select version::text as version, dirty as failed, true as up_to from schema_migrations",
+      repair: (row) => `golang-migrate's schema_migrations is dirty at version ${row.version}: that migration failed part-way. Repair the database by hand, then run \`migrate -path DIR -database URL force VERSION\` (the last version that is fully applied)`,
+    },
+  },
+  {
+    name: "dbmate",
+    recognisedBy: "*.sql files with a -- migrate:up section",
+    folder: "db/migrations",
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(folder.read(file).toString("latin1"))),
+    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => {
+      const bytes = folder.read(file);
+      const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
+      if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
+      if (down.length > 1 || (down[0] && down[0].start < up[0]!.start)) throw new SchemaError(`${file}: "-- migrate:down" must come once, after "-- migrate:up"`, "SCHEMA_FAILED", "put -- migrate:up first, then -- migrate:down");
+      const options = up[0]!.match[1]!;
+      return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(options) ? true : false);
+    }),
+    compare: byText,
+    history: {
+      table: "schema_migrations",
+      columns: ["version character varying"],
+      read: "select version::text as version, false as failed, false as up_to from schema_migrations",
+      repair: () => "",
+      write: {
+        create: "create table if not exists schema_migrations (version varchar primary key)",
+        has: "select exists (select 1 from schema_migrations where version = $1) as recorded",
+        insert: "insert into schema_migrations (version) values ($1)",
+        values: (found) => [found.version],
+      },
+    },
+  },
+  {
+    name: "flyway",
+    recognisedBy: "V{version}__{description}.sql files",
+    recognises: (folder) => folder.files.some((file) => /^[VR]/.test(file) && FLYWAY_FILE.test(file)),
+    migrations: (folder) => {
+      const found = folder.files.flatMap((file) => {
+        const match = FLYWAY_FILE.exec(file);
+        if (!match || match[1] === "U" || (match[1] === "V") !== (match[2] !== undefined)) return [];
+        const bytes = folder.read(file);
+        const text = bytes.toString("utf8");
+        const placeholder = /\$\{[^}]*\}/.exec(text);
+        if (placeholder) {
+          throw new SchemaError(`${file}, line ${text.slice(0, placeholder.index).split("\n").length}: Flyway placeholder ${placeholder[0]}, which Flyway replaces before it sends the file and the kit does not`,
+            "SCHEMA_FAILED", "write the value into the file (or generate the file with it) before applying it with the kit");
+        }
+        const conf = folder.has(`${file}.conf`) ? folder.read(`${file}.conf`).toString("utf8") : "";
+        const repeatable = match[1] === "R";
+        const step = layoutMigration(file, repeatable ? `${file}#${flywayChecksum(bytes)}` : flywayVersion(match[2]!), bytes, undefined, undefined, repeatable);
+        const statements = readScript(step.runnable, file, true).statements;
+        const outside = statements.filter((statement) => needsNoTransaction(statement.words));
+        if (outside.length > 0 && outside.length < statements.length && !/^\s*mixed\s*=\s*true/m.test(conf)) {
+          throw new SchemaError(`${file}: mixes statements PostgreSQL refuses in a transaction (${needsNoTransaction(outside[0]!.words)}) with others, which Flyway refuses too`, "SCHEMA_FAILED", "move the non-transactional statements into a migration of their own");
+        }
+        step.noTransaction = outside.length > 0 || tomlValue(conf, "executeInTransaction") === "false" ? true : false;
+        return [step];
+      });
+      const versions = uniqueVersions("flyway", found.filter((entry) => !entry.repeatable), (a, b) => compareFlywayVersions(a, b) === 0).sort((a, b) => compareFlywayVersions(a.version, b.version));
+      // Repeatables run after every versioned migration, in the order of their descriptions.
+      return [...versions, ...found.filter((entry) => entry.repeatable).sort((a, b) => byText(a.name, b.name))];
+    },
+    compare: compareFlywayVersions,
+    history: {
+      table: "flyway_schema_history",
+      columns: ["installed_rank integer", "version character varying", "checksum integer", "success boolean"],
+      // Versioned rows by version; a repeatable by its script and latest checksum (it runs again when that changes).
+      read: `select version, not success as failed, type = 'BASELINE' as up_to from flyway_schema_history where version is not null
+             union all
+             select * from (select distinct on (script) script || '#' || checksum, not success, false from flyway_schema_history
+                             where version is null and type = 'SQL' order by script, installed_rank desc) repeatables`,
+      repair: (row) => `flyway_schema_history records version ${row.version.replace(/#.*/, "")} as failed: repair what it left in the database, then run \`flyway repair\``,
+    },
+  },
+  {
+    name: "prisma",
+    recognisedBy: "{folder}/migration.sql files and migration_lock.toml",
+    folder: "prisma/migrations",
+    recognises: (folder) => folder.files.includes("migration_lock.toml") || folder.dirs.some((dir) => folder.has(join(dir, "migration.sql"))),
+    migrations: (folder) => {
+      if (folder.files.includes("migration_lock.toml")) {
+        const provider = tomlValue(folder.read("migration_lock.toml").toString("utf8"), "provider");
+        if (provider !== "postgresql") throw new ConfigError(`prisma: migration_lock.toml says provider = "${provider}", not "postgresql"`, "these migrations were written for another database; Prisma refuses them on PostgreSQL too");
+      }
+      return folder.dirs.filter((dir) => folder.has(join(dir, "migration.sql"))).map((dir) => {
+        const file = join(dir, "migration.sql");
+        const step = layoutMigration(file, dir, folder.read(file), undefined, undefined);
+        step.noTransaction = aloneOutsideTransaction(step.runnable, file);
+        return step;
+      });
+    },
+    compare: byText,
+    history: {
+      table: "_prisma_migrations",
+      columns: ["migration_name character varying", "finished_at timestamp with time zone", "rolled_back_at timestamp with time zone"],
+      // A row marked rolled back (prisma migrate resolve --rolled-back) is not applied: Prisma runs that migration again.
+      read: "select migration_name as version, finished_at is null as failed, false as up_to from _prisma_migrations where rolled_back_at is null",
+      repair: (row) => `_prisma_migrations records ${row.version} as started but not finished: repair what it left, then run \`prisma migrate resolve --rolled-back ${row.version}\` (or --applied ${row.version} if it did complete)`,
+    },
+  },
+  {
+    name: "drizzle",
+    recognisedBy: "meta/_journal.json",
+    folder: "drizzle",
+    recognises: (folder) => folder.has("meta/_journal.json"),
+    migrations: (folder) => {
+      let journal: { entries?: { when?: unknown; tag?: unknown; breakpoints?: unknown }[] };
+      try {
+        journal = JSON.parse(folder.read("meta/_journal.json").toString("utf8"));
+      } catch (error) {
+        throw new ConfigError(`drizzle: meta/_journal.json cannot be read as JSON (${error instanceof Error ? error.message : String(error)})`, "restore it as drizzle-kit generate wrote it");
+      }
+      return (journal.entries ?? []).map((entry) => {
+        if (typeof entry.tag !== "string" || typeof entry.when !== "number") throw new ConfigError(`drizzle: an entry of meta/_journal.json has no tag or when`, "restore it as drizzle-kit generate wrote it");
+        const file = `${entry.tag}.sql`;
+        if (!folder.has(file)) throw new ConfigError(`drizzle: meta/_journal.json lists ${entry.tag}, but ${file} is missing`, "restore the file, or the journal as drizzle-kit generate wrote it");
+        const bytes = folder.read(file);
+        const step = layoutMigration(file, String(entry.when), bytes, undefined, false);
+        // drizzle sends each part between breakpoints as one statement: make each break a statement end.
+        if (entry.breakpoints !== false) {
+          const text = step.runnable.toString("latin1").replaceAll("--> statement-breakpoint", ";-- statement-breakpoint");
+          step.runnable = Buffer.from(text, "latin1");
+        }
+        return step;
+      });
+    },
+    compare: byNumber,
+    history: {
+      table: "drizzle.__drizzle_migrations",
+      columns: ["hash text", "created_at bigint"],
+      // drizzle applies what is newer than the last row's created_at (the journal's `when`).
+      read: "select created_at::text as version, false as failed, true as up_to from drizzle.__drizzle_migrations where created_at is not null",
+      repair: () => "",
+      write: {
+        create: `create schema if not exists drizzle; create table if not exists drizzle.__drizzle_migrations (id serial primary key, hash text not null, created_at bigint)`,
+        has: "select exists (select 1 from drizzle.__drizzle_migrations where created_at >= $1::bigint) as recorded",
+        insert: "insert into drizzle.__drizzle_migrations (hash, created_at) values ($1, $2)",
+        values: (found) => [sha256(found.bytes), Number(found.version)],
+      },
+    },
+  },
+  {
+    name: "diesel",
+    recognisedBy: "{version}_{name}/up.sql folders",
+    folder: "migrations",
+    recognises: (folder) => folder.dirs.some((dir) => folder.has(join(dir, "up.sql"))),
+    migrations: (folder) => uniqueVersions("diesel", folder.dirs.filter((dir) => folder.has(join(dir, "up.sql"))).map((dir) => {
+      const file = join(dir, "up.sql");
+      const metadata = folder.has(join(dir, "metadata.toml")) ? folder.read(join(dir, "metadata.toml")).toString("utf8") : "";
+      // Diesel's version is the name up to its first `_`, without dashes (2024-01-31-120000 -> 20240131120000).
+      return layoutMigration(file, dir.split("_")[0]!.replaceAll("-", ""), folder.read(file), undefined, tomlValue(metadata, "run_in_transaction") === "false");
+    }).sort((a, b) => byText(a.version, b.version))),
+    compare: byText,
+    history: {
+      table: "__diesel_schema_migrations",
+      columns: ["version character varying", "run_on timestamp without time zone"],
+      read: "select version, false as failed, false as up_to from __diesel_schema_migrations",
+      repair: () => "",
+    },
+  },
+  {
+    name: "goose",
+    recognisedBy: "*.sql files with -- +goose Up",
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && annotations(folder.read(file), GOOSE).some(({ match }) => match[1]!.toLowerCase() === "up")),
+    migrations: (folder) => uniqueVersions("goose", versioned(folder, /^(\d+)_.*\.sql$/, byNumber).map(({ file, version }) => {
+      const bytes = folder.read(file);
+      const notes = annotations(bytes, GOOSE);
+      const kinds = notes.map(({ match }) => match[1]!.toLowerCase().replace(/\s+/g, " "));
+      const up = notes[kinds.indexOf("up")];
+      if (!up) throw new SchemaError(`${file}: goose needs a "-- +goose Up" line, and the file has none`, "SCHEMA_FAILED", "add -- +goose Up before the migration's statements");
+      if (kinds.includes("envsub on")) throw new SchemaError(`${file}: "-- +goose ENVSUB ON" asks for environment variables to be substituted into the SQL, which the kit does not do`, "SCHEMA_FAILED", "write the values into the file before applying it with the kit");
+      const down = notes.find(({ start }, index) => kinds[index] === "down" && start > up.start);
+      return layoutMigration(file, BigInt(version).toString(), bytes, [[up.end, down?.start ?? bytes.length]], kinds.includes("no transaction"));
+    })),
+    compare: byNumber,
+    history: {
+      table: "goose_db_version",
+      columns: ["version_id bigint", "is_applied boolean"],
+      // A version is applied when its latest row says so (goose adds a row with is_applied = false on down).
+      read: "select version_id::text as version, false as failed, false as up_to from goose_db_version group by version_id having (array_agg(is_applied order by id desc))[1]",
+      repair: () => "",
+    },
+  },
+  {
+    name: "supabase",
+    recognisedBy: "supabase/migrations/{timestamp}_{name}.sql",
+    folder: "supabase/migrations",
+    recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => /^\d+_.*\.sql$/.test(file)),
+    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => layoutMigration(file, version, folder.read(file), undefined, false)),
+    compare: byText,
+    history: {
+      table: "supabase_migrations.schema_migrations",
+      columns: ["version text", "statements text[]"],
+      read: "select version, false as failed, false as up_to from supabase_migrations.schema_migrations",
+      repair: () => "",
+    },
+  },
+];
+
+/** The layout named by --migrations-format, or the one the folder is in; refuses none or several. */
+export function migrationLayout(dir: string, format: string | undefined): { layout: MigrationLayout; folder: Folder; detected: boolean } {
+  const open = (path: string) => {
+    try {
+      return readFolder(path);
+    } catch (error) {
+      throw new ConfigError(`--migrations ${path} cannot be read (${errorCode(error)}); fix the path`);
+    }
+  };
+  const folder = open(dir);
+  if (format !== undefined) {
+    const layout = MIGRATION_LAYOUTS.find((entry) => entry.name === format);
+    if (!layout) throw new ConfigError(`--migrations-format ${format} is not a layout the kit knows`, `choose one of ${LAYOUT_NAMES.join(", ")}`);
+    return { layout, folder, detected: false };
+  }
+  const matching = (candidate: Folder) => {
+    const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(candidate));
+    // Supabase's files are plain *.sql too: its place in the project is what marks them.
+    return tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
+  };
+  let found = matching(folder);
+  let where = folder;
+  if (found.length === 0 && !MIGRATION_LAYOUTS[0]!.recognises(folder)) {
+    // A project's root: the tool's own folder inside it.
+    for (const layout of MIGRATION_LAYOUTS) {
+      if (!layout.folder || !folder.has(layout.folder)) continue;
+      const inner = open(join(dir, layout.folder));
+      if (layout.recognises(inner)) {
+        found = [layout];
+        where = inner;
+        break;
+      }
+    }
+  }
+  if (found.length > 1) {
+    throw new ConfigError(`--migrations ${dir} holds the layouts of ${found.map((entry) => `${entry.name} (${entry.recognisedBy})`).join(" and ")}`, `keep one tool's migrations in the folder, or name the layout with --migrations-format ${found.map((entry) => entry.name).join("|")}`);
+  }
+  if (found.length === 1) return { layout: found[0]!, folder: where, detected: true };
+  if (MIGRATION_LAYOUTS[0]!.recognises(folder)) return { layout: MIGRATION_LAYOUTS[0]!, folder, detected: true };
+  const seen = [...folder.files, ...folder.dirs.map((name) => `${name}/`)];
+  throw new ConfigError(`--migrations ${dir} holds no migrations in a layout the kit knows (found ${seen.length === 0 ? "nothing" : seen.slice(0, 5).join(", ") + (seen.length > 5 ? ", …" : "")})`,
+    `point it at the folder of *.sql files (layouts: ${LAYOUT_NAMES.join(", ")})`);
+}
+
+/** Which tool a table of the ledger's name belongs to, by its columns ("name type"); undefined when none's. */
+export function historyOwner(columns: string[]): MigrationLayout | undefined {
+  return MIGRATION_LAYOUTS.find((layout) => layout.history && layout.history.columns.every((column) => columns.includes(column)) &&
+    // dbmate's one column is part of other shapes too: it must be the whole table.
+    (layout.name !== "dbmate" || columns.length === 1));
+}
+
+/** The columns of the kit's own ledger: a table that has them is the kit's. */
+export const LEDGER_COLUMNS = ["name text", "checksum text"] as const;
+
+// ---------------------------------------------------------------------------------------
 // Schema steps: the plan (built-in schema, --schema, --migrations), the ledger, the advisory
 // lock, and each step applied once, in its own transaction or statement by statement.
 
 export interface SchemaStep {
   name: string;
-  /** SHA-256 of the file's bytes. */
+  /** SHA-256 of the step's text without a leading BOM and with CRLF as LF: a checkout's line endings do not change it. */
   checksum: string;
+  /** SHA-256 of the file's raw bytes, what earlier versions of the kit recorded: accepted from the ledger as the same file. */
+  formerChecksum?: string;
   script: Script;
+  /** For --migrations: the folder's layout and the migration as its tool sees it. */
+  migration?: { layout: MigrationLayout; found: LayoutMigration };
 }
 
-/** A step from a file's bytes, never decoded whole: a dump of tens of MB stays one buffer. */
-function schemaStep(name: string, bytes: Buffer): SchemaStep {
-  return { name, checksum: createHash("sha256").update(bytes).digest("hex"), script: readScript(bytes, name) };
+/** A step from a migration (or a schema file as the kit's own layout reads it), never decoded whole: a dump of tens of MB stays one buffer. */
+function schemaStep(found: LayoutMigration, layout?: MigrationLayout): SchemaStep {
+  const checksum = sha256(normalizedText(found.up));
+  const former = sha256(found.bytes);
+  return {
+    name: found.name, checksum, formerChecksum: former === checksum ? undefined : former,
+    script: readScript(found.runnable, found.name, found.noTransaction),
+    migration: layout && { layout, found },
+  };
+}
+
+/**
+ * Beside another tool's history the kit's own ledger is TOOL_LAYOUT_LEDGER, unless
+ * --ledger-table names one: golang-migrate's and dbmate's tables have the default's name.
+ */
+export function ledgerBesideTool(config: Config, steps: SchemaStep[], named: string | undefined): void {
+  const layout = steps[0]?.migration?.layout;
+  if (named === undefined && layout && layout.name !== "kit") config.ledgerTable = TOOL_LAYOUT_LEDGER;
+}
+
+/** Whether the ledger's checksum is this step's: its own, or the raw-bytes one an earlier kit wrote. */
+function sameChecksum(step: SchemaStep, recorded: string | undefined): boolean {
+  return recorded === step.checksum || (recorded !== undefined && recorded === step.formerChecksum);
 }
 
 /** Whether the plan is the built-in schema alone. */
@@ -2163,8 +2695,8 @@ function isBuiltIn(steps: SchemaStep[]): boolean {
   return steps.length === 1 && steps[0]!.name === BUILT_IN_STEP;
 }
 
-/** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
-export function schemaPlan(source: { schema?: string; migrations?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
+/** The steps to apply: the built-in schema, a user's file, or a folder of migrations in its layout's order. */
+export function schemaPlan(source: { schema?: string; migrations?: string; format?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
   const read = (path: string, flag: string) => {
     try {
       return readFile(path);
@@ -2174,18 +2706,14 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
     }
   };
   if (source.schema && source.migrations) throw new ConfigError("--schema and --migrations exclude each other; choose one");
-  if (source.schema) return [schemaStep(basename(source.schema), read(source.schema, "--schema"))];
+  if (source.schema) return [schemaStep(layoutMigration(basename(source.schema), "", read(source.schema, "--schema"), undefined, undefined))];
   if (source.migrations) {
-    let names: string[];
-    try {
-      names = readdirSync(source.migrations).filter((name) => name.endsWith(".sql")).sort();
-    } catch (error) {
-      throw new ConfigError(`--migrations ${source.migrations} cannot be read (${errorCode(error)}); fix the path`);
-    }
-    if (names.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no *.sql files`);
-    return names.map((name) => schemaStep(name, read(join(source.migrations!, name), "--migrations")));
+    const { layout, folder } = migrationLayout(source.migrations, source.format);
+    const found = layout.migrations(folder);
+    if (found.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no migrations in ${layout.name}'s layout (${layout.recognisedBy})`);
+    return found.map((entry) => schemaStep(entry, layout));
   }
-  return [schemaStep(BUILT_IN_STEP, Buffer.from(FLOW_BACKEND_SCHEMA))];
+  return [schemaStep(layoutMigration(BUILT_IN_STEP, "", Buffer.from(FLOW_BACKEND_SCHEMA), undefined, undefined))];
 }
 
 /**
@@ -2267,11 +2795,21 @@ interface Ledger {
 async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Ledger> {
   const parts = config.ledgerTable.split(".");
   const table = parts.at(-1)!;
-  let schema = parts.length > 1 ? parts[0] : undefined;
-  if (schema === undefined) {
-    const [row] = await withDeadline(sql<{ schema: string | null }[]>`select current_schema() as schema`, deadline, signal);
-    if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
-    schema = row.schema;
+  const named = parts.length > 1 ? parts[0]! : null;
+  // One round trip: the schema, and the columns of a table already there (another tool's must not become the ledger).
+  const [row] = await withDeadline(sql<{ schema: string | null; columns: string[] | null }[]>`
+    select coalesce(${named}, current_schema()) as schema,
+           (select array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum) from pg_attribute a
+             where a.attrelid = to_regclass(quote_ident(coalesce(${named}, current_schema())) || '.' || quote_ident(${table}))
+               and a.attnum > 0 and not a.attisdropped) as columns`, deadline, signal);
+  if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
+  const schema = row.schema;
+  if (row.columns && !LEDGER_COLUMNS.every((column) => row.columns!.includes(column))) {
+    const owner = historyOwner(row.columns);
+    throw new SchemaError(
+      `${schema}.${table} is not the kit's ledger: it has the columns ${row.columns.join(", ")}${owner ? `, the history of ${owner.name}${owner.name === "dbmate" ? " (or Rails)" : ""}` : ", a shape the kit does not know"}; the kit never keeps its ledger in another table, nor changes it`,
+      "LEDGER_CLASH",
+      `pass --ledger-table ${TOOL_LAYOUT_LEDGER} (or another name) for the kit's own ledger${owner ? `; if the folder is ${owner.name}'s, --migrations-format ${owner.name} reads that history instead` : ""}`);
   }
   return { ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined };
 }
@@ -2285,6 +2823,53 @@ export async function readLedger(sql: Sql, config: Config, deadline: number, sig
     throw error;
   });
   return (rows[0]?.applied ?? {}) as Record<string, string>;
+}
+
+/** Where a step is recorded: the kit's ledger with the checksum it holds, or the tool's history (no checksum). */
+export interface StepRecord {
+  checksum: string | undefined;
+  table: string;
+}
+
+/**
+ * Which steps of the plan are recorded, and with which checksum: the kit's ledger, and the
+ * history of the tool whose layout the folder is in (what it records counts as applied).
+ * Read-only: takes no lock and creates nothing. A failed or dirty state in the tool's history
+ * is a SchemaError HISTORY_FAILED naming the tool's repair command.
+ */
+export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Config, deadline: number, signal?: AbortSignal, ledger?: Ledger): Promise<Map<string, StepRecord>> {
+  const resolved = ledger ?? (await resolveLedger(sql, config, deadline, signal));
+  const kit = await readLedger(sql, config, deadline, signal, resolved);
+  const records = new Map<string, StepRecord>();
+  for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
+  const layout = steps[0]?.migration?.layout;
+  const history = layout?.history;
+  if (!layout || !history) return records;
+  const rows = await withDeadline(sql.unsafe<HistoryRow[]>(history.read), deadline, signal).catch((error) => {
+    if (errorCode(error) === "42P01") return [];
+    if (errorCode(error) === "42703") {
+      throw new SchemaError(`${history.table} is not ${layout.name}'s history: it lacks the columns ${history.columns.join(", ")}`, "LEDGER_CLASH",
+        `is the folder really ${layout.name}'s? name its layout with --migrations-format, or move the other table away`);
+    }
+    throw error;
+  });
+  const failed = rows.find((row) => row.failed);
+  if (failed) throw new SchemaError(`${layout.name}: ${history.repair(failed)}`, "HISTORY_FAILED", `nothing was applied; after the repair, run the kit again`);
+  for (const step of steps) {
+    const version = step.migration!.found.version;
+    if (rows.some((row) => (row.up_to ? layout.compare(version, row.version) <= 0 : layout.compare(version, row.version) === 0))) {
+      if (!records.has(step.name)) records.set(step.name, { checksum: undefined, table: history.table });
+    }
+  }
+  return records;
+}
+
+/** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */
+function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
+  if (!record) return false;
+  if (record.checksum === undefined || sameChecksum(step, record.checksum)) return true;
+  if (step.migration?.found.repeatable) return false;
+  return assertUnchanged(step, record.checksum);
 }
 
 /**
@@ -2303,15 +2888,15 @@ async function applyMigrations(
 ): Promise<StepResult[]> {
   const deadline = answerDeadline(config);
   const ledger = await resolveLedger(sql, config, deadline, signal);
-  const applied = await readLedger(sql, config, deadline, signal, ledger);
+  const recorded = await recordedSteps(sql, steps, config, deadline, signal, ledger);
   const results: StepResult[] = [];
   const cancels = cancelOnAbort(signal);
   const context: StepContext = { sql, config, ledger, signal, deadlineAt, track: cancels.track, onWait };
   try {
     for (const step of steps) {
-      assertUnchanged(step.name, applied[step.name], step.checksum);
-      if (applied[step.name] || dryRun) {
-        const result = { name: step.name, status: applied[step.name] ? "already applied" as const : "pending" as const, ms: 0 };
+      const applied = isApplied(step, recorded.get(step.name));
+      if (applied || dryRun) {
+        const result = { name: step.name, status: applied ? "already applied" as const : "pending" as const, ms: 0 };
         results.push(result);
         if (dryRun) onStep?.(result);
         continue;
@@ -2388,11 +2973,28 @@ type Run = ReturnType<typeof runner>;
 /** A step runs on a transaction's connection or on one reserved for it. */
 type Session = Sql | postgres.TransactionSql<{}>;
 
-async function ensureLedger(conn: Session, ledger: Ledger, name: string, run: Run): Promise<string | undefined> {
+/**
+ * Inside the kit's lock: make the table the step is recorded in (the tool's history, where the
+ * kit writes it as the tool does, else the kit's ledger) and say whether the step is applied.
+ */
+async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
+  const write = step.migration?.layout.history?.write;
+  if (write) {
+    await run(conn.unsafe(write.create));
+    const [row] = await run(conn.unsafe(write.has, [step.migration!.found.version]));
+    return Boolean(row?.recorded);
+  }
   const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
   await run(conn.unsafe(ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
-  const [row] = await run(conn.unsafe(`select checksum from ${ledger.ident} where name = $1`, [name]));
-  return row?.checksum;
+  const [row] = await run(conn.unsafe(`select checksum from ${ledger.ident} where name = $1`, [step.name]));
+  return isApplied(step, row && { checksum: row.checksum, table: ledger.ident });
+}
+
+/** Record an applied step where ensureLedger looked (a repeatable's row is updated to its new checksum). */
+async function recordStep(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<void> {
+  const write = step.migration?.layout.history?.write;
+  if (write) await run(conn.unsafe(write.insert, write.values(step.migration!.found)));
+  else await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)${step.migration?.found.repeatable ? " on conflict (name) do update set checksum = excluded.checksum, applied_at = now()" : ""}`, [step.name, step.checksum]));
 }
 
 /**
@@ -2436,9 +3038,7 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext):
       `select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), pg_backend_pid() as pid, pg_try_advisory_xact_lock(hashtext($3)) as locked`,
       [String(config.commandTimeoutMs), String(config.lockTimeoutMs), ledger.lockKey]));
     if (!session?.locked) return "locked" as const;
-    const recorded = await ensureLedger(tx, ledger, step.name, run);
-    assertUnchanged(step.name, recorded, step.checksum);
-    if (recorded) return "already applied" as const;
+    if (await ensureLedger(tx, ledger, step, run)) return "already applied" as const;
     const watcher = watchBlockers(sql, Number(session.pid), config);
     try {
       for (const statement of step.script.statements) {
@@ -2450,7 +3050,7 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext):
       watcher.stop();
     }
     await run(tx.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', true)`));
-    await run(tx.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)`, [step.name, step.checksum]));
+    await recordStep(tx, ledger, step, run);
     return "applied" as const;
   });
   try {
@@ -2484,9 +3084,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
       `select set_config('statement_timeout', $1, false), set_config('lock_timeout', '0', false), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
     const pause = lockPoller(step, context);
     while (!(await run(conn`select pg_try_advisory_lock(hashtext(${ledger.lockKey})) as locked`))[0]?.locked) await pause();
-    const recorded = await ensureLedger(conn, ledger, step.name, run);
-    assertUnchanged(step.name, recorded, step.checksum);
-    if (recorded) return "already applied";
+    if (await ensureLedger(conn, ledger, step, run)) return "already applied";
     const ran: ScriptStatement[] = [];
     for (const statement of step.script.statements) {
       const building = buildsIndexConcurrently(statement.words);
@@ -2516,7 +3114,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
       ran.push(statement);
     }
     await run(conn.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', false)`));
-    await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)`, [step.name, step.checksum]));
+    await recordStep(conn, ledger, step, run);
     return "applied";
   } finally {
     progress.stop();
@@ -2643,10 +3241,9 @@ function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[
   };
 }
 
-function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
-  if (recorded && recorded !== checksum) {
-    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
-  }
+/** A step recorded with another checksum: its file was edited after it was applied. */
+function assertUnchanged({ name, checksum }: SchemaStep, recorded: string): never {
+  throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
 async function verifyTables(sql: Sql, tables: readonly string[], deadline: number, signal?: AbortSignal): Promise<void> {
@@ -2848,6 +3445,7 @@ export const COMMON_FLAGS = {
   url: { type: "string" },
   schema: { type: "string" },
   migrations: { type: "string" },
+  "migrations-format": { type: "string" },
   "ledger-table": { type: "string" },
   timeout: { type: "string" },
   "connect-timeout": { type: "string" },
@@ -2945,6 +3543,7 @@ async function main(argv: string[], env: Env = process.env): Promise<number> {
   }
   const { config, steps } = plan;
   secretsOf(config).forEach((secret) => reporter.addSecret(secret));
+  reportLayout(reporter, steps, config, values);
   [...config.notices, ...(config.direct?.notices ?? [])].forEach((notice) => reporter.info(`warning: ${notice}`));
 
   const controller = new AbortController();
@@ -3020,7 +3619,8 @@ function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: Sch
     directUrl: values["direct-url"],
   }, env);
   if (values["wait-only"]) return { config, steps: [] };
-  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations });
+  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"] });
+  ledgerBesideTool(config, steps, values["ledger-table"]);
   config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
   if (config.direct) config.direct.targetSessionAttrs = writableSessionAttrs(config.direct.targetSessionAttrs);
   return { config, steps };
@@ -3111,6 +3711,16 @@ async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean):
   return run.summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
 }
 
+/** The one line (and event) that says which tool's layout --migrations is read in, and where what it applies is recorded. */
+function reportLayout(reporter: Reporter, steps: SchemaStep[], config: Config, values: FlagValues): void {
+  const layout = steps[0]?.migration?.layout;
+  if (!layout) return;
+  const history = layout.history;
+  const recorded = history?.write ? `${history.table}, as ${layout.name} records them` : config.ledgerTable;
+  reporter.info(`migrations: ${values.migrations} in ${layout.name}'s layout (${values["migrations-format"] ? "--migrations-format" : layout.recognisedBy}), ${steps.length} migration${steps.length === 1 ? "" : "s"}; ${history ? `reads ${history.table}, ` : ""}records in ${recorded}`);
+  reporter.event({ event: "layout", layout: layout.name, detected: values["migrations-format"] === undefined, migrations: steps.length, history: history?.table ?? null, recorded_in: history?.write ? history.table : config.ledgerTable });
+}
+
 /** "1 attempt", "3 attempts". */
 function attemptCount(count: number): string {
   return `${count} attempt${count === 1 ? "" : "s"}`;
@@ -3187,7 +3797,11 @@ Connection (first found wins, as libpq reads it): ${CONNECTION_SOURCES}
 What to do:
   --wait-only             only wait until an authenticated query succeeds
   --schema FILE           apply this SQL file instead of the built-in Flow-Backend schema
-  --migrations DIR        apply DIR/*.sql in name order, each once, recorded in the ledger
+  --migrations DIR        apply DIR's migrations, each once: plain *.sql in name order, recorded
+                          in the ledger, or the folder of golang-migrate, dbmate, Flyway, Prisma,
+                          Drizzle, Diesel, goose or the Supabase CLI, as that tool applies it
+                          (never a down or undo part; its history counts as applied)
+  --migrations-format NAME  read DIR in this layout instead of recognising it: ${LAYOUT_NAMES.join(", ")}
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
   --dry-run               list the steps that would be applied, apply nothing
 
