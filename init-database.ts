@@ -2293,9 +2293,15 @@ function layoutMigration(name: string, version: string, bytes: Buffer, parts: [n
   };
 }
 
+/** A file as one character per byte (offsets stay byte offsets), a leading BOM blanked: what annotations (which may follow blanks) are looked for in. */
+function annotationText(bytes: Buffer): string {
+  const text = bytes.toString("latin1");
+  return bytes.subarray(0, 3).equals(BOM) ? "   " + text.slice(3) : text;
+}
+
 /** The lines of a file that match `annotation` (with multiline `^`), as byte offsets of their start and end. */
 function annotations(bytes: Buffer, annotation: RegExp): { start: number; end: number; match: RegExpExecArray }[] {
-  const text = bytes.toString("latin1");
+  const text = annotationText(bytes);
   const found: { start: number; end: number; match: RegExpExecArray }[] = [];
   const pattern = new RegExp(annotation.source, annotation.flags.includes("g") ? annotation.flags : annotation.flags + "g");
   for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
@@ -2363,9 +2369,9 @@ function aloneOutsideTransaction(runnable: Buffer, name: string): boolean | unde
   return statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
 }
 
-const DBMATE_UP = /^--[ \t]*migrate:up(.*)$/m;
-const DBMATE_DOWN = /^--[ \t]*migrate:down(.*)$/m;
-const GOOSE = /^--[ \t]*\+goose[ \t]+(\w+(?:[ \t]+\w+)?)[ \t]*\r?$/im;
+const DBMATE_UP = /^[ \t]*--[ \t]*migrate:up(.*)$/m;
+const DBMATE_DOWN = /^[ \t]*--[ \t]*migrate:down(.*)$/m;
+const GOOSE = /^[ \t]*--[ \t]*\+goose[ \t]+(\w+(?:[ \t]+\w+)?)[ \t]*\r?$/im;
 
 const SQL_FILES = /\.sql$/;
 
@@ -2406,7 +2412,7 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     name: "dbmate",
     recognisedBy: "*.sql files with a -- migrate:up section",
     folder: "db/migrations",
-    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(folder.read(file).toString("latin1"))),
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(annotationText(folder.read(file)))),
     migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => {
       const bytes = folder.read(file);
       const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
@@ -2609,7 +2615,8 @@ export function migrationLayout(dir: string, format: string | undefined): { layo
   if (format !== undefined) {
     const layout = MIGRATION_LAYOUTS.find((entry) => entry.name === format);
     if (!layout) throw new ConfigError(`--migrations-format ${format} is not a layout the kit knows`, `choose one of ${LAYOUT_NAMES.join(", ")}`);
-    return { layout, folder, detected: false };
+    const inner = !layout.recognises(folder) && layout.folder && folder.has(layout.folder);
+    return { layout, folder: inner ? open(join(dir, layout.folder!)) : folder, detected: false };
   }
   const matching = (candidate: Folder) => {
     const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(candidate));
@@ -2638,6 +2645,27 @@ export function migrationLayout(dir: string, format: string | undefined): { layo
   const seen = [...folder.files, ...folder.dirs.map((name) => `${name}/`)];
   throw new ConfigError(`--migrations ${dir} holds no migrations in a layout the kit knows (found ${seen.length === 0 ? "nothing" : seen.slice(0, 5).join(", ") + (seen.length > 5 ? ", …" : "")})`,
     `point it at the folder of *.sql files (layouts: ${LAYOUT_NAMES.join(", ")})`);
+}
+
+/** Names of down and undo migrations: golang-migrate's *.down.sql, Diesel's and Prisma's down.sql, Flyway's U files. */
+const DOWN_FILE = /(?:^|[/_.])down\.sql$|^U\d+(?:[._]\d+)*__.+\.sql$/i;
+
+/** The line that opens a down section: dbmate's and goose's. */
+const DOWN_SECTION = /^[ \t]*--[ \t]*(?:migrate:down|\+goose[ \t]+down)\b/im;
+
+/**
+ * No down or undo part ever runs, whatever layout a folder is read in: a migration whose name
+ * marks it as one, or whose part to run holds a down section (a dbmate or goose file read as
+ * plain SQL), is refused before anything runs.
+ */
+export function assertUpOnly(found: LayoutMigration[], layout: MigrationLayout): LayoutMigration[] {
+  for (const entry of found) {
+    const fix = `read the folder in its tool's layout (--migrations-format ${MIGRATION_LAYOUTS.filter((other) => other.name !== layout.name && other.name !== "kit").map((other) => other.name).join("|")}), which never runs it, or move the file out of the folder`;
+    if (DOWN_FILE.test(entry.name)) throw new SchemaError(`${entry.name} is a down or undo migration by its name, which the kit never runs (read in ${layout.name}'s layout it would be applied)`, "SCHEMA_FAILED", fix);
+    const section = DOWN_SECTION.exec(annotationText(entry.up));
+    if (section) throw new SchemaError(`${entry.name}: "${section[0].trim()}" opens a down section, which the kit never runs (read in ${layout.name}'s layout the whole file would be applied)`, "SCHEMA_FAILED", fix);
+  }
+  return found;
 }
 
 /** Which tool a table of the ledger's name belongs to, by its columns ("name type"); undefined when none's. */
@@ -2709,7 +2737,7 @@ export function schemaPlan(source: { schema?: string; migrations?: string; forma
   if (source.schema) return [schemaStep(layoutMigration(basename(source.schema), "", read(source.schema, "--schema"), undefined, undefined))];
   if (source.migrations) {
     const { layout, folder } = migrationLayout(source.migrations, source.format);
-    const found = layout.migrations(folder);
+    const found = assertUpOnly(layout.migrations(folder), layout);
     if (found.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no migrations in ${layout.name}'s layout (${layout.recognisedBy})`);
     return found.map((entry) => schemaStep(entry, layout));
   }
