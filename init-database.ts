@@ -2317,8 +2317,9 @@ const byNumber = (a: string, b: string) => {
 };
 const byText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
-/** Flyway's version order: parts split at `.` (or `_`), each compared as a number, missing parts as 0 (1.10 after 1.2; 1 = 1.0). */
+/** Flyway's version order: parts split at `.` (or `_`), each compared as a number, missing parts as 0 (1.10 after 1.2; 1 = 1.0). A repeatable's key (no version) compares as text. */
 export function compareFlywayVersions(a: string, b: string): number {
+  if (!/^\d+(?:[._]\d+)*$/.test(a) || !/^\d+(?:[._]\d+)*$/.test(b)) return byText(a, b);
   const [x, y] = [a.split(/[._]/).map(BigInt), b.split(/[._]/).map(BigInt)];
   for (let i = 0; i < Math.max(x.length, y.length); i++) {
     const [p, q] = [x[i] ?? 0n, y[i] ?? 0n];
@@ -2413,7 +2414,8 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     recognisedBy: "*.sql files with a -- migrate:up section",
     folder: "db/migrations",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(annotationText(folder.read(file)))),
-    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => {
+    // dbmate applies files in name order (10_x before 1_x and 2_x), whatever their versions.
+    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, () => 0).map(({ file, version }) => {
       const bytes = folder.read(file);
       const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
       if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
@@ -2827,7 +2829,7 @@ async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?
   // One round trip: the schema, and the columns of a table already there (another tool's must not become the ledger).
   const [row] = await withDeadline(sql<{ schema: string | null; columns: string[] | null }[]>`
     select coalesce(${named}, current_schema()) as schema,
-           (select array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum) from pg_attribute a
+           (select to_json(array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum)) from pg_attribute a
              where a.attrelid = to_regclass(quote_ident(coalesce(${named}, current_schema())) || '.' || quote_ident(${table}))
                and a.attnum > 0 and not a.attisdropped) as columns`, deadline, signal);
   if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
