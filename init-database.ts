@@ -1900,6 +1900,8 @@ export interface Script {
   statements: ScriptStatement[];
   /** The file holds the no-transaction marker before its first statement. */
   noTransaction: boolean;
+  /** Its statements can go to the server as one query, the bytes from the first to the last: nothing between them was skipped (a meta-command) and none has COPY data. */
+  oneQuery?: boolean;
 }
 
 const isSpace = (c: number) => c === 32 || (c >= 9 && c <= 13);
@@ -1979,6 +1981,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
   };
 
   let current: ScriptStatement | undefined;
+  let skipped = false;
   let parens = 0;
   let beginDepth = 0;
   let routineWords = "";
@@ -2017,6 +2020,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
     if (c === 92) { // a psql meta-command: up to the end of the line
       const newline = bytes.indexOf(10, i);
       const command = bytes.toString("utf8", i, newline === -1 ? length : newline).replace(/\r$/, "");
+      skipped = true;
       if (!SKIPPED_META_COMMANDS.test(command)) {
         const word = /^\\\S*/.exec(command)![0];
         fail(locate(i).line, `psql meta-command ${word} cannot run here (only \\restrict, \\unrestrict and \\set ON_ERROR_STOP are understood, and skipped)`,
@@ -2102,7 +2106,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
     }
     return true;
   });
-  return { name, bytes, statements: kept, noTransaction };
+  return { name, bytes, statements: kept, noTransaction, oneQuery: !skipped && kept.length > 1 && kept.every((statement) => !statement.data) };
 }
 
 /** The offset just past a quoted string or identifier that opens at `open`; `backslashes` for E'' strings. */
@@ -2815,6 +2819,8 @@ interface Ledger {
   lockKey: string;
   /** The schema was named in --ledger-table, so the kit creates it if missing. */
   createSchema: string | undefined;
+  /** Set once a step of this run committed (so the table it records in exists): later steps skip the CREATE ... IF NOT EXISTS (a round trip and a catalog lock each). */
+  made?: boolean;
 }
 
 /**
@@ -2936,6 +2942,7 @@ async function applyMigrations(
       for (let attempt = 1; ; attempt++) {
         try {
           status = await (step.script.noTransaction ? applyMigrationOutsideTransaction(step, context) : applyMigrationInTransaction(step, context));
+          ledger.made = true;
           break;
         } catch (error) {
           if (errorCode(error) !== "55P03" || step.script.noTransaction) throw error;
@@ -3009,13 +3016,12 @@ type Session = Sql | postgres.TransactionSql<{}>;
  */
 async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
   const write = step.migration?.layout.history?.write;
+  const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
+  if (!ledger.made) await run(conn.unsafe(write ? write.create : ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
   if (write) {
-    await run(conn.unsafe(write.create));
     const [row] = await run(conn.unsafe(write.has, [step.migration!.found.version]));
     return Boolean(row?.recorded);
   }
-  const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
-  await run(conn.unsafe(ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
   const [row] = await run(conn.unsafe(`select checksum from ${ledger.ident} where name = $1`, [step.name]));
   return isApplied(step, row && { checksum: row.checksum, table: ledger.ident });
 }
@@ -3051,27 +3057,73 @@ function lockPoller(step: SchemaStep, context: StepContext) {
 /** One step in one transaction: timeouts, lock (else end the transaction and try again), re-check the ledger inside the lock, apply, reset the session, record. */
 async function applyMigrationInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
   const pause = lockPoller(step, context);
+  let oneQuery = step.script.oneQuery === true;
   for (;;) {
-    const status = await migrationTransactionOnce(step, context);
+    let status: StepStatus | "locked";
+    try {
+      status = await migrationTransactionOnce(step, context, oneQuery);
+    } catch (error) {
+      // A step sent as one query failed where the server named no position: run it again
+      // statement by statement (it was rolled back whole), so the error names its line.
+      if (!(error instanceof OneQueryFailed)) throw error;
+      oneQuery = false;
+      continue;
+    }
     if (status !== "locked") return status;
     await pause();
   }
 }
 
-async function migrationTransactionOnce(step: SchemaStep, context: StepContext): Promise<StepStatus | "locked"> {
+/** A step sent as one query failed without saying where: the caller runs it again statement by statement. */
+class OneQueryFailed extends Error {}
+
+/**
+ * A step's statements as one simple query, as dbmate and golang-migrate send a file: one round
+ * trip instead of one per statement. A server error that names its position is mapped back to
+ * the statement and line it points at.
+ */
+async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, blockers: () => string[]): Promise<void> {
+  const { bytes, statements } = step.script;
+  const start = statements[0]!.start;
+  const text = bytes.toString("utf8", start, statements.at(-1)!.end);
+  try {
+    await run(tx.unsafe(text));
+  } catch (error) {
+    const position = error instanceof postgres.PostgresError ? Number(error.position) : NaN;
+    if (!Number.isInteger(position) || position < 1) {
+      // Lock and statement timeouts, lost connections: retried or reported as they are (running the step again would only repeat the wait).
+      const code = errorCode(error);
+      if (classifyError(error) !== "fatal" || code === "55P03" || code === "57014") throw annotate(error, step, statements[0]!, blockers());
+      throw new OneQueryFailed();
+    }
+    const at = start + Buffer.byteLength([...text].slice(0, position - 1).join(""));
+    const statement = statements.findLast((candidate) => candidate.start <= at) ?? statements[0]!;
+    const within = [...bytes.toString("utf8", statement.start, at)].length + 1;
+    throw new StepFailure(error, step.name, statementLocation(step.script, statement, within), blockers());
+  }
+}
+
+async function migrationTransactionOnce(step: SchemaStep, context: StepContext, oneQuery = false): Promise<StepStatus | "locked"> {
   const { sql, config, ledger } = context;
   const progress = progressDeadline(answerDeadline(config), context.signal);
   const run = runner(context, progress);
   const work = sql.begin(async (tx) => {
     // SET LOCAL (set_config(..., true)) ends with the transaction, so nothing leaks through a pooler.
-    const [session] = await run(tx.unsafe(
+    const locking = run(tx.unsafe(
       `select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), pg_backend_pid() as pid, pg_try_advisory_xact_lock(hashtext($3)) as locked`,
       [String(config.commandTimeoutMs), String(config.lockTimeoutMs), ledger.lockKey]));
+    // Once the table exists, the ledger check goes out right behind the lock (pipelined): it is a
+    // statement of its own, so its snapshot is taken after the lock is granted, and its answer is
+    // dropped when the lock was not.
+    const recorded = ledger.made ? ensureLedger(tx, ledger, step, run) : undefined;
+    recorded?.catch(() => {});
+    const [session] = await locking;
     if (!session?.locked) return "locked" as const;
-    if (await ensureLedger(tx, ledger, step, run)) return "already applied" as const;
+    if (await (recorded ?? ensureLedger(tx, ledger, step, run))) return "already applied" as const;
     const watcher = watchBlockers(sql, Number(session.pid), config);
     try {
-      for (const statement of step.script.statements) {
+      if (oneQuery) await runAsOneQuery(tx, step, run, () => watcher.stop());
+      else for (const statement of step.script.statements) {
         await runStatement(tx, step, statement, run, progress.touch).catch((error) => {
           throw annotate(error, step, statement, watcher.stop());
         });
@@ -3079,8 +3131,8 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext):
     } finally {
       watcher.stop();
     }
-    await run(tx.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', true)`));
-    await recordStep(tx, ledger, step, run);
+    // Sent together (postgres.js pipelines them; the server runs them in order): one round trip, not two.
+    await Promise.all([run(tx.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', true)`)), recordStep(tx, ledger, step, run)]);
     return "applied" as const;
   });
   try {

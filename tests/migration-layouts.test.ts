@@ -275,3 +275,28 @@ describe("Flyway's order", () => {
       .toEqual([{ columns: ["id", "name", "email"] }]);
   });
 });
+
+describe("a step sent as one query (as dbmate sends a file)", () => {
+  const failing = async (text: string) => {
+    const database = await cluster.freshDatabase();
+    const dir = join(workDir, `one-query-${++folders}`);
+    mkdirSync(dir);
+    writeFileSync(join(dir, "001_a.sql"), text);
+    const run = await init(database, ["--migrations", dir]);
+    return { run, tables: await cluster.query(`select to_regclass('a') as a`, database) };
+  };
+
+  test("an error the server places is reported at its statement's line and column, and nothing of the step stays", async () => {
+    const { run, tables } = await failing("create table a (id int);\ninsert into a values (1);\n\nselect nosuch from a;\n");
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(events(run.stdout).find((event) => event.event === "summary")).toMatchObject({ code: "42703", where: "line 4, column 8" });
+    expect(tables).toEqual([{ a: null }]);
+  });
+
+  test("an error without a position is found by running the step again statement by statement, and named at its line", async () => {
+    const { run, tables } = await failing("create table a (id int primary key);\ninsert into a values (1);\ninsert into a values (1);\n");
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(events(run.stdout).find((event) => event.event === "summary")).toMatchObject({ code: "23505", where: "line 3" });
+    expect(tables).toEqual([{ a: null }]);
+  });
+});
