@@ -300,3 +300,15 @@ describe("a step sent as one query (as dbmate sends a file)", () => {
     expect(tables).toEqual([{ a: null }]);
   });
 });
+
+describe("Flyway's per-script configuration", () => {
+  test("executeInTransaction=false in V1__x.sql.conf runs the migration outside a transaction; mixed=true allows mixing", () => {
+    const dir = join(workDir, `flyway-conf-${++folders}`);
+    mkdirSync(dir);
+    writeFileSync(join(dir, "V1__a.sql"), "create table a (id int);\n");
+    writeFileSync(join(dir, "V1__a.sql.conf"), "executeInTransaction=false\n");
+    writeFileSync(join(dir, "V2__b.sql"), "create table b (id int);\ncreate index concurrently b_id on b (id);\n");
+    writeFileSync(join(dir, "V2__b.sql.conf"), "mixed=true\n");
+    expect(schemaPlan({ migrations: dir }).map((step) => [step.name, step.script.noTransaction])).toEqual([["V1__a.sql", true], ["V2__b.sql", true]]);
+  });
+});
