@@ -3089,7 +3089,7 @@ async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, blockers: 
   try {
     await run(tx.unsafe(text));
   } catch (error) {
-    const position = error instanceof postgres.PostgresError ? Number(error.position) : NaN;
+    const position = serverFields(error).position ?? NaN;
     if (!Number.isInteger(position) || position < 1) {
       // Lock and statement timeouts, lost connections: retried or reported as they are (running the step again would only repeat the wait).
       const code = errorCode(error);

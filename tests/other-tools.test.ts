@@ -98,6 +98,19 @@ describe("with the real dbmate", () => {
     expect(appliedSteps(run.stdout)).toEqual(up.out.match(/(?<=Applying: )\S+/g)!);
   });
 
+  test("the connectivity suite's Schema Validation counts what dbmate's history records", async () => {
+    const database = await cluster.freshDatabase();
+    expect((await dbmate(database, join(FIXTURES, "dbmate"), "up")).code).toBe(0);
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    const passing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", join(FIXTURES, "dbmate")], env);
+    expect(passing.code).toBe(0);
+    expect(passing.stdout).toContain("3 steps recorded in schema_migrations");
+    await cluster.query(`delete from schema_migrations where version = '20240103093000'`, database);
+    const failing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", join(FIXTURES, "dbmate")], env);
+    expect(failing.code).toBe(1);
+    expect(failing.stdout).toContain(`not applied or changed since: ${FILES[2]}`);
+  });
+
   test("a schema_migrations table dbmate made is created by the kit exactly as dbmate creates it", async () => {
     const [byDbmate, byKit] = [await cluster.freshDatabase(), await cluster.freshDatabase()];
     expect((await dbmate(byDbmate, join(FIXTURES, "dbmate"), "up")).code).toBe(0);
