@@ -3082,10 +3082,16 @@ class OneQueryFailed extends Error {}
  * trip instead of one per statement. A server error that names its position is mapped back to
  * the statement and line it points at.
  */
-async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, blockers: () => string[]): Promise<void> {
+async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, progress: { touch(): void; everyMs: number }, blockers: () => string[]): Promise<void> {
   const { bytes, statements } = step.script;
   const start = statements[0]!.start;
   const text = bytes.toString("utf8", start, statements.at(-1)!.end);
+  // The server answers once for all of them, and each may take up to statement_timeout: the
+  // client waits as long as it would for the statements one by one, no longer.
+  let allowances = statements.length - 1;
+  const extend = setInterval(() => {
+    if (allowances-- > 0) progress.touch();
+  }, progress.everyMs);
   try {
     await run(tx.unsafe(text));
   } catch (error) {
@@ -3100,6 +3106,8 @@ async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, blockers: 
     const statement = statements.findLast((candidate) => candidate.start <= at) ?? statements[0]!;
     const within = [...bytes.toString("utf8", statement.start, at)].length + 1;
     throw new StepFailure(error, step.name, statementLocation(step.script, statement, within), blockers());
+  } finally {
+    clearInterval(extend);
   }
 }
 
@@ -3122,7 +3130,7 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext, 
     if (await (recorded ?? ensureLedger(tx, ledger, step, run))) return "already applied" as const;
     const watcher = watchBlockers(sql, Number(session.pid), config);
     try {
-      if (oneQuery) await runAsOneQuery(tx, step, run, () => watcher.stop());
+      if (oneQuery) await runAsOneQuery(tx, step, run, { touch: progress.touch, everyMs: answerDeadline(config) * 0.9 }, () => watcher.stop());
       else for (const statement of step.script.statements) {
         await runStatement(tx, step, statement, run, progress.touch).catch((error) => {
           throw annotate(error, step, statement, watcher.stop());

@@ -293,6 +293,17 @@ describe("a step sent as one query (as dbmate sends a file)", () => {
     expect(tables).toEqual([{ a: null }]);
   });
 
+  test("several statements, each within --command-timeout but longer together than one answer may take, are not cut off by the client", async () => {
+    const database = await cluster.freshDatabase();
+    const dir = join(workDir, `one-query-slow-${++folders}`);
+    mkdirSync(dir);
+    // --command-timeout 1: each statement may take 1 s on the server, the client waits 3 s for an answer; together they take 4 s.
+    writeFileSync(join(dir, "001_slow.sql"), "create table slow (id int);\n" + "select pg_sleep(0.8);\n".repeat(5));
+    const run = await init(database, ["--migrations", dir, "--command-timeout", "1"]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(await cluster.query(`select to_regclass('slow') is not null as made`, database)).toEqual([{ made: true }]);
+  });
+
   test("an error without a position is found by running the step again statement by statement, and named at its line", async () => {
     const { run, tables } = await failing("create table a (id int primary key);\ninsert into a values (1);\ninsert into a values (1);\n");
     expect(run.code).toBe(EXIT.schemaFailed);
