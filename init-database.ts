@@ -344,27 +344,231 @@ export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-/** Reject with code CLIENT_DEADLINE after `ms`, or with the abort reason when `signal` fires. */
-export function withDeadline<T>(work: Promise<T>, ms: number, signal?: AbortSignal): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let onAbort: (() => void) | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms`)), ms);
-    onAbort = () => reject(signal!.reason);
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener("abort", onAbort, { once: true });
-  });
-  return Promise.race([work, limit]).finally(() => {
-    clearTimeout(timer);
-    if (onAbort) signal?.removeEventListener("abort", onAbort);
-  });
+/** One failed attempt, as retry reports it: what failed, how it was classified, the pause before the next (0: none follows). */
+export interface Attempt {
+  attempt: number;
+  elapsedMs: number;
+  error: unknown;
+  errorClass: ErrorClass;
+  delayMs: number;
 }
 
-/** Sleep, but wake at once when `signal` fires. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return withDeadline(new Promise<never>(() => {}), ms, signal).catch((error) => {
-    if (errorCode(error) !== "CLIENT_DEADLINE") throw error;
-  });
+/** How long the kit waits for one answer when --command-timeout is 0 (no server-side limit). */
+const NO_LIMIT_MS = 24 * 3600_000;
+
+/**
+ * The run's one deadline. `at` is when retrying stops: no attempt starts after it (the one made
+ * at it still gets `attemptMs`), while work already under way is not cut. `signal` ends every
+ * await under it at once: it aborts with the run's interruption (SIGINT, SIGTERM), with a lost
+ * connection a bound was tied to, and, for a bound on answers (`bound`, `answer`), with
+ * CLIENT_DEADLINE once an answer is overdue. Made once per run (`Deadline.forRun`) and passed
+ * down; every part of the run derives what it needs from it. A derived deadline listens to its
+ * parent until `done()`.
+ *
+ * @example
+ *   const deadline = Deadline.forRun({ timeoutMs: 30_000, commandTimeoutMs: 5_000, signal: controller.signal });
+ *   const rows = await deadline.answer(sql`select 1`); // CLIENT_DEADLINE after 5 s plus a grace
+ *   const step = deadline.bound();                      // one for many answers:
+ *   await step.race(first); step.renew(); await step.race(second); step.done();
+ */
+export class Deadline {
+  readonly signal: AbortSignal;
+  readonly #controller = new AbortController();
+  readonly #unlink: (() => void)[] = [];
+  #at: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  private constructor(
+    at: number,
+    /** How long one answer may take: --command-timeout plus DEFAULTS.graceMs (a day when it is 0). */
+    readonly answerMs: number,
+    /** When the run started, for elapsed times. */
+    readonly startedAt: number,
+    parents: (AbortSignal | undefined)[],
+    readonly boundMs?: number,
+    private readonly message?: string,
+  ) {
+    this.#at = at;
+    this.signal = this.#controller.signal;
+    for (const parent of parents) {
+      if (!parent) continue;
+      if (parent.aborted) {
+        this.#end(parent.reason);
+        break;
+      }
+      const onAbort = () => this.#end(parent.reason);
+      parent.addEventListener("abort", onAbort, { once: true });
+      this.#unlink.push(() => parent.removeEventListener("abort", onAbort));
+    }
+    this.renew();
+  }
+
+  /**
+   * The run's deadline: retrying stops `timeoutMs` after `startedAt`; `signal` (SIGINT, SIGTERM)
+   * ends every await; one answer may take `answerMs` (default --command-timeout plus a grace).
+   */
+  static forRun({ timeoutMs, commandTimeoutMs = 0, answerMs, signal, startedAt = Date.now() }: {
+    timeoutMs: number; commandTimeoutMs?: number; answerMs?: number; signal?: AbortSignal; startedAt?: number;
+  }): Deadline {
+    return new Deadline(startedAt + timeoutMs, answerMs ?? (commandTimeoutMs === 0 ? NO_LIMIT_MS : commandTimeoutMs + DEFAULTS.graceMs), startedAt, [signal]);
+  }
+
+  /** When retrying stops, in milliseconds since the epoch. */
+  get at(): number {
+    return this.#at;
+  }
+
+  remainingMs(): number {
+    return this.#at - Date.now();
+  }
+
+  elapsedMs(): number {
+    return Date.now() - this.startedAt;
+  }
+
+  /** The connect limit of an attempt started now: `connectTimeoutMs`, cut to what remains, never below DEFAULTS.lastAttemptMs. */
+  attemptMs(connectTimeoutMs: number): number {
+    return Math.min(connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, this.remainingMs()));
+  }
+
+  /** A bound on its own, `ms` from now: for an answer that no run's deadline covers. */
+  static within(ms: number, { message, signal }: { message?: string; signal?: AbortSignal } = {}): Deadline {
+    return new Deadline(Date.now() + ms, NO_LIMIT_MS, Date.now(), [signal], ms, message);
+  }
+
+  /** The same signal, but retrying stops `ms` from now (a poll with a limit of its own). */
+  horizon(ms: number): Deadline {
+    return new Deadline(Date.now() + ms, this.answerMs, this.startedAt, [this.signal]);
+  }
+
+  /**
+   * A bound on answers: its signal also aborts `ms` from now (default answerMs) with
+   * CLIENT_DEADLINE, and when `tiedTo` aborts (a connection lost). `renew` restarts the count
+   * (a step that made progress).
+   */
+  bound(ms = this.answerMs, { tiedTo, message }: { tiedTo?: AbortSignal; message?: string } = {}): Deadline {
+    return new Deadline(Date.now() + ms, this.answerMs, this.startedAt, [this.signal, tiedTo], ms, message);
+  }
+
+  /** A bound made anew: `ms` more from now. */
+  renew(): void {
+    if (this.boundMs === undefined || this.signal.aborted) return;
+    clearTimeout(this.#timer);
+    this.#at = Date.now() + this.boundMs;
+    this.#timer = setTimeout(() => this.#end(kitError("CLIENT_DEADLINE", this.message ?? `no answer within ${this.boundMs} ms`)), this.boundMs);
+  }
+
+  /**
+   * `work`, or the abort reason once the signal aborts, whichever comes first; `onAbort` runs
+   * (awaited) before the rejection, to cancel a statement on the server, say.
+   */
+  race<T>(work: PromiseLike<T>, onAbort?: (reason: unknown) => unknown): Promise<T> {
+    const { signal } = this;
+    let listener = () => {};
+    const aborted = new Promise<never>((_, reject) => {
+      listener = () => void Promise.resolve(onAbort?.(signal.reason)).catch(() => {}).finally(() => reject(signal.reason));
+      if (signal.aborted) listener();
+      else signal.addEventListener("abort", listener, { once: true });
+    });
+    return Promise.race([work, aborted]).finally(() => signal.removeEventListener("abort", listener));
+  }
+
+  /** One answer: `work` bounded by `ms` (default answerMs) and by this deadline's signal. */
+  async answer<T>(work: PromiseLike<T>, ms = this.answerMs): Promise<T> {
+    const bound = this.bound(ms);
+    try {
+      return await bound.race(work);
+    } finally {
+      bound.done();
+    }
+  }
+
+  /** Stop listening and counting (a derived deadline no longer needed). */
+  done(): void {
+    clearTimeout(this.#timer);
+    this.#unlink.splice(0).forEach((unlink) => unlink());
+  }
+
+  #end(reason: unknown): void {
+    this.done();
+    this.#controller.abort(reason);
+  }
+}
+
+/** `work` bounded by `ms` (CLIENT_DEADLINE) and ended by `signal`: a one-off Deadline.answer. */
+export function withDeadline<T>(work: PromiseLike<T>, ms: number, signal?: AbortSignal): Promise<T> {
+  const bound = Deadline.within(ms, { signal });
+  return bound.race(work).finally(() => bound.done());
+}
+
+/** How retry is driven; only `deadline` is required. */
+export interface RetryOptions<T> {
+  /** When to stop (its `at`), and what ends a pause at once (its `signal`). */
+  deadline: Deadline;
+  /** What a failure means (default classifyError): "fatal" is thrown at once, the rest are retried. */
+  classify?: (error: unknown) => ErrorClass;
+  /** The pause before the next attempt, or undefined to stop (default nextDelay, the kit's retry policy). */
+  delay?: (errorClass: ErrorClass, busyInARow: number, remainingMs: number) => number | undefined;
+  /** Stop after this many attempts (--max-retries). Default: only the deadline. */
+  maxAttempts?: number;
+  /** Told of every failed attempt, with the pause that follows it (0 when none follows). */
+  onRetry?: (attempt: Attempt) => void;
+  /** Spends the pause after attempt `attempt` (default: sleeps); what it returns, if anything, ends the retry with that value. */
+  pause?: (ms: number, attempt: number) => Promise<T | undefined>;
+  /** The NotReadyError's reason when the deadline or the cap passes. Default "not ready after 2.1 s" / "not ready after 3 attempts". */
+  gaveUp?: (attempts: number, elapsedMs: number, capped: boolean, lastError: unknown) => string;
+}
+
+/**
+ * The one retry loop every wait of the kit goes through: run `attempt` until it succeeds,
+ * pausing between attempts as the retry policy says (nextDelay: fast polls while nothing
+ * listens or a server starts, jittered exponential backoff while it is busy), never past the
+ * deadline. A failure classified "fatal" is thrown as it is; the deadline or `maxAttempts`
+ * passing throws NotReadyError carrying the last failure; the deadline's signal ends a pause at
+ * once, with its reason. To poll until a condition holds, throw a retryable error while it does
+ * not: the one place the kit sleeps between attempts is here.
+ *
+ * @example
+ *   // Wait until a read-only check holds (what a --wait-for-schema would do):
+ *   await retry(async () => {
+ *     const pending = await pendingSteps(sql, deadline);
+ *     if (pending.length > 0) throw Object.assign(new Error(`pending: ${pending.join(", ")}`), { code: "SCHEMA_PENDING" });
+ *   }, { deadline, classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)) });
+ */
+export async function retry<T>(attempt: (attempt: number) => Promise<T>, options: RetryOptions<T>): Promise<T> {
+  const { deadline, classify = classifyError, delay = nextDelay, maxAttempts, onRetry, pause } = options;
+  const gaveUp = options.gaveUp ?? ((attempts, elapsedMs, capped) => `not ready after ${capped ? `${attempts} attempts` : formatMs(elapsedMs)}`);
+  let busyInARow = 0;
+  for (let n = 1; ; n++) {
+    try {
+      return await attempt(n);
+    } catch (error) {
+      if (deadline.signal.aborted) throw deadline.signal.reason;
+      const errorClass = classify(error);
+      if (errorClass === "fatal") throw error;
+      busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
+      const delayMs = delay(errorClass, busyInARow, deadline.remainingMs());
+      const elapsedMs = deadline.elapsedMs();
+      onRetry?.({ attempt: n, elapsedMs, error, errorClass, delayMs: delayMs ?? 0 });
+      const capped = maxAttempts !== undefined && n >= maxAttempts;
+      if (delayMs === undefined || capped) throw new NotReadyError(error, n, elapsedMs, gaveUp(n, elapsedMs, capped && delayMs !== undefined, error));
+      const early = pause ? await pause(delayMs, n) : await sleep(delayMs, deadline.signal);
+      if (early !== undefined) return early;
+    }
+  }
+}
+
+/** Sleep, but wake at once (with its reason) when `signal` fires. Only retry pauses. */
+async function sleep(ms: number, signal: AbortSignal): Promise<undefined> {
+  const nap = Deadline.within(ms, { signal });
+  try {
+    await nap.race(new Promise<never>(() => {}));
+  } catch {
+    if (signal.aborted) throw signal.reason;
+  } finally {
+    nap.done();
+  }
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -394,6 +598,11 @@ export interface Options {
   ledgerTable?: string;
   /** Where schema work goes past a pooler (--direct-url). Default: DIRECT_URL, else none. */
   directUrl?: string;
+  /**
+   * The run writes (applies a schema), so it needs a writable primary: target_session_attrs
+   * "any" and "prefer-standby" become "read-write", and asking for a standby is refused. Default false.
+   */
+  writable?: boolean;
 }
 
 /**
@@ -439,8 +648,12 @@ export interface Tls {
   maxVersion?: SecureVersion;
 }
 
-/** A resolved configuration (parseConfig): every field set, times in milliseconds. */
-export interface Config {
+/**
+ * How to reach the server, resolved as libpq resolves its keywords (parseConnection): the
+ * targets, the login, TLS, the per-attempt connect limit. Like pgx's pgconn.Config: nothing
+ * about what the run then does. Times in milliseconds.
+ */
+export interface ConnectionConfig {
   /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: localhost:5432; a connection string without a host: the local Unix socket. */
   targets: Target[];
   /** Default "postgres". */
@@ -454,7 +667,7 @@ export interface Config {
   tls: Tls;
   /** application_name, else fallback_application_name, else Options.applicationName. Default "init-database". */
   applicationName: string;
-  /** Which server of `targets` will do. Default "any". */
+  /** Which server of `targets` will do. Default "any" ("read-write" when the run writes: Options.writable). */
   targetSessionAttrs: TargetSessionAttrs;
   /** "random": the targets in a new random order at every attempt. Default "disable". */
   loadBalanceHosts: "disable" | "random";
@@ -462,10 +675,22 @@ export interface Config {
   options: string | undefined;
   /** TCP keepalive idle time in seconds; 0 turns keepalives off. Default 30. */
   keepAliveSeconds: number;
-  /** Overall deadline for becoming ready. Default 120,000. */
-  timeoutMs: number;
   /** Per-attempt connect limit. Default 10,000 (libpq's connect_timeout when set; 0 there: the overall deadline). */
   connectTimeoutMs: number;
+  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. Default undefined. */
+  pooler: "transaction" | undefined;
+  /** Warnings met while resolving (a password file with loose permissions), for the caller to print. */
+  notices: string[];
+}
+
+/**
+ * A resolved configuration (parseConfig): the connection, and the run's options around it (as
+ * pgx's ConnConfig embeds pgconn.Config). Every field set, times in milliseconds; never changed
+ * once made.
+ */
+export interface Config extends ConnectionConfig {
+  /** Overall deadline for becoming ready. Default 120,000. */
+  timeoutMs: number;
   /** statement_timeout of the kit's statements; 0 = none. Default 60,000. */
   commandTimeoutMs: number;
   /** lock_timeout of every schema step; 0 = none. Default 5,000. */
@@ -476,16 +701,12 @@ export interface Config {
   createDatabase: boolean;
   /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
-  /** "transaction" when the URL says pgbouncer=true: a transaction pooler is in front. Default undefined. */
-  pooler: "transaction" | undefined;
   /**
    * The connection for schema work, past the pooler (--direct-url / DIRECT_URL): waiting and
-   * checking go through `targets`, applying the schema goes here. Default undefined: schema
-   * work goes through `targets` too.
+   * checking go through the connection above, applying the schema goes here. Default
+   * undefined: schema work goes there too.
    */
-  direct: Config | undefined;
-  /** Warnings met while resolving (a password file with loose permissions), for the caller to print. */
-  notices: string[];
+  direct: ConnectionConfig | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -949,13 +1170,11 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
 }
 
 /**
- * Resolve the whole configuration once. Precedence, keyword by keyword:
- * options (flags) > the URL (`--url`, else DATABASE_URL) > libpq's PG* variables >
- * the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
+ * Resolve one connection as libpq would, from a connection string (`rawUrl`, named `urlSource` in
+ * errors) and the environment. Precedence, keyword by keyword: the connection string > libpq's
+ * PG* variables > the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
  */
-export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
-  const urlSource = options.url !== undefined ? "--url" : "DATABASE_URL";
-  const rawUrl = first(options.url, env.DATABASE_URL);
+function parseConnection(rawUrl: string | undefined, urlSource: string, options: Options, env: Env, readFile: ReadFile): ConnectionConfig {
   const url: Conninfo = rawUrl ? parseConnectionString(rawUrl, urlSource) : {};
   const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
   const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
@@ -1002,7 +1221,7 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 
   // libpq: connect_timeout is whole seconds, at least 2; 0 or less means no limit (the overall deadline still holds).
   const libpqTimeout = integer("connect_timeout");
-  const timeoutMs = secondsAsMs("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
+  const timeoutMs = timeoutOf(options);
   const connectTimeoutMs =
     secondsAsMs("--connect-timeout", options.connectTimeout) ??
     (libpqTimeout === undefined ? DEFAULTS.connectTimeoutMs : libpqTimeout <= 0 ? timeoutMs : Math.max(2, libpqTimeout) * 1000);
@@ -1010,7 +1229,8 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
   const keepAliveIdle = integer("keepalives_idle");
 
   const tls = tlsFrom((keyword) => settings[keyword], env.HOME || homedir(), env, readFile);
-  const config: Config = {
+  const attrs = (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs;
+  return {
     targets,
     user,
     password,
@@ -1018,46 +1238,46 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
     sslmode: tls.mode,
     tls,
     applicationName: first(value("application_name"), value("fallback_application_name"), options.applicationName) ?? DEFAULTS.applicationName,
-    targetSessionAttrs: (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs,
+    targetSessionAttrs: options.writable ? writableSessionAttrs(attrs) : attrs,
     loadBalanceHosts: (value("load_balance_hosts") ?? "disable") as Config["loadBalanceHosts"],
     options: value("options"),
     keepAliveSeconds: keepalives === 0 ? 0 : keepAliveIdle && keepAliveIdle > 0 ? keepAliveIdle : DEFAULTS.keepAliveSeconds,
-    timeoutMs,
     connectTimeoutMs,
-    commandTimeoutMs: secondsAsMs("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs,
-    lockTimeoutMs: secondsAsMs("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs,
-    maxRetries: undefined,
-    createDatabase: options.createDatabase ?? false,
-    ledgerTable: options.ledgerTable ?? DEFAULTS.ledgerTable,
     pooler: value("pgbouncer") === "true" ? "transaction" : undefined,
-    direct: undefined,
     notices,
   };
+}
+
+/** --timeout, in milliseconds. */
+function timeoutOf(options: Options): number {
+  return secondsAsMs("--timeout", options.timeout) ?? DEFAULTS.timeoutMs;
+}
+
+/**
+ * Resolve the whole configuration once: the connection (`--url`, else DATABASE_URL, see
+ * parseConnection), the one for schema work (`--direct-url`, else DIRECT_URL, resolved the same
+ * way), and the run's options, flags over DEFAULTS.
+ */
+export function parseConfig(options: Options = {}, env: Env = process.env, readFile: ReadFile = (path) => readFileSync(path, "utf8")): Config {
+  const connection = parseConnection(first(options.url, env.DATABASE_URL), options.url !== undefined ? "--url" : "DATABASE_URL", options, env, readFile);
+  const timeoutMs = timeoutOf(options);
+  const commandTimeoutMs = secondsAsMs("--command-timeout", options.commandTimeout, { allowZero: true }) ?? DEFAULTS.commandTimeoutMs;
+  const lockTimeoutMs = secondsAsMs("--lock-timeout", options.lockTimeout, { allowZero: true }) ?? DEFAULTS.lockTimeoutMs;
   const directUrl = first(options.directUrl, env.DIRECT_URL);
-  if (directUrl) {
-    const source = options.directUrl !== undefined ? "--direct-url" : "DIRECT_URL";
-    try {
-      config.direct = parseConfig({ ...options, url: directUrl, directUrl: undefined }, { ...env, DIRECT_URL: undefined }, readFile);
-    } catch (error) {
-      // The nested parse names its URL "--url"; this one is the direct URL.
-      throw error instanceof ConfigError ? new ConfigError(error.message.replace(/^--url\b/, source), error.fix) : error;
-    }
+  const direct = directUrl ? parseConnection(directUrl, options.directUrl !== undefined ? "--direct-url" : "DIRECT_URL", options, env, readFile) : undefined;
+  const retries = options.maxRetries === undefined ? undefined : Number(options.maxRetries);
+  if (retries !== undefined && (!Number.isInteger(retries) || retries < 1)) {
+    throw new ConfigError(`--max-retries "${options.maxRetries}" must be a whole number of attempts, 1 or more`);
   }
-  if (options.maxRetries !== undefined) {
-    const retries = Number(options.maxRetries);
-    if (!Number.isInteger(retries) || retries < 1) {
-      throw new ConfigError(`--max-retries "${options.maxRetries}" must be a whole number of attempts, 1 or more`);
-    }
-    config.maxRetries = retries;
+  const ledgerTable = options.ledgerTable ?? DEFAULTS.ledgerTable;
+  if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/.test(ledgerTable)) {
+    throw new ConfigError(`--ledger-table "${ledgerTable}" must be a plain table name, optionally schema-qualified`);
   }
-  if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/.test(config.ledgerTable)) {
-    throw new ConfigError(`--ledger-table "${config.ledgerTable}" must be a plain table name, optionally schema-qualified`);
-  }
-  return config;
+  return { ...connection, timeoutMs, commandTimeoutMs, lockTimeoutMs, maxRetries: retries, createDatabase: options.createDatabase ?? false, ledgerTable, direct };
 }
 
 /** Every secret a configuration holds, for redaction. */
-export function secretsOf(config: Config): string[] {
+export function secretsOf(config: ConnectionConfig & { direct?: ConnectionConfig }): string[] {
   const secrets = [config.password, config.tls.passphrase, ...config.targets.map((target) => target.password)];
   return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
 }
@@ -1080,7 +1300,7 @@ export function where(target: Target): string {
 }
 
 /** The target as a URL with the password hidden, for messages; sockets as libpq writes them (`?host=/dir`). */
-export function describeTarget(config: Config): string {
+export function describeTarget(config: ConnectionConfig): string {
   const user = encodeURIComponent(config.user);
   const credentials = config.password === undefined && config.targets.every((target) => target.password === undefined) ? user : `${user}:***`;
   if (config.targets.some((target) => target.socket)) {
@@ -1181,7 +1401,7 @@ const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
  * (oneSocketUntilProven) could no longer be read. Never rejects: a failure comes back as a
  * failed socket.
  */
-function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Promise<Socket> {
+function openSocket(config: ConnectionConfig, target: Target, dial: Dial = dialTarget): Promise<Socket> {
   const { tls } = config;
   // postgres.js reads host and port off its socket, for its error messages.
   const named = <S extends Socket>(socket: S) => Object.assign(socket, { host: target.host, port: target.port });
@@ -1257,7 +1477,7 @@ function openSocket(config: Config, target: Target, dial: Dial = dialTarget): Pr
  * parameters, which PgBouncer refuses ("unsupported startup parameter"), nor a plain SET, which
  * in a transaction pool stays on the server session for whichever client gets it next.
  */
-export function localSettings(config: Config): string {
+export function localSettings(config: Pick<Config, "commandTimeoutMs">): string {
   return `set local statement_timeout = ${config.commandTimeoutMs}`;
 }
 
@@ -1270,7 +1490,7 @@ const closeListeners = new WeakMap<Sql, Set<() => void>>();
  * from `openSocketFor` (the kit's own: an attempt's, a pool following a failover), else from an
  * override's, else from openSocket; none ever rejects (failedSocket).
  */
-export function createClient(config: Config, target: Target, overrides: postgres.Options<{}> = {}, openSocketFor?: () => Socket | Promise<Socket>): Sql {
+export function createClient(config: ConnectionConfig, target: Target, overrides: postgres.Options<{}> = {}, openSocketFor?: () => Socket | Promise<Socket>): Sql {
   const { socket: userSocket, onclose, ...rest } = overrides as postgres.Options<{}> & { socket?: () => Socket | Promise<Socket> };
   const listeners = new Set<() => void>();
   const sql = postgres({
@@ -1322,7 +1542,7 @@ export function dialTarget(target: Target): Socket {
  * port that accepts and hangs up: thousands of times a second). So attempts get their sockets
  * from here: until the session is proven, a second socket is a failed one, which ends the attempt.
  */
-function oneSocketUntilProven(config: Config, target: Target, dial: Dial): { socket: () => Promise<Socket>; proven: () => void; explain: (error: unknown) => unknown } {
+function oneSocketUntilProven(config: ConnectionConfig, target: Target, dial: Dial): { socket: () => Promise<Socket>; proven: () => void; explain: (error: unknown) => unknown } {
   let proving = true;
   let opened = 0;
   let received = Buffer.alloc(0);
@@ -1440,12 +1660,12 @@ function copyFromStdin(query: { writable(): Promise<unknown> }): { writable: Pro
  * which connection closed (postgres.js names it by an id the reserved one does not show), so it
  * fires for any: the session's work is then given up and redone, as after a restart.
  */
-async function reserveSession(sql: Sql, ms: number, signal: AbortSignal | undefined): Promise<{ conn: postgres.ReservedSql<{}>; lost: AbortSignal; release(): void }> {
+async function reserveSession(sql: Sql, deadline: Deadline): Promise<{ conn: postgres.ReservedSql<{}>; lost: AbortSignal; release(): void }> {
   const lost = new AbortController();
   const listeners = closeListeners.get(sql);
   const onClose = () => lost.abort(kitError("CONNECTION_CLOSED", "the server closed the step's connection"));
   listeners?.add(onClose);
-  const conn = await withDeadline(sql.reserve(), ms, signal).catch((error) => {
+  const conn = await deadline.answer(sql.reserve()).catch((error) => {
     listeners?.delete(onClose);
     throw error;
   });
@@ -1466,27 +1686,14 @@ type Queries = Sql | postgres.TransactionSql<{}>;
 type Cancellable = PromiseLike<unknown> & { cancel(): unknown };
 
 /**
- * On SIGINT/SIGTERM the server must stop the running statement now: closing our socket alone
- * leaves it running (and its locks held) until it next talks to us. postgres.js 3.4.9 on Bun settles
- * a cancel request's promise before the request has left the process, so `release` waits for
- * the statement itself to end (bounded).
+ * Stop a running statement on the server (on SIGINT/SIGTERM): closing our socket alone leaves
+ * it running (and its locks held) until it next talks to us. postgres.js 3.4.9 on Bun settles a
+ * cancel request's promise before the request has left the process, so this waits for the
+ * statement itself to end, for DEFAULTS.graceMs at most.
  */
-function cancelOnAbort(signal: AbortSignal | undefined) {
-  let inflight: { query: Cancellable; ended: Promise<unknown> } | undefined;
-  let cancelling: Promise<unknown> | undefined;
-  const cancel = () => {
-    if (inflight) cancelling = Promise.all([Promise.resolve(inflight.query.cancel()).catch(() => {}), inflight.ended]);
-  };
-  signal?.addEventListener("abort", cancel, { once: true });
-  return {
-    track(query: Cancellable): void {
-      inflight = { query, ended: Promise.resolve(query).then(() => {}, () => {}) };
-    },
-    async release(): Promise<void> {
-      signal?.removeEventListener("abort", cancel);
-      if (cancelling) await withDeadline(cancelling, DEFAULTS.graceMs).catch(() => {});
-    },
-  };
+async function cancelStatement(query: Cancellable): Promise<void> {
+  const ended = Promise.resolve(query).then(() => {}, () => {});
+  await withDeadline(Promise.all([Promise.resolve(query.cancel()).catch(() => {}), ended]), DEFAULTS.graceMs).catch(() => {});
 }
 
 /**
@@ -1500,10 +1707,10 @@ function cancelOnAbort(signal: AbortSignal | undefined) {
  * awaited, through its `then`, and settles it through its private `reject`: the bound replaces
  * that `then` to start the clock, and rejects through that `reject`.
  */
-function boundedPool(sql: Sql, config: Config): Sql {
+function boundedPool(sql: Sql, config: Pick<Config, "commandTimeoutMs">): Sql {
   if (config.commandTimeoutMs === 0) return sql;
   const ms = config.commandTimeoutMs + DEFAULTS.graceMs;
-  const bound = <T>(query: T, expired?: (error: Error) => void): T => {
+  const bound = <T>(query: T, expired?: (error: unknown) => void): T => {
     if (!(query instanceof Promise) || typeof (query as unknown as PendingQuery).cancel !== "function") return query;
     const pending = query as unknown as PendingQuery;
     const then = pending.then;
@@ -1512,19 +1719,19 @@ function boundedPool(sql: Sql, config: Config): Sql {
     pending.then = function (this: PendingQuery, ...args: Parameters<PendingQuery["then"]>) {
       if (!armed) {
         armed = true;
-        const timer = setTimeout(() => {
-          const error = kitError("CLIENT_DEADLINE", `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)`);
+        const answer = Deadline.within(ms, { message: `no answer within ${ms} ms (--command-timeout plus ${DEFAULTS.graceMs} ms)` });
+        answer.signal.addEventListener("abort", () => {
           pending.cancel();
-          pending.reject(error);
-          expired?.(error);
-        }, ms);
-        then.call(pending, () => clearTimeout(timer), () => clearTimeout(timer));
+          pending.reject(answer.signal.reason);
+          expired?.(answer.signal.reason);
+        }, { once: true });
+        then.call(pending, () => answer.done(), () => answer.done());
       }
       return then.apply(pending, args);
     } as PendingQuery["then"];
     return query;
   };
-  const bounded = <Q extends Queries>(queries: Q, expired?: (error: Error) => void): Q => new Proxy(queries, {
+  const bounded = <Q extends Queries>(queries: Q, expired?: (error: unknown) => void): Q => new Proxy(queries, {
     apply: (target, self, args) => bound(Reflect.apply(target as (...rest: unknown[]) => unknown, self, args), expired),
     get: (target, key, receiver) => {
       const value = Reflect.get(target, key, receiver);
@@ -1533,16 +1740,23 @@ function boundedPool(sql: Sql, config: Config): Sql {
       if (key === "begin" && !expired) {
         return (...args: unknown[]) => {
           const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
-          let giveUp!: (error: Error) => void;
-          const abandoned = new Promise<never>((_, reject) => (giveUp = reject));
-          const expire = (error: Error) => setTimeout(() => giveUp(error), DEFAULTS.graceMs);
+          // Armed when a query of the transaction runs out: the transaction is given up a grace later.
+          const abandon = new AbortController();
+          let giveUp: Deadline | undefined;
+          const expire = (error: unknown) => {
+            giveUp ??= Deadline.within(DEFAULTS.graceMs);
+            giveUp.signal.addEventListener("abort", () => abandon.abort(error), { once: true });
+          };
           const work = ((target as Sql).begin as (...rest: unknown[]) => Promise<unknown>)(...args, async (tx: postgres.TransactionSql<{}>) => {
             const queries = bounded(tx, expire);
             await queries.unsafe(localSettings(config));
             return body(queries);
           });
-          work.catch(() => {});
-          return Promise.race([work, abandoned]);
+          const abandoned = Deadline.within(NO_LIMIT_MS, { signal: abandon.signal });
+          return abandoned.race(work).finally(() => {
+            abandoned.done();
+            giveUp?.done();
+          });
         };
       }
       return value;
@@ -1551,10 +1765,6 @@ function boundedPool(sql: Sql, config: Config): Sql {
   return bounded(sql);
 }
 
-/** How long the client waits for one answer: the server's statement_timeout plus a grace. */
-function answerDeadline(config: Config): number {
-  return config.commandTimeoutMs === 0 ? 24 * 3600_000 : config.commandTimeoutMs + DEFAULTS.graceMs;
-}
 
 // ---------------------------------------------------------------------------------------
 // Waiting: attempts until a target answers an authenticated query (waitUntilReady), following
@@ -1578,14 +1788,6 @@ function sessionMatches(attrs: TargetSessionAttrs, state: SessionState, lastHost
     case "prefer-standby": return state.in_recovery || lastHost;
     default: return true;
   }
-}
-
-export interface Attempt {
-  attempt: number;
-  elapsedMs: number;
-  error: unknown;
-  errorClass: ErrorClass;
-  delayMs: number;
 }
 
 export interface Ready {
@@ -1630,21 +1832,30 @@ class Parked {
    * recheckMs meanwhile: one query on an open session costs the server little, and a promotion
    * is seen within milliseconds instead of at the next attempt. The session that now matches, if any.
    */
-  async waitFor(config: Config, ms: number, signal?: AbortSignal): Promise<Found | undefined> {
-    const until = Date.now() + ms;
-    for (;;) {
-      for (const [target, session] of [...this.sessions]) {
-        this.sessions.delete(target);
-        // Still not matching: parked again; broken: dropped, and the next attempt reconnects.
-        const found = await checkSession(config, target, session, DEFAULTS.graceMs, signal, this).catch(async () => {
-          await closeClient(session.sql);
-          return undefined;
-        });
-        if (found) return found;
-      }
-      const remaining = until - Date.now();
-      if (remaining <= 0) return undefined;
-      await sleep(this.sessions.size > 0 ? Math.min(DEFAULTS.recheckMs, remaining) : remaining, signal);
+  async waitFor(config: ConnectionConfig, ms: number, deadline: Deadline): Promise<Found | undefined> {
+    const horizon = deadline.horizon(ms);
+    try {
+      return await retry(async () => {
+        for (const [target, session] of [...this.sessions]) {
+          this.sessions.delete(target);
+          // Still not matching: parked again; broken: dropped, and the next attempt reconnects.
+          const found = await checkSession(config, target, session, DEFAULTS.graceMs, horizon, this).catch(async () => {
+            await closeClient(session.sql);
+            return undefined;
+          });
+          if (found) return found;
+        }
+        throw kitError("WRONG_SESSION_ATTRS", "no parked session matches yet");
+      }, {
+        deadline: horizon,
+        classify: () => "starting",
+        delay: (_class, _busy, remainingMs) => (remainingMs <= 0 ? undefined : this.sessions.size > 0 ? Math.min(DEFAULTS.recheckMs, remainingMs) : remainingMs),
+      });
+    } catch (error) {
+      if (error instanceof NotReadyError) return undefined;
+      throw error;
+    } finally {
+      horizon.done();
     }
   }
 }
@@ -1658,14 +1869,13 @@ interface Found {
 
 /** Ask a session whether it matches target_session_attrs: the host found, or undefined (and the session parked). */
 async function checkSession(
-  config: Config, target: Target, session: { sql: Sql; sockets: Sockets }, timeoutMs: number, signal: AbortSignal | undefined,
+  config: ConnectionConfig, target: Target, session: { sql: Sql; sockets: Sockets }, timeoutMs: number, deadline: Deadline,
   parked?: Parked, lastHost = target === config.targets.at(-1),
 ): Promise<Found | undefined> {
   const { sql, sockets } = session;
-  const rows = await withDeadline(
+  const rows = await deadline.answer(
     sql<SessionState[]>`select pg_is_in_recovery() as in_recovery, current_setting('transaction_read_only') as read_only, current_setting('server_version') as server_version, pg_backend_pid() as backend_pid`,
     timeoutMs,
-    signal,
   );
   const state = rows[0]!;
   if (!sessionMatches(config.targetSessionAttrs, state, lastHost)) {
@@ -1677,7 +1887,7 @@ async function checkSession(
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: Config, deadlineAt: number, signal: AbortSignal | undefined, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
+async function tryTargets(config: ConnectionConfig, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
   let lastError: unknown;
   // load_balance_hosts=random: libpq shuffles the hosts for each connection attempt.
   const order = [...config.targets];
@@ -1688,14 +1898,14 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
   for (const [index, target] of order.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
     // The attempt made at the deadline still gets time enough to succeed.
-    const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadlineAt - Date.now()));
+    const connectTimeoutMs = deadline.attemptMs(config.connectTimeoutMs);
     const { sql, sockets } = parked.take(target) ?? (() => {
       const attemptConfig = { ...config, connectTimeoutMs };
       const sockets = oneSocketUntilProven(attemptConfig, target, dial);
       return { sql: createClient(attemptConfig, target, overrides, sockets.socket), sockets };
     })();
     try {
-      const found = await checkSession(config, target, { sql, sockets }, connectTimeoutMs + DEFAULTS.graceMs, signal, parked, index === order.length - 1);
+      const found = await checkSession(config, target, { sql, sockets }, connectTimeoutMs + DEFAULTS.graceMs, deadline, parked, index === order.length - 1);
       if (found) return found;
       lastError = kitError("WRONG_SESSION_ATTRS", `${where(target)} does not match target_session_attrs=${config.targetSessionAttrs}`);
       continue;
@@ -1703,53 +1913,53 @@ async function tryTargets(config: Config, deadlineAt: number, signal: AbortSigna
       lastError = sockets.explain(error);
     }
     await closeClient(sql);
-    if (signal?.aborted) throw lastError;
+    if (deadline.signal.aborted) throw lastError;
   }
   throw lastError;
 }
 
 /**
- * Retry until a host answers an authenticated query: fast polls while nothing listens or the
- * server is starting, jittered exponential backoff while it is busy, never past the deadline.
+ * Retry until a host answers an authenticated query (retry: fast polls while nothing listens or
+ * the server is starting, jittered exponential backoff while it is busy, never past the
+ * deadline). `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`.
  */
 export async function waitUntilReady(
-  config: Config,
-  { signal, onAttempt, overrides = {}, startedAt = Date.now(), dial }: {
-    signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial;
+  config: ConnectionConfig & Partial<Pick<Config, "timeoutMs" | "commandTimeoutMs" | "maxRetries">>,
+  { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial, maxRetries = config.maxRetries }: {
+    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial; maxRetries?: number;
   } = {},
 ): Promise<Ready> {
-  const deadlineAt = startedAt + config.timeoutMs;
-  let busyInARow = 0;
+  const { timeoutMs = DEFAULTS.timeoutMs, commandTimeoutMs = DEFAULTS.commandTimeoutMs } = config;
+  const run = deadline ?? Deadline.forRun({ timeoutMs, commandTimeoutMs, signal, startedAt });
   let cause: unknown;
   const parked = new Parked();
   try {
-    for (let attempt = 1; ; attempt++) {
-      const cutShort = deadlineAt - Date.now() < config.connectTimeoutMs;
+    return await retry(async (attempt) => {
+      const cutShort = run.remainingMs() < config.connectTimeoutMs;
       try {
-        const found = await tryTargets(config, deadlineAt, signal, overrides, dial, parked);
-        return { ...found, attempts: attempt, elapsedMs: Date.now() - startedAt };
+        const found = await tryTargets(config, run, overrides, dial, parked);
+        return { ...found, attempts: attempt, elapsedMs: run.elapsedMs() };
       } catch (error) {
-        if (signal?.aborted) throw signal.reason;
-        const errorClass = classifyError(error);
-        if (errorClass === "fatal") throw error;
         // A timeout in an attempt the deadline cut short says nothing new: keep the cause before it.
         const timedOut = ["CONNECT_TIMEOUT", "CLIENT_DEADLINE"].includes(errorCode(error));
         if (!(cutShort && timedOut && cause)) cause = error;
-        busyInARow = errorClass === "busy" ? busyInARow + 1 : 0;
-        const delayMs = nextDelay(errorClass, busyInARow, deadlineAt - Date.now());
-        const elapsedMs = Date.now() - startedAt;
-        onAttempt?.({ attempt, elapsedMs, error, errorClass, delayMs: delayMs ?? 0 });
-        if (delayMs === undefined) throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${formatMs(elapsedMs)}`);
-        if (config.maxRetries !== undefined && attempt >= config.maxRetries) {
-          throw new NotReadyError(cause, attempt, elapsedMs, `not ready after ${attempt} attempts`);
-        }
-        // A standby parked by the attempt is asked again meanwhile, so its promotion is seen at once.
-        const promoted = await parked.waitFor(config, delayMs, signal);
-        if (promoted) return { ...promoted, attempts: attempt + 1, elapsedMs: Date.now() - startedAt };
+        throw error;
       }
-    }
+    }, {
+      deadline: run,
+      maxAttempts: maxRetries,
+      onRetry: onAttempt,
+      // A standby parked by the attempt is asked again meanwhile, so its promotion is seen at once.
+      pause: async (ms, attempt) => {
+        const promoted = await parked.waitFor(config, ms, run);
+        return promoted && { ...promoted, attempts: attempt + 1, elapsedMs: run.elapsedMs() };
+      },
+    });
+  } catch (error) {
+    throw error instanceof NotReadyError ? new NotReadyError(cause, error.attempts, error.elapsedMs, error.message) : error;
   } finally {
     await parked.close();
+    if (!deadline) run.done();
   }
 }
 
@@ -1762,32 +1972,31 @@ export async function waitUntilReady(
  * attempts a second against a dead host, however many queries wait. A rejection here becomes a
  * failed socket in createClient (failedSocket).
  */
-function followTarget(config: Config, found: Target): () => Promise<Socket> {
+function followTarget(config: ConnectionConfig, found: Target): () => Promise<Socket> {
   let current: Target | undefined = found;
   let finding: Promise<unknown> | undefined;
   let lastFindAt = 0;
   // Standby sessions kept while a connection waits for a promotion; closed once none waits.
   const parked = new Parked();
   const find = () => (finding ??= (async () => {
-    let found = await parked.waitFor(config, Math.max(0, lastFindAt + DEFAULTS.pollMs - Date.now()));
-    if (!found) {
-      lastFindAt = Date.now();
-      found = await tryTargets(config, Date.now() + config.connectTimeoutMs, undefined, { max: 1 }, dialTarget, parked);
+    const deadline = Deadline.forRun({ timeoutMs: config.connectTimeoutMs });
+    try {
+      const found = await parked.waitFor(config, Math.max(0, lastFindAt + DEFAULTS.pollMs - Date.now()), deadline) ?? await retry(() => {
+        lastFindAt = Date.now();
+        return tryTargets(config, deadline, { max: 1 }, dialTarget, parked);
+      }, { deadline, pause: (ms) => parked.waitFor(config, ms, deadline) });
+      await closeClient(found.sql);
+      current = found.target;
+    } catch (error) {
+      throw error instanceof NotReadyError ? error.lastError : error;
+    } finally {
+      deadline.done();
+      await parked.close();
     }
-    await Promise.all([closeClient(found.sql), parked.close()]);
-    current = found.target;
   })().finally(() => (finding = undefined)));
   return async () => {
-    const giveUpAt = Date.now() + config.connectTimeoutMs;
-    while (!current) {
-      await find().catch(async (error) => {
-        if (Date.now() >= giveUpAt || classifyError(error) === "fatal") {
-          await parked.close();
-          throw error;
-        }
-      });
-    }
-    const target = current;
+    if (!current) await find();
+    const target = current!;
     // Negotiated as every other socket (TLS by sslmode); a failure comes back as a failed socket.
     const socket = await openSocket(config, target);
     socket.once("close", () => {
@@ -1828,13 +2037,14 @@ const MAINTENANCE_DATABASES = ["postgres", "template1"] as const;
  * deadline. With `dryRun` nothing is created: a missing database is "would create".
  */
 async function ensureDatabase(
-  config: Config,
-  { signal, onAttempt, startedAt, dryRun = false }: { signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; startedAt?: number; dryRun?: boolean } = {},
+  config: ConnectionConfig,
+  { deadline, onAttempt, maxRetries, dryRun = false }: { deadline: Deadline; onAttempt?: (attempt: Attempt) => void; maxRetries?: number; dryRun?: boolean },
 ): Promise<"exists" | "created" | "would create"> {
   let sql: Sql | undefined;
+  // Not a retry: each candidate is waited for (waitUntilReady retries); one that does not exist makes way for the next.
   for (const database of MAINTENANCE_DATABASES) {
     try {
-      ({ sql } = await waitUntilReady({ ...config, database }, { signal, onAttempt, startedAt, overrides: { max: 1 } }));
+      ({ sql } = await waitUntilReady({ ...config, database }, { deadline, onAttempt, maxRetries, overrides: { max: 1 } }));
       break;
     } catch (error) {
       if (errorCode(error) !== "3D000") throw error;
@@ -1844,11 +2054,10 @@ async function ensureDatabase(
     throw kitError("NO_MAINTENANCE_DATABASE", `cannot create database "${config.database}": neither maintenance database ${MAINTENANCE_DATABASES.map((name) => `"${name}"`).join(" nor ")} exists to connect to`);
   }
   try {
-    const deadline = answerDeadline(config);
-    const existing = await withDeadline(sql`select 1 from pg_database where datname = ${config.database}`, deadline, signal);
+    const existing = await deadline.answer(sql`select 1 from pg_database where datname = ${config.database}`);
     if (existing.length > 0) return "exists";
     if (dryRun) return "would create";
-    await withDeadline(sql.unsafe(`create database ${quoteIdent(config.database)}`), deadline, signal).catch((error) => {
+    await deadline.answer(sql.unsafe(`create database ${quoteIdent(config.database)}`)).catch((error) => {
       // Another replica won the race: the database exists, which is all we wanted.
       if (errorCode(error) !== "42P04" && errorCode(error) !== "23505") throw error;
     });
@@ -2783,36 +2992,6 @@ interface LockWait {
   blockers: string[];
 }
 
-/**
- * A deadline that restarts on every sign of progress: a step may run many statements, each
- * bounded by statement_timeout on the server, so the client gives up only when one answer is
- * overdue. Rejects with CLIENT_DEADLINE, or with the abort reason when `signal` fires.
- */
-function progressDeadline(ms: number, signal?: AbortSignal) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let fail: (reason: unknown) => void = () => {};
-  const expired = new Promise<never>((_, reject) => {
-    fail = reject;
-  });
-  expired.catch(() => {});
-  const touch = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => fail(kitError("CLIENT_DEADLINE", `no answer within ${ms} ms`)), ms);
-  };
-  const onAbort = () => fail(signal!.reason);
-  if (signal?.aborted) onAbort();
-  else signal?.addEventListener("abort", onAbort, { once: true });
-  touch();
-  return {
-    expired,
-    touch,
-    stop: () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-    },
-  };
-}
-
 /** The ledger, resolved once per run: always addressed schema-qualified, the advisory-lock key made from that name. */
 interface Ledger {
   ident: string;
@@ -2828,16 +3007,16 @@ interface Ledger {
  * public), asked once: a step that empties search_path (as pg_dump output does) cannot
  * move it, and two spellings of the same table share one lock.
  */
-async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal): Promise<Ledger> {
+async function resolveLedger(sql: Sql, config: Config, deadline: Deadline): Promise<Ledger> {
   const parts = config.ledgerTable.split(".");
   const table = parts.at(-1)!;
   const named = parts.length > 1 ? parts[0]! : null;
   // One round trip: the schema, and the columns of a table already there (another tool's must not become the ledger).
-  const [row] = await withDeadline(sql<{ schema: string | null; columns: string[] | null }[]>`
+  const [row] = await deadline.answer(sql<{ schema: string | null; columns: string[] | null }[]>`
     select coalesce(${named}, current_schema()) as schema,
            (select to_json(array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum)) from pg_attribute a
              where a.attrelid = to_regclass(quote_ident(coalesce(${named}, current_schema())) || '.' || quote_ident(${table}))
-               and a.attnum > 0 and not a.attisdropped) as columns`, deadline, signal);
+               and a.attnum > 0 and not a.attisdropped) as columns`);
   if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
   const schema = row.schema;
   if (row.columns && !LEDGER_COLUMNS.every((column) => row.columns!.includes(column))) {
@@ -2851,10 +3030,10 @@ async function resolveLedger(sql: Sql, config: Config, deadline: number, signal?
 }
 
 /** What the ledger records, step name to checksum; empty when there is no ledger yet. */
-export async function readLedger(sql: Sql, config: Config, deadline: number, signal?: AbortSignal, ledger?: Ledger): Promise<Record<string, string>> {
-  const { ident } = ledger ?? (await resolveLedger(sql, config, deadline, signal));
+export async function readLedger(sql: Sql, config: Config, deadline: Deadline, ledger?: Ledger): Promise<Record<string, string>> {
+  const { ident } = ledger ?? (await resolveLedger(sql, config, deadline));
   const query = sql.unsafe(`select coalesce(json_object_agg(name, checksum), '{}') as applied from ${ident}`);
-  const rows = await withDeadline(query, deadline, signal).catch((error) => {
+  const rows = await deadline.answer(query).catch((error) => {
     if (errorCode(error) === "42P01") return [{ applied: {} }];
     throw error;
   });
@@ -2873,15 +3052,15 @@ export interface StepRecord {
  * Read-only: takes no lock and creates nothing. A failed or dirty state in the tool's history
  * is a SchemaError HISTORY_FAILED naming the tool's repair command.
  */
-export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Config, deadline: number, signal?: AbortSignal, ledger?: Ledger): Promise<Map<string, StepRecord>> {
-  const resolved = ledger ?? (await resolveLedger(sql, config, deadline, signal));
-  const kit = await readLedger(sql, config, deadline, signal, resolved);
+export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Config, deadline: Deadline, ledger?: Ledger): Promise<Map<string, StepRecord>> {
+  const resolved = ledger ?? (await resolveLedger(sql, config, deadline));
+  const kit = await readLedger(sql, config, deadline, resolved);
   const records = new Map<string, StepRecord>();
   for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
   const layout = steps[0]?.migration?.layout;
   const history = layout?.history;
   if (!layout || !history) return records;
-  const rows = await withDeadline(sql.unsafe<HistoryRow[]>(history.read), deadline, signal).catch((error) => {
+  const rows = await deadline.answer(sql.unsafe<HistoryRow[]>(history.read)).catch((error) => {
     if (errorCode(error) === "42P01") return [];
     if (errorCode(error) === "42703") {
       throw new SchemaError(`${history.table} is not ${layout.name}'s history: it lacks the columns ${history.columns.join(", ")}`, "LEDGER_CLASH",
@@ -2911,52 +3090,39 @@ function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
 /**
  * Apply each pending step under an advisory lock, recording it in the ledger, so that replicas
  * starting together apply it exactly once. A step that meets a lock held by another session
- * for longer than --lock-timeout is rolled back and retried (jittered backoff) until `deadlineAt`,
- * each wait reported through `onWait`; past the deadline it is a NotReadyError (exit 3).
+ * for longer than --lock-timeout is rolled back and retried (jittered backoff) until the
+ * deadline, each wait reported through `onWait`; past the deadline it is a NotReadyError (exit 3).
  */
 async function applyMigrations(
   sql: Sql,
   steps: SchemaStep[],
   config: Config,
-  { signal, onStep, onWait, dryRun = false, deadlineAt = Date.now() + config.timeoutMs }: {
-    signal?: AbortSignal; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; dryRun?: boolean; deadlineAt?: number;
-  } = {},
+  { deadline, onStep, onWait, dryRun = false }: {
+    deadline: Deadline; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; dryRun?: boolean;
+  },
 ): Promise<StepResult[]> {
-  const deadline = answerDeadline(config);
-  const ledger = await resolveLedger(sql, config, deadline, signal);
-  const recorded = await recordedSteps(sql, steps, config, deadline, signal, ledger);
+  const ledger = await resolveLedger(sql, config, deadline);
+  const recorded = await recordedSteps(sql, steps, config, deadline, ledger);
   const results: StepResult[] = [];
-  const cancels = cancelOnAbort(signal);
-  const context: StepContext = { sql, config, ledger, signal, deadlineAt, track: cancels.track, onWait };
-  try {
-    for (const step of steps) {
-      const applied = isApplied(step, recorded.get(step.name));
-      if (applied || dryRun) {
-        const result = { name: step.name, status: applied ? "already applied" as const : "pending" as const, ms: 0 };
-        results.push(result);
-        if (dryRun) onStep?.(result);
-        continue;
-      }
-      const startedAt = performance.now();
-      let status: StepStatus;
-      for (let attempt = 1; ; attempt++) {
-        try {
-          status = await (step.script.noTransaction ? applyMigrationOutsideTransaction(step, context) : applyMigrationInTransaction(step, context));
-          ledger.made = true;
-          break;
-        } catch (error) {
-          if (errorCode(error) !== "55P03" || step.script.noTransaction) throw error;
-          await waitForLocks(step, context, attempt, error);
-        }
-      }
-      const result = { name: step.name, status, ms: Math.round(performance.now() - startedAt) };
+  const context: StepContext = { sql, config, ledger, deadline, onWait };
+  for (const step of steps) {
+    const applied = isApplied(step, recorded.get(step.name));
+    if (applied || dryRun) {
+      const result = { name: step.name, status: applied ? "already applied" as const : "pending" as const, ms: 0 };
       results.push(result);
-      onStep?.(result);
+      if (dryRun) onStep?.(result);
+      continue;
     }
-  } finally {
-    await cancels.release();
+    const startedAt = performance.now();
+    const status = await (step.script.noTransaction
+      ? applyMigrationOutsideTransaction(step, context)
+      : retryOnLockTimeout(step, context, () => applyMigrationInTransaction(step, context)));
+    ledger.made = true;
+    const result = { name: step.name, status, ms: Math.round(performance.now() - startedAt) };
+    results.push(result);
+    onStep?.(result);
   }
-  if (!dryRun && isBuiltIn(steps)) await verifyTables(sql, FLOW_BACKEND_TABLES, deadline, signal);
+  if (!dryRun && isBuiltIn(steps)) await verifyTables(sql, FLOW_BACKEND_TABLES, deadline);
   return results;
 }
 
@@ -2966,24 +3132,33 @@ interface StepContext {
   sql: Sql;
   config: Config;
   ledger: Ledger;
-  signal: AbortSignal | undefined;
-  deadlineAt: number;
-  track: (query: Cancellable) => void;
+  /** The run's: its signal ends every await of the step, its `at` ends lock retries. */
+  deadline: Deadline;
   onWait: ((wait: LockWait) => void) | undefined;
 }
 
-/** Back off before the next attempt at a lock, or give up at the deadline (exit 3). */
-async function waitForLocks(step: SchemaStep, context: StepContext, attempt: number, error: unknown): Promise<void> {
-  const blockers = error instanceof StepFailure ? error.blockers : [];
-  const delayMs = retryDelay("busy", attempt);
-  const left = context.deadlineAt - Date.now();
-  if (left <= delayMs) {
-    const elapsedMs = context.config.timeoutMs - left;
-    throw new NotReadyError(error, attempt, elapsedMs,
-      `${step.name} could not get its locks within --lock-timeout in ${attempt} attempt${attempt === 1 ? "" : "s"} before the deadline${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
-  }
-  context.onWait?.({ step: step.name, attempt, delayMs, blockers });
-  await sleep(delayMs, context.signal);
+/**
+ * Run `attempt` again while it fails on --lock-timeout (55P03: rolled back, nothing of it
+ * held; `retryable` says which failures those are), with jittered backoff, each wait reported
+ * through onWait; when the next pause would pass the deadline, a NotReadyError (exit 3).
+ */
+function retryOnLockTimeout<T>(step: SchemaStep, context: StepContext, attempt: () => Promise<T>, retryable = (error: unknown) => errorCode(error) === "55P03"): Promise<T> {
+  const blockersOf = (error: unknown) => (error instanceof StepFailure ? error.blockers : []);
+  return retry(attempt, {
+    deadline: context.deadline,
+    classify: (error) => (retryable(error) ? "busy" : "fatal"),
+    delay: (_class, attempts, remainingMs) => {
+      const delayMs = retryDelay("busy", attempts);
+      return remainingMs <= delayMs ? undefined : delayMs;
+    },
+    onRetry: ({ attempt: attempts, delayMs, error }) => {
+      if (delayMs > 0) context.onWait?.({ step: step.name, attempt: attempts, delayMs, blockers: blockersOf(error) });
+    },
+    gaveUp: (attempts, _elapsedMs, _capped, error) => {
+      const blockers = blockersOf(error);
+      return `${step.name} could not get its locks within --lock-timeout in ${attempts} attempt${attempts === 1 ? "" : "s"} before the deadline${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`;
+    },
+  });
 }
 
 /**
@@ -2995,12 +3170,16 @@ async function waitForLocks(step: SchemaStep, context: StepContext, attempt: num
  */
 const RESET_SESSION = "reset all; set session authorization default; reset role";
 
-/** Run queries of one step: each bounded by the step's progress deadline, the last one cancellable on a signal. */
-function runner(context: StepContext, progress: ReturnType<typeof progressDeadline>) {
+/**
+ * Run queries of one step under its `progress` bound (context.deadline.bound(), renewed on
+ * every answer: a step may run many statements, each bounded by statement_timeout on the
+ * server, so the client gives up only when one answer is overdue). On SIGINT/SIGTERM the
+ * statement is cancelled on the server before the await ends.
+ */
+function runner(context: StepContext, progress: Deadline) {
   return async <T>(work: PromiseLike<T>, cancellable: Cancellable = work as unknown as Cancellable): Promise<T> => {
-    context.track(cancellable);
-    const result = await Promise.race([work, progress.expired]);
-    progress.touch();
+    const result = await progress.race(work, () => (context.deadline.signal.aborted ? cancelStatement(cancellable) : undefined));
+    progress.renew();
     return result;
   };
 }
@@ -3037,40 +3216,46 @@ async function recordStep(conn: Session, ledger: Ledger, step: SchemaStep, run: 
  * The kit's advisory lock is taken with pg_try_advisory_*_lock and polled, never waited for
  * inside a statement or an open transaction: such a waiter holds a snapshot, and CREATE INDEX
  * CONCURRENTLY in a replica's no-transaction step waits for every older snapshot while the
- * waiter waits for that replica's lock, a deadlock. Between tries nothing is held. Polling
- * stops after --command-timeout (the whole deadline when that is 0): the holder is a replica
- * doing the work, or a stuck session.
+ * waiter waits for that replica's lock, a deadlock. Between tries nothing is held. `attempt`
+ * tries it ("locked": held elsewhere) and is retried, pausing at most lockPollCapMs, for
+ * --command-timeout (the whole deadline when that is 0): the holder is a replica doing the
+ * work, or a stuck session (LOCK_WAIT, exit 1).
  */
-function lockPoller(step: SchemaStep, context: StepContext) {
+async function untilAdvisoryLock<T>(step: SchemaStep, context: StepContext, attempt: () => Promise<T | "locked">): Promise<T> {
   const { config, ledger } = context;
-  const giveUpAt = config.commandTimeoutMs === 0 ? context.deadlineAt : Date.now() + config.commandTimeoutMs;
-  let attempt = 0;
-  return async () => {
-    if (Date.now() >= giveUpAt) {
-      const holders = await advisoryLockHolders(context);
-      throw kitError("LOCK_WAIT", `${step.name}: another session held the kit's advisory lock for ${ledger.ident} for longer than --command-timeout (${formatMs(config.commandTimeoutMs)})${holders.length ? `; held by ${holders.join("; ")}` : ""}`);
-    }
-    await sleep(Math.max(0, Math.min(retryDelay("busy", ++attempt), DEFAULTS.lockPollCapMs, giveUpAt - Date.now())), context.signal);
-  };
+  const horizon = config.commandTimeoutMs === 0 ? undefined : context.deadline.horizon(config.commandTimeoutMs);
+  const held = kitError("LOCK_WAIT", "another session holds the kit's advisory lock");
+  try {
+    return await retry(async () => {
+      const outcome = await attempt();
+      if (outcome === "locked") throw held;
+      return outcome;
+    }, {
+      deadline: horizon ?? context.deadline,
+      classify: (error) => (error === held ? "busy" : "fatal"),
+      delay: (_class, attempts, remainingMs) => (remainingMs <= 0 ? undefined : Math.max(0, Math.min(retryDelay("busy", attempts), DEFAULTS.lockPollCapMs, remainingMs))),
+    });
+  } catch (error) {
+    if (!(error instanceof NotReadyError && error.lastError === held)) throw error;
+    const holders = await advisoryLockHolders(context);
+    throw kitError("LOCK_WAIT", `${step.name}: another session held the kit's advisory lock for ${ledger.ident} for longer than --command-timeout (${formatMs(config.commandTimeoutMs)})${holders.length ? `; held by ${holders.join("; ")}` : ""}`);
+  } finally {
+    horizon?.done();
+  }
 }
 
 /** One step in one transaction: timeouts, lock (else end the transaction and try again), re-check the ledger inside the lock, apply, reset the session, record. */
 async function applyMigrationInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
-  const pause = lockPoller(step, context);
   let oneQuery = step.script.oneQuery === true;
   for (;;) {
-    let status: StepStatus | "locked";
     try {
-      status = await migrationTransactionOnce(step, context, oneQuery);
+      return await untilAdvisoryLock(step, context, () => migrationTransactionOnce(step, context, oneQuery));
     } catch (error) {
       // A step sent as one query failed where the server named no position: run it again
       // statement by statement (it was rolled back whole), so the error names its line.
       if (!(error instanceof OneQueryFailed)) throw error;
       oneQuery = false;
-      continue;
     }
-    if (status !== "locked") return status;
-    await pause();
   }
 }
 
@@ -3113,7 +3298,7 @@ async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, progress: 
 
 async function migrationTransactionOnce(step: SchemaStep, context: StepContext, oneQuery = false): Promise<StepStatus | "locked"> {
   const { sql, config, ledger } = context;
-  const progress = progressDeadline(answerDeadline(config), context.signal);
+  const progress = context.deadline.bound();
   const run = runner(context, progress);
   const work = sql.begin(async (tx) => {
     // SET LOCAL (set_config(..., true)) ends with the transaction, so nothing leaks through a pooler.
@@ -3130,9 +3315,9 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext, 
     if (await (recorded ?? ensureLedger(tx, ledger, step, run))) return "already applied" as const;
     const watcher = watchBlockers(sql, Number(session.pid), config);
     try {
-      if (oneQuery) await runAsOneQuery(tx, step, run, { touch: progress.touch, everyMs: answerDeadline(config) * 0.9 }, () => watcher.stop());
+      if (oneQuery) await runAsOneQuery(tx, step, run, { touch: () => progress.renew(), everyMs: context.deadline.answerMs * 0.9 }, () => watcher.stop());
       else for (const statement of step.script.statements) {
-        await runStatement(tx, step, statement, run, progress.touch).catch((error) => {
+        await runStatement(tx, step, statement, run, () => progress.renew()).catch((error) => {
           throw annotate(error, step, statement, watcher.stop());
         });
       }
@@ -3144,9 +3329,10 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext, 
     return "applied" as const;
   });
   try {
-    return (await Promise.race([work, progress.expired])) as StepStatus | "locked";
+    // Interrupted: the running statement is being cancelled (runner); let the transaction end too, briefly.
+    return (await progress.race(work, () => (context.deadline.signal.aborted ? withDeadline(work, DEFAULTS.graceMs).catch(() => {}) : undefined))) as StepStatus | "locked";
   } finally {
-    progress.stop();
+    progress.done();
   }
 }
 
@@ -3164,16 +3350,15 @@ function buildsIndexConcurrently(words: string[]): boolean {
  */
 async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
   const { sql, config, ledger } = context;
-  const reserved = await reserveSession(sql, answerDeadline(config), context.signal);
+  const reserved = await reserveSession(sql, context.deadline);
   const { conn, lost } = reserved;
   // Every await on the session ends at once when its connection is lost.
-  const progress = progressDeadline(answerDeadline(config), context.signal ? AbortSignal.any([context.signal, lost]) : lost);
+  const progress = context.deadline.bound(undefined, { tiedTo: lost });
   const run = runner(context, progress);
   try {
     const [session] = await run(conn.unsafe(
       `select set_config('statement_timeout', $1, false), set_config('lock_timeout', '0', false), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
-    const pause = lockPoller(step, context);
-    while (!(await run(conn`select pg_try_advisory_lock(hashtext(${ledger.lockKey})) as locked`))[0]?.locked) await pause();
+    await untilAdvisoryLock(step, context, async () => ((await run(conn`select pg_try_advisory_lock(hashtext(${ledger.lockKey})) as locked`))[0]?.locked ? true : "locked"));
     if (await ensureLedger(conn, ledger, step, run)) return "already applied";
     const ran: ScriptStatement[] = [];
     for (const statement of step.script.statements) {
@@ -3183,31 +3368,28 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
       // writes, then waits for every older transaction: a lock timeout there would only leave an
       // INVALID index behind, so it runs without one.
       await run(conn.unsafe(`select set_config('lock_timeout', $1, false)`, [building ? "0" : String(config.lockTimeoutMs)]));
-      for (let attempt = 1; ; attempt++) {
+      // Nothing of a statement that timed out on a lock stays behind (it is not an index built concurrently): it is retried.
+      const lockedOut = (error: unknown) => errorCode(error) === "55P03" && !building;
+      await retryOnLockTimeout(step, context, async () => {
         const watcher = watchBlockers(sql, Number(session!.pid), config);
         try {
-          await runStatement(conn, step, statement, run, progress.touch);
-          break;
+          await runStatement(conn, step, statement, run, () => progress.renew());
         } catch (error) {
           const failure = annotate(error, step, statement, watcher.stop());
-          // Nothing of a statement that timed out on a lock stays behind (it is not an index built concurrently).
-          if (errorCode(error) === "55P03" && !building) {
-            await waitForLocks(step, context, attempt, failure);
-            continue;
-          }
+          if (lockedOut(error)) throw failure;
           const invalid = building ? (await invalidIndexes(conn, run).catch(() => [])).filter((name) => !invalidBefore.includes(name)) : [];
           throw partlyApplied(failure, ran, invalid);
         } finally {
           watcher.stop();
         }
-      }
+      }, lockedOut);
       ran.push(statement);
     }
     await run(conn.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', false)`));
     await recordStep(conn, ledger, step, run);
     return "applied";
   } finally {
-    progress.stop();
+    progress.done();
     // A lost session's settings and locks went with it.
     if (!lost.aborted) await withDeadline(conn.unsafe(`${RESET_SESSION}; select pg_advisory_unlock_all()`), DEFAULTS.graceMs, lost).catch(() => {});
     reserved.release();
@@ -3299,11 +3481,11 @@ function describeSessions(rows: SessionRow[]): string[] {
  * into classid (high half) and objid (low half); objsubid 1 marks a one-key lock.
  */
 async function advisoryLockHolders(context: StepContext): Promise<string[]> {
-  const rows = await withDeadline(context.sql.unsafe<SessionRow[]>(`select ${SESSION_COLUMNS}
+  const rows = await context.deadline.answer(context.sql.unsafe<SessionRow[]>(`select ${SESSION_COLUMNS}
       from pg_locks l join pg_stat_activity a on a.pid = l.pid
      where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.database = (select oid from pg_database where datname = current_database())
        and l.classid = ((hashtext($1)::bigint >> 32) & 4294967295)::oid and l.objid = (hashtext($1)::bigint & 4294967295)::oid`, [context.ledger.lockKey]),
-    DEFAULTS.graceMs, context.signal).catch(() => []);
+    DEFAULTS.graceMs).catch(() => []);
   return describeSessions(rows);
 }
 
@@ -3336,12 +3518,8 @@ function assertUnchanged({ name, checksum }: SchemaStep, recorded: string): neve
   throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
-async function verifyTables(sql: Sql, tables: readonly string[], deadline: number, signal?: AbortSignal): Promise<void> {
-  const rows = await withDeadline(
-    sql`select t as name from unnest(string_to_array(${tables.join(",")}, ',')) t where to_regclass(t) is null`,
-    deadline,
-    signal,
-  );
+async function verifyTables(sql: Sql, tables: readonly string[], deadline: Deadline): Promise<void> {
+  const rows = await deadline.answer(sql`select t as name from unnest(string_to_array(${tables.join(",")}, ',')) t where to_regclass(t) is null`);
   if (rows.length > 0) {
     throw new SchemaError(`tables missing after the schema ran: ${rows.map((row) => row.name).join(", ")} (were they dropped? delete the ledger row to re-apply)`);
   }
@@ -3354,14 +3532,13 @@ async function verifyTables(sql: Sql, tables: readonly string[], deadline: numbe
  * or where the ledger already records it; anything else is refused before any change.
  * Costs one catalog query; the ledger is read only when other tables are found.
  */
-async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, signal?: AbortSignal): Promise<void> {
+async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config, deadline: Deadline): Promise<void> {
   if (!isBuiltIn(steps)) return;
-  const deadline = answerDeadline(config);
   const [ledgerSchema, ledgerName] = config.ledgerTable.includes(".") ? config.ledgerTable.split(".").slice(-2) : [undefined, config.ledgerTable];
   // A table with a built-in name must have the built-in keys, or `create table if not exists`
   // would skip it and the next statement fail on it (42703).
   const keyColumns = [...FLOW_BACKEND_TABLES.map((table) => `${table}.id`), ...FLOW_BACKEND_FOREIGN_KEYS.map((fk) => fk.split(" ")[0]!)];
-  const found = await withDeadline(sql<{ kind: "other" | "unlike"; name: string }[]>`
+  const found = await deadline.answer(sql<{ kind: "other" | "unlike"; name: string }[]>`
     select 'other' as kind, c.relname as name
       from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where n.nspname = current_schema()
@@ -3376,9 +3553,9 @@ async function guardBuiltInSchema(sql: Sql, steps: SchemaStep[], config: Config,
            lateral (select to_regclass(quote_ident(current_schema()) || '.' || quote_ident(split_part(k, '.', 1))) as rel) r
      where r.rel is not null
        and not exists (select 1 from pg_attribute a where a.attrelid = r.rel and a.attname = split_part(k, '.', 2) and not a.attisdropped)
-     order by 1, 2`, deadline, signal);
+     order by 1, 2`);
   if (found.length === 0) return;
-  const applied = await readLedger(sql, config, deadline, signal);
+  const applied = await readLedger(sql, config, deadline);
   if (applied[BUILT_IN_STEP]) return;
   const list = (names: string[]) => names.slice(0, 5).join(", ") + (names.length > 5 ? `, … (${names.length} in all)` : "");
   const others = found.filter((row) => row.kind === "other").map((row) => row.name);
@@ -3640,9 +3817,9 @@ async function main(argv: string[], env: Env = process.env): Promise<number> {
   const removeSignalHandlers = abortOnSignals(controller);
   const restoreErrorHandling = absorbDroppedClientErrors();
   const run: CliRun = {
-    config, steps, reporter, summary, startedAt,
+    config, steps, reporter, summary,
     target: describeTarget(config),
-    signal: controller.signal,
+    deadline: Deadline.forRun({ timeoutMs: config.timeoutMs, commandTimeoutMs: config.commandTimeoutMs, signal: controller.signal, startedAt }),
     dryRun: Boolean(values["dry-run"]),
     onAttempt: ({ attempt, elapsedMs, error, errorClass, delayMs }) => {
       reporter.event({ event: "attempt", attempt, elapsed_ms: elapsedMs, code: errorCode(error), class: errorClass, delay_ms: delayMs, message: explain(error) });
@@ -3681,8 +3858,8 @@ interface CliRun {
   reporter: Reporter;
   /** describeTarget(config), for messages. */
   target: string;
-  startedAt: number;
-  signal: AbortSignal;
+  /** The run's one deadline (--timeout from the start; SIGINT and SIGTERM end it). */
+  deadline: Deadline;
   dryRun: boolean;
   onAttempt: (attempt: Attempt) => void;
   /** Report the summary event; returns its exit code. */
@@ -3707,18 +3884,18 @@ function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: Sch
     createDatabase: values["create-database"],
     ledgerTable: values["ledger-table"],
     directUrl: values["direct-url"],
+    // The schema needs a writable primary: decided while the configuration is resolved.
+    writable: !values["wait-only"],
   }, env);
   if (values["wait-only"]) return { config, steps: [] };
   const steps = schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"] });
   ledgerBesideTool(config, steps, values["ledger-table"]);
-  config.targetSessionAttrs = writableSessionAttrs(config.targetSessionAttrs);
-  if (config.direct) config.direct.targetSessionAttrs = writableSessionAttrs(config.direct.targetSessionAttrs);
   return { config, steps };
 }
 
 /** Wait until the target is ready and report it; the client stays in `session` for main to close. */
 async function becomeReady(run: CliRun, session: CliSession): Promise<Ready> {
-  const ready = await waitUntilReady(run.config, { signal: run.signal, onAttempt: run.onAttempt, startedAt: run.startedAt });
+  const ready = await waitUntilReady(run.config, { deadline: run.deadline, onAttempt: run.onAttempt });
   session.sql = ready.sql;
   run.reporter.event({ event: "ready", attempts: ready.attempts, elapsed_ms: ready.elapsedMs, host: ready.target.host, port: ready.target.port, server_version: ready.serverVersion, pooled: ready.pooled });
   return ready;
@@ -3733,8 +3910,8 @@ async function waitPhase(run: CliRun, session: CliSession): Promise<number> {
 
 /** --create-database: make the target database if missing. An exit code ends the run (a dry run); undefined goes on to the schema. */
 async function createDatabasePhase(run: CliRun): Promise<number | undefined> {
-  const { config, reporter, signal, onAttempt, startedAt, dryRun } = run;
-  const outcome = await ensureDatabase(config.direct ?? config, { signal, onAttempt, startedAt, dryRun });
+  const { config, reporter, deadline, onAttempt, dryRun } = run;
+  const outcome = await ensureDatabase(config.direct ?? config, { deadline, onAttempt, maxRetries: config.maxRetries, dryRun });
   reporter.event({ event: "database", name: config.database, status: outcome });
   if (outcome === "created") reporter.info(`created database ${config.database}`);
   if (outcome !== "would create") return undefined;
@@ -3750,7 +3927,8 @@ async function createDatabasePhase(run: CliRun): Promise<number | undefined> {
  */
 async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
   const { config, reporter } = run;
-  for (;;) {
+  return retry(async () => {
+    session.phase = "connect";
     const ready = await becomeReady(run, session);
     reporter.info(`ready after ${attemptCount(ready.attempts)} in ${formatMs(ready.elapsedMs)}; ${run.dryRun ? "checking what the schema would apply" : "applying the schema"}`);
     if (config.direct) {
@@ -3758,30 +3936,35 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       await closeClient(session.sql);
       session.sql = undefined;
       reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
-      session.sql = (await waitUntilReady(config.direct, { signal: run.signal, onAttempt: run.onAttempt, startedAt: run.startedAt })).sql;
+      session.sql = (await waitUntilReady(config.direct, { deadline: run.deadline, onAttempt: run.onAttempt, maxRetries: config.maxRetries })).sql;
     }
     session.phase = "schema";
-    try {
-      return await applyMigrationsAndReport(run, session.sql!, ready.pooled);
-    } catch (error) {
-      if (run.signal.aborted || classifyError(error) === "fatal" || Date.now() >= run.startedAt + config.timeoutMs) throw error;
-      reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
+    return applyMigrationsAndReport(run, session.sql!, ready.pooled);
+  }, {
+    deadline: run.deadline,
+    // Only a failure while applying is redone here; waiting retries on its own.
+    classify: (error) => (session.phase === "schema" ? classifyError(error) : "fatal"),
+    delay: (_class, _busy, remainingMs) => (remainingMs > 0 ? 0 : undefined),
+    gaveUp: () => "went away while applying the schema and the deadline has passed",
+    pause: async () => {
       await closeClient(session.sql);
       session.sql = undefined;
-      session.phase = "connect";
-    }
-  }
+      return undefined;
+    },
+    onRetry: ({ error, delayMs }) => {
+      if (delayMs === 0 && run.deadline.remainingMs() > 0) reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
+    },
+  });
 }
 
 /** The schema steps on a ready client, and the result line: applied, up to date, or (dry run) pending. */
 async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean): Promise<number> {
-  const { config, steps, reporter, signal, dryRun } = run;
+  const { config, steps, reporter, deadline, dryRun } = run;
   assertOwnSession(steps, config, pooled);
-  await guardBuiltInSchema(sql, steps, config, signal);
+  await guardBuiltInSchema(sql, steps, config, deadline);
   const results = await applyMigrations(sql, steps, config, {
-    signal,
+    deadline,
     dryRun,
-    deadlineAt: run.startedAt + config.timeoutMs,
     onWait: ({ step, attempt, delayMs, blockers }) => {
       reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
       reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
@@ -3797,7 +3980,7 @@ async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean):
     return run.summary("dry run", EXIT.ok, { pending });
   }
   const appliedCount = results.filter((result) => result.status === "applied").length;
-  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(Date.now() - run.startedAt)}`);
+  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(run.deadline.elapsedMs())}`);
   return run.summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
 }
 
@@ -3821,10 +4004,11 @@ function attemptCount(count: number): string {
  * summary's status and fields, the error line and its hint. The one place exit codes 1, 3, 4,
  * 130 and 143 are chosen after the configuration was read.
  */
-function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "config" | "target" | "signal">): {
+function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "config" | "target" | "deadline">): {
   exitCode: number; status: string; message: string; fix?: string; fields?: Record<string, unknown>;
 } {
-  const { config, target, signal } = run;
+  const { config, target } = run;
+  const { signal } = run.deadline;
   if (signal.aborted) {
     return { exitCode: signalExit(signal.reason), status: "interrupted", message: `interrupted by ${errorCode(signal.reason)}; connections closed, nothing half-applied` };
   }

@@ -23,7 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type postgres from "postgres";
 import {
-  abortOnSignals, absorbDroppedClientErrors, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
+  abortOnSignals, absorbDroppedClientErrors, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, Deadline, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
   FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, recordedSteps, ledgerBesideTool, reportConfigError, Reporter, redact, schemaPlan,
   secretsOf, signalExit, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
@@ -281,9 +281,10 @@ async function schemaValidation(context: SuiteContext): Promise<string> {
   const { steps, signal } = context;
   const config = await selectedHost(context);
   const sql = await openOnce(config, signal);
+  const deadline = Deadline.forRun({ timeoutMs: deadlineOf(config), answerMs: deadlineOf(config), signal });
   try {
     if (steps) {
-      const recorded = await recordedSteps(sql, steps, config, deadlineOf(config), signal);
+      const recorded = await recordedSteps(sql, steps, config, deadline);
       const missing = steps.filter((step) => {
         const record = recorded.get(step.name);
         return !record || (record.checksum !== undefined && record.checksum !== step.checksum && record.checksum !== step.formerChecksum);
@@ -295,7 +296,7 @@ async function schemaValidation(context: SuiteContext): Promise<string> {
     }
     // Without the files there are no checksums to compare, but the ledger still says what was
     // applied: a database built by migrations is not expected to hold the built-in tables.
-    const recorded = Object.keys(await readLedger(sql, config, deadlineOf(config), signal));
+    const recorded = Object.keys(await readLedger(sql, config, deadline));
     if (recorded.length > 0 && !recorded.includes(BUILT_IN_STEP)) {
       return `${recorded.length} step${recorded.length === 1 ? "" : "s"} recorded in ${config.ledgerTable} (${recorded.sort().at(-1)} last by name); pass the same --schema/--migrations to compare checksums`;
     }
@@ -319,6 +320,7 @@ async function schemaValidation(context: SuiteContext): Promise<string> {
     if (missingKeys.length > 0) throw new CheckFailure(`missing foreign keys: ${missingKeys.join("; ")}`);
     return `${tables.length} tables with primary keys, ${FLOW_BACKEND_FOREIGN_KEYS.length} foreign keys`;
   } finally {
+    deadline.done();
     await closeClient(sql);
   }
 }
