@@ -6,7 +6,7 @@
  *
  * Usage:
  *   bun run init-database.ts [--url URL] [--direct-url URL] [--wait-only] [--schema FILE | --migrations DIR]
- *                            [--ledger-table NAME] [--dry-run] [--create-database]
+ *                            [--migrations-format NAME] [--ledger-table NAME] [--dry-run] [--create-database]
  *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
  *                            [--lock-timeout S] [--max-retries N] [--json] [--quiet] [--help]
  *                            [--check | --wait-for-schema] [-- COMMAND [ARGS...]]
@@ -24,6 +24,11 @@
  * other meta-commands refused); a file with "-- init-database: no-transaction" before its first
  * statement runs outside a transaction.
  *
+ * Migrations of other tools: --migrations DIR recognises the folders of golang-migrate, dbmate,
+ * Flyway, Prisma, Drizzle, Diesel, goose and the Supabase CLI (MIGRATION_LAYOUTS), applies what
+ * that tool would apply (never a down or undo part), and counts what its history records as
+ * applied; --migrations-format NAME names the layout instead.
+ *
  * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
  *   3 not ready before the deadline (or retries exhausted, or a schema lock never granted), 4 fatal connection error
  *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
@@ -36,8 +41,8 @@
  *   const sql = await connect({ timeout: 30 });
  *
  * Contents, in this order, each section opening with a comment that says what it owns:
- *   errors and retries, configuration, driver, waiting, SQL scripts, schema steps, reporting,
- *   CLI (main and its phases). The file reads top down: a section uses only itself and the ones above it.
+ *   errors and retries, configuration, driver, waiting, SQL scripts, migration layouts, schema
+ *   steps, reporting, CLI (main and its phases). The file reads top down: a section uses only itself and the ones above it.
  *
  * Example: DATABASE_URL=postgres://app:secret@db:5432/app bun run init-database.ts --timeout 60
  */
@@ -178,6 +183,8 @@ const KIT_ERRORS = {
   SCHEMA_FAILED: "a schema step cannot be applied as it stands (exit 1)",
   MIGRATION_CHANGED: "an applied step's file changed since it was recorded (exit 1)",
   FOREIGN_TABLES: "the built-in schema was refused: the database holds other tables (exit 1)",
+  LEDGER_CLASH: "the ledger's table (or a tool's history table) is of another shape: another tool's, or unknown (exit 1)",
+  HISTORY_FAILED: "another tool's history records a failed or half-applied migration: repair it with that tool (exit 1)",
   CLIENT_DEADLINE: "the client gave up waiting for an answer; the client is dropped, not reused",
   LOCK_WAIT: "another session held the kit's advisory lock for longer than --command-timeout (exit 1)",
   CONNECTION_CLOSED: "the server closed the connection during start-up",
@@ -532,7 +539,7 @@ export interface RetryOptions<T> {
  * @example
  *   // Wait until a read-only check holds (as --wait-for-schema does, schemaCheckPhase):
  *   await retry(async () => {
- *     const { pending } = schemaState(steps, await recordedSteps(sql, config, deadline));
+ *     const { pending } = await readSchemaState(sql, steps, config, deadline);
  *     if (pending.length > 0) throw kitError("SCHEMA_PENDING", `pending: ${pending.join(", ")}`);
  *   }, { deadline, classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)) });
  */
@@ -2114,6 +2121,8 @@ export interface Script {
   statements: ScriptStatement[];
   /** The file holds the no-transaction marker before its first statement. */
   noTransaction: boolean;
+  /** Its statements can go to the server as one query, the bytes from the first to the last: nothing between them was skipped (a meta-command) and none has COPY data. */
+  oneQuery?: boolean;
 }
 
 const isSpace = (c: number) => c === 32 || (c >= 9 && c <= 13);
@@ -2164,9 +2173,10 @@ function isCopyToStdout(words: string[]): boolean {
  * `COPY ... FROM stdin` takes the rows after it up to a line `\.` (kept as offsets, never
  * copied); `\restrict`, `\unrestrict` and `\set ON_ERROR_STOP` are skipped; any other psql
  * meta-command is refused, as is a statement PostgreSQL refuses in a transaction block in a
- * file without the no-transaction marker. Throws SchemaError naming the file and line.
+ * file without the no-transaction marker. `noTransactionRule`, from a migration tool's own
+ * option (MIGRATION_LAYOUTS), replaces the marker. Throws SchemaError naming the file and line.
  */
-export function readScript(source: string | Buffer, name: string): Script {
+export function readScript(source: string | Buffer, name: string, noTransactionRule?: boolean): Script {
   const bytes = typeof source === "string" ? Buffer.from(source) : source;
   const statements: ScriptStatement[] = [];
   const length = bytes.length;
@@ -2192,6 +2202,7 @@ export function readScript(source: string | Buffer, name: string): Script {
   };
 
   let current: ScriptStatement | undefined;
+  let skipped = false;
   let parens = 0;
   let beginDepth = 0;
   let routineWords = "";
@@ -2230,6 +2241,7 @@ export function readScript(source: string | Buffer, name: string): Script {
     if (c === 92) { // a psql meta-command: up to the end of the line
       const newline = bytes.indexOf(10, i);
       const command = bytes.toString("utf8", i, newline === -1 ? length : newline).replace(/\r$/, "");
+      skipped = true;
       if (!SKIPPED_META_COMMANDS.test(command)) {
         const word = /^\\\S*/.exec(command)![0];
         fail(locate(i).line, `psql meta-command ${word} cannot run here (only \\restrict, \\unrestrict and \\set ON_ERROR_STOP are understood, and skipped)`,
@@ -2297,7 +2309,7 @@ export function readScript(source: string | Buffer, name: string): Script {
   const firstStart = statements[0]?.start ?? length;
   const toStdout = statements.find((statement) => isCopyToStdout(statement.words));
   if (toStdout) fail(toStdout.line, "COPY ... TO STDOUT writes to psql's output, which a schema step does not have", "remove it (or write to a file on the server: COPY ... TO 'path')");
-  const noTransaction = MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
+  const noTransaction = noTransactionRule ?? MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
   if (noTransaction) return { name, bytes, statements, noTransaction };
   const kept = statements.filter((statement, index) => {
     const control = transactionControl(statement.words);
@@ -2315,7 +2327,7 @@ export function readScript(source: string | Buffer, name: string): Script {
     }
     return true;
   });
-  return { name, bytes, statements: kept, noTransaction };
+  return { name, bytes, statements: kept, noTransaction, oneQuery: !skipped && kept.length > 1 && kept.every((statement) => !statement.data) };
 }
 
 /** The offset just past a quoted string or identifier that opens at `open`; `backslashes` for E'' strings. */
@@ -2364,19 +2376,573 @@ function copyData(bytes: Buffer, statement: ScriptStatement, afterSemicolon: num
 }
 
 // ---------------------------------------------------------------------------------------
+// Migration layouts: the folders other migration tools write (and the kit's own), one entry
+// each in MIGRATION_LAYOUTS: how a folder is recognised, its order, the up part of each file
+// with the tool's transaction rule, and the tool's history table (the SQL that reads it, and
+// writes it where the kit is proven to write it as the tool does). Files only: the schema steps
+// run the history SQL.
+
+/** Where the kit keeps its own ledger beside another tool's history (the kit's own layout keeps DEFAULTS.ledgerTable). */
+export const TOOL_LAYOUT_LEDGER = "init_database_migrations";
+
+/** A migration as its tool sees it: what the tool would send, never a down or undo part. */
+export interface LayoutMigration {
+  /** The file, relative to the folder: the step's name in messages and in the kit's ledger. */
+  name: string;
+  /** What the tool's history records it by: its version, folder name or journal time. */
+  version: string;
+  /** The file's bytes as they are (drizzle's hash, the kit's former checksum). */
+  bytes: Buffer;
+  /** The up part alone, for the checksum. */
+  up: Buffer;
+  /** The file with all but the up part (and a BOM) blanked, newlines kept: what runs, with the file's own line numbers. */
+  runnable: Buffer;
+  /** true: statement by statement in autocommit; false: one transaction; undefined: the kit's marker decides. */
+  noTransaction: boolean | undefined;
+  /** Flyway's R__ files: applied after the versioned ones, and again whenever they change. */
+  repeatable: boolean;
+}
+
+/** A row of a tool's history as its read SQL returns it. */
+export interface HistoryRow {
+  version: string;
+  /** The tool records this migration as failed or half-applied (golang-migrate's dirty, Flyway's success = false, Prisma's unfinished row). */
+  failed: boolean;
+  /** The row covers every version up to its own (golang-migrate's one row, drizzle's last time, Flyway's baseline). */
+  up_to: boolean;
+}
+
+/** A tool's history table. */
+export interface ToolHistory {
+  /** As the tool addresses it (unqualified: the session's current schema). */
+  table: string;
+  /** Columns that mark the table as this tool's, "name type" as format_type writes them. */
+  columns: readonly string[];
+  /** Read-only; rows of HistoryRow. */
+  read: string;
+  /** What the user runs to repair a failed or dirty state, for the message. */
+  repair: (row: HistoryRow) => string;
+  /** How the kit records a migration in it exactly as the tool does (proven against the real tool in tests/other-tools.test.ts); absent: the kit's own ledger, beside it. */
+  write?: {
+    create: string;
+    /** `$1`: the migration's version; true when the tool counts it as applied. */
+    has: string;
+    insert: string;
+    values: (migration: LayoutMigration) => (string | number)[];
+  };
+}
+
+export interface MigrationLayout {
+  /** What `--migrations-format` takes and messages say. */
+  name: LayoutName;
+  /** How it is recognised, for the one line that says which layout a folder is in. */
+  recognisedBy: string;
+  /** The folder the tool uses inside a project, looked for under DIR when DIR itself holds no migrations. */
+  folder?: string;
+  /** Does the folder hold this tool's migrations? */
+  recognises(folder: Folder): boolean;
+  /** Its migrations in the tool's order; throws ConfigError or SchemaError for what the tool would refuse. */
+  migrations(folder: Folder): LayoutMigration[];
+  /** How versions compare, for histories that record "up to". */
+  compare: (a: string, b: string) => number;
+  history?: ToolHistory;
+}
+
+export const LAYOUT_NAMES = ["kit", "golang-migrate", "dbmate", "flyway", "prisma", "drizzle", "diesel", "goose", "supabase"] as const;
+export type LayoutName = (typeof LAYOUT_NAMES)[number];
+
+/** A migrations folder, read once: its entries, and files read on demand. */
+export interface Folder {
+  path: string;
+  files: string[];
+  dirs: string[];
+  read(relative: string): Buffer;
+  has(relative: string): boolean;
+}
+
+export function readFolder(path: string): Folder {
+  const entries = readdirSync(path, { withFileTypes: true });
+  const cache = new Map<string, Buffer>();
+  return {
+    path,
+    files: entries.filter((entry) => entry.isFile()).map((entry) => entry.name).sort(),
+    dirs: entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name).sort(),
+    read(relative) {
+      let bytes = cache.get(relative);
+      if (!bytes) {
+        try {
+          bytes = readFileSync(join(path, relative));
+        } catch (error) {
+          throw new ConfigError(`--migrations ${join(path, relative)} cannot be read (${errorCode(error)})`, "make the file readable, or remove it from the folder");
+        }
+        cache.set(relative, bytes);
+      }
+      return bytes;
+    },
+    has: (relative) => existsSync(join(path, relative)),
+  };
+}
+
+const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
+
+const sha256 = (bytes: Buffer) => createHash("sha256").update(bytes).digest("hex");
+
+/** A file's text as a checkout may have changed it back: without a leading BOM, CRLF as LF. What a step's checksum is taken of. */
+export function normalizedText(bytes: Buffer): Buffer {
+  const body = bytes.subarray(0, 3).equals(BOM) ? bytes.subarray(3) : bytes;
+  return body.includes(13) ? Buffer.from(body.toString("latin1").replaceAll("\r\n", "\n"), "latin1") : body;
+}
+
+/** The file with only [start, end) ranges kept and the rest (and a leading BOM) blanked, newlines kept. */
+function keepParts(bytes: Buffer, parts: [number, number][]): Buffer {
+  const out = Buffer.from(bytes);
+  let at = 0;
+  const blank = (from: number, to: number) => {
+    for (let i = from; i < to; i++) if (out[i] !== 10 && out[i] !== 13) out[i] = 32;
+  };
+  for (const [start, end] of parts) {
+    blank(at, start);
+    at = end;
+  }
+  blank(at, out.length);
+  if (out.subarray(0, 3).equals(BOM)) out.fill(32, 0, 3);
+  return out;
+}
+
+function layoutMigration(name: string, version: string, bytes: Buffer, parts: [number, number][] | undefined, noTransaction: boolean | undefined, repeatable = false): LayoutMigration {
+  const ranges = parts ?? [[0, bytes.length]];
+  return {
+    name, version, bytes, noTransaction, repeatable,
+    up: Buffer.concat(ranges.map(([start, end]) => bytes.subarray(start, end))),
+    runnable: keepParts(bytes, ranges),
+  };
+}
+
+/** A file as one character per byte (offsets stay byte offsets), a leading BOM blanked: what annotations (which may follow blanks) are looked for in. */
+function annotationText(bytes: Buffer): string {
+  const text = bytes.toString("latin1");
+  return bytes.subarray(0, 3).equals(BOM) ? "   " + text.slice(3) : text;
+}
+
+/** The lines of a file that match `annotation` (with multiline `^`), as byte offsets of their start and end. */
+function annotations(bytes: Buffer, annotation: RegExp): { start: number; end: number; match: RegExpExecArray }[] {
+  const text = annotationText(bytes);
+  const found: { start: number; end: number; match: RegExpExecArray }[] = [];
+  const pattern = new RegExp(annotation.source, annotation.flags.includes("g") ? annotation.flags : annotation.flags + "g");
+  for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
+    const newline = text.indexOf("\n", match.index);
+    found.push({ start: match.index, end: newline === -1 ? text.length : newline + 1, match });
+  }
+  return found;
+}
+
+const byNumber = (a: string, b: string) => {
+  const [x, y] = [BigInt(a), BigInt(b)];
+  return x < y ? -1 : x > y ? 1 : 0;
+};
+const byText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Flyway's version order: parts split at `.` (or `_`), each compared as a number, missing parts as 0 (1.10 after 1.2; 1 = 1.0). A repeatable's key (no version) compares as text. */
+export function compareFlywayVersions(a: string, b: string): number {
+  if (!/^\d+(?:[._]\d+)*$/.test(a) || !/^\d+(?:[._]\d+)*$/.test(b)) return byText(a, b);
+  const [x, y] = [a.split(/[._]/).map(BigInt), b.split(/[._]/).map(BigInt)];
+  for (let i = 0; i < Math.max(x.length, y.length); i++) {
+    const [p, q] = [x[i] ?? 0n, y[i] ?? 0n];
+    if (p !== q) return p < q ? -1 : 1;
+  }
+  return 0;
+}
+
+/** A Flyway version as Flyway prints it: `_` as `.`, no leading zeros, no trailing `.0` parts. */
+function flywayVersion(raw: string): string {
+  const parts = raw.split(/[._]/).map((part) => BigInt(part).toString());
+  while (parts.length > 1 && parts.at(-1) === "0") parts.pop();
+  return parts.join(".");
+}
+
+/** Flyway's checksum of a script: CRC-32 of its lines without their line breaks (and without a BOM), as a signed 32-bit number. */
+export function flywayChecksum(bytes: Buffer): number {
+  const lines = normalizedText(bytes).toString("utf8").split(/\r\n|\r|\n/);
+  return Bun.hash.crc32(lines.join("")) | 0;
+}
+
+/** Refuse two files with one version, as every versioned tool does. */
+function uniqueVersions(layout: string, list: LayoutMigration[], same = (a: string, b: string) => a === b): LayoutMigration[] {
+  for (const [index, entry] of list.entries()) {
+    const twin = list.slice(index + 1).find((other) => !other.repeatable && !entry.repeatable && same(other.version, entry.version));
+    if (twin) throw new ConfigError(`${layout}: ${entry.name} and ${twin.name} have the same version ${entry.version}`, `give one of them a new version: ${layout} refuses such a folder too`);
+  }
+  return list;
+}
+
+/** The files of a folder that match `pattern`, with the pattern's first group as version, sorted by `compare`. */
+function versioned(folder: Folder, pattern: RegExp, compare: (a: string, b: string) => number): { file: string; version: string }[] {
+  return folder.files.flatMap((file) => {
+    const match = pattern.exec(file);
+    return match ? [{ file, version: match[1]! }] : [];
+  }).sort((a, b) => compare(a.version, b.version) || byText(a.file, b.file));
+}
+
+/** TOML's `key = value` (a string, boolean or number), enough for migration_lock.toml and metadata.toml. */
+function tomlValue(text: string, key: string): string | undefined {
+  const match = new RegExp(`^\\s*${key}\\s*=\\s*(?:"([^"]*)"|'([^']*)'|([\\w.-]+))`, "m").exec(text);
+  return match ? (match[1] ?? match[2] ?? match[3]) : undefined;
+}
+
+/** Tools that send a whole file in one simple query (one implicit transaction): a file whose only statement PostgreSQL refuses in a transaction runs alone, in autocommit. */
+function aloneOutsideTransaction(runnable: Buffer, name: string): boolean | undefined {
+  const statements = readScript(runnable, name, true).statements;
+  return statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
+}
+
+const DBMATE_UP = /^[ \t]*--[ \t]*migrate:up(.*)$/m;
+const DBMATE_DOWN = /^[ \t]*--[ \t]*migrate:down(.*)$/m;
+const GOOSE = /^[ \t]*--[ \t]*\+goose[ \t]+(\w+(?:[ \t]+\w+)?)[ \t]*\r?$/im;
+
+const SQL_FILES = /\.sql$/;
+
+/** Flyway's file names: V{version}__{description}.sql, U... (undo, never run), R__{description}.sql. */
+const FLYWAY_FILE = /^(V|U|R)(\d+(?:[._]\d+)*)?__(.+)\.sql$/;
+
+/**
+ * Every migration folder layout the kit reads, one entry per tool. Rules from each tool's
+ * documentation; tests/migration-layouts.test.ts checks each against fixtures written from it.
+ */
+export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
+  {
+    name: "kit",
+    recognisedBy: "plain *.sql files",
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file)),
+    migrations: (folder) => folder.files.filter((file) => SQL_FILES.test(file)).map((file) => layoutMigration(file, file, folder.read(file), undefined, undefined)),
+    compare: byText,
+  },
+  {
+    name: "golang-migrate",
+    recognisedBy: "{version}_{title}.up.sql files",
+    recognises: (folder) => folder.files.some((file) => /^\d+_.*\.up\.sql$/.test(file)),
+    migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber).map(({ file, version }) => {
+      const bytes = folder.read(file);
+      const found = layoutMigration(file, BigInt(version).toString(), bytes, undefined, undefined);
+      found.noTransaction = aloneOutsideTransaction(found.runnable, file);
+      return found;
+    })),
+    compare: byNumber,
+    history: {
+      table: "schema_migrations",
+      columns: ["version bigint", "dirty boolean"],
+      read: "select version::text as version, dirty as failed, true as up_to from schema_migrations",
+      repair: (row) => `golang-migrate's schema_migrations is dirty at version ${row.version}: that migration failed part-way. Repair the database by hand, then run \`migrate -path DIR -database URL force VERSION\` (the last version that is fully applied)`,
+    },
+  },
+  {
+    name: "dbmate",
+    recognisedBy: "*.sql files with a -- migrate:up section",
+    folder: "db/migrations",
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(annotationText(folder.read(file)))),
+    // dbmate applies files in name order (10_x before 1_x and 2_x), whatever their versions.
+    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, () => 0).map(({ file, version }) => {
+      const bytes = folder.read(file);
+      const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
+      if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
+      if (down.length > 1 || (down[0] && down[0].start < up[0]!.start)) throw new SchemaError(`${file}: "-- migrate:down" must come once, after "-- migrate:up"`, "SCHEMA_FAILED", "put -- migrate:up first, then -- migrate:down");
+      const options = up[0]!.match[1]!;
+      return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(options) ? true : false);
+    }),
+    compare: byText,
+    history: {
+      table: "schema_migrations",
+      columns: ["version character varying"],
+      read: "select version::text as version, false as failed, false as up_to from schema_migrations",
+      repair: () => "",
+      write: {
+        create: "create table if not exists schema_migrations (version varchar primary key)",
+        has: "select exists (select 1 from schema_migrations where version = $1) as recorded",
+        insert: "insert into schema_migrations (version) values ($1)",
+        values: (found) => [found.version],
+      },
+    },
+  },
+  {
+    name: "flyway",
+    recognisedBy: "V{version}__{description}.sql files",
+    recognises: (folder) => folder.files.some((file) => /^[VR]/.test(file) && FLYWAY_FILE.test(file)),
+    migrations: (folder) => {
+      const found = folder.files.flatMap((file) => {
+        const match = FLYWAY_FILE.exec(file);
+        if (!match || match[1] === "U" || (match[1] === "V") !== (match[2] !== undefined)) return [];
+        const bytes = folder.read(file);
+        const text = bytes.toString("utf8");
+        const placeholder = /\$\{[^}]*\}/.exec(text);
+        if (placeholder) {
+          throw new SchemaError(`${file}, line ${text.slice(0, placeholder.index).split("\n").length}: Flyway placeholder ${placeholder[0]}, which Flyway replaces before it sends the file and the kit does not`,
+            "SCHEMA_FAILED", "write the value into the file (or generate the file with it) before applying it with the kit");
+        }
+        const conf = folder.has(`${file}.conf`) ? folder.read(`${file}.conf`).toString("utf8") : "";
+        const repeatable = match[1] === "R";
+        const step = layoutMigration(file, repeatable ? `${file}#${flywayChecksum(bytes)}` : flywayVersion(match[2]!), bytes, undefined, undefined, repeatable);
+        const statements = readScript(step.runnable, file, true).statements;
+        const outside = statements.filter((statement) => needsNoTransaction(statement.words));
+        if (outside.length > 0 && outside.length < statements.length && !/^\s*mixed\s*=\s*true/m.test(conf)) {
+          throw new SchemaError(`${file}: mixes statements PostgreSQL refuses in a transaction (${needsNoTransaction(outside[0]!.words)}) with others, which Flyway refuses too`, "SCHEMA_FAILED", "move the non-transactional statements into a migration of their own");
+        }
+        step.noTransaction = outside.length > 0 || tomlValue(conf, "executeInTransaction") === "false" ? true : false;
+        return [step];
+      });
+      const versions = uniqueVersions("flyway", found.filter((entry) => !entry.repeatable), (a, b) => compareFlywayVersions(a, b) === 0).sort((a, b) => compareFlywayVersions(a.version, b.version));
+      // Repeatables run after every versioned migration, in the order of their descriptions.
+      return [...versions, ...found.filter((entry) => entry.repeatable).sort((a, b) => byText(a.name, b.name))];
+    },
+    compare: compareFlywayVersions,
+    history: {
+      table: "flyway_schema_history",
+      columns: ["installed_rank integer", "version character varying", "checksum integer", "success boolean"],
+      // Versioned rows by version; a repeatable by its script and latest checksum (it runs again when that changes).
+      read: `select version, not success as failed, type = 'BASELINE' as up_to from flyway_schema_history where version is not null
+             union all
+             select * from (select distinct on (script) script || '#' || checksum, not success, false from flyway_schema_history
+                             where version is null and type = 'SQL' order by script, installed_rank desc) repeatables`,
+      repair: (row) => `flyway_schema_history records version ${row.version.replace(/#.*/, "")} as failed: repair what it left in the database, then run \`flyway repair\``,
+    },
+  },
+  {
+    name: "prisma",
+    recognisedBy: "{folder}/migration.sql files and migration_lock.toml",
+    folder: "prisma/migrations",
+    recognises: (folder) => folder.files.includes("migration_lock.toml") || folder.dirs.some((dir) => folder.has(join(dir, "migration.sql"))),
+    migrations: (folder) => {
+      if (folder.files.includes("migration_lock.toml")) {
+        const provider = tomlValue(folder.read("migration_lock.toml").toString("utf8"), "provider");
+        if (provider !== "postgresql") throw new ConfigError(`prisma: migration_lock.toml says provider = "${provider}", not "postgresql"`, "these migrations were written for another database; Prisma refuses them on PostgreSQL too");
+      }
+      return folder.dirs.filter((dir) => folder.has(join(dir, "migration.sql"))).map((dir) => {
+        const file = join(dir, "migration.sql");
+        const step = layoutMigration(file, dir, folder.read(file), undefined, undefined);
+        step.noTransaction = aloneOutsideTransaction(step.runnable, file);
+        return step;
+      });
+    },
+    compare: byText,
+    history: {
+      table: "_prisma_migrations",
+      columns: ["migration_name character varying", "finished_at timestamp with time zone", "rolled_back_at timestamp with time zone"],
+      // A row marked rolled back (prisma migrate resolve --rolled-back) is not applied: Prisma runs that migration again.
+      read: "select migration_name as version, finished_at is null as failed, false as up_to from _prisma_migrations where rolled_back_at is null",
+      repair: (row) => `_prisma_migrations records ${row.version} as started but not finished: repair what it left, then run \`prisma migrate resolve --rolled-back ${row.version}\` (or --applied ${row.version} if it did complete)`,
+    },
+  },
+  {
+    name: "drizzle",
+    recognisedBy: "meta/_journal.json",
+    folder: "drizzle",
+    recognises: (folder) => folder.has("meta/_journal.json"),
+    migrations: (folder) => {
+      let journal: { entries?: { when?: unknown; tag?: unknown; breakpoints?: unknown }[] };
+      try {
+        journal = JSON.parse(folder.read("meta/_journal.json").toString("utf8"));
+      } catch (error) {
+        throw new ConfigError(`drizzle: meta/_journal.json cannot be read as JSON (${error instanceof Error ? error.message : String(error)})`, "restore it as drizzle-kit generate wrote it");
+      }
+      return (journal.entries ?? []).map((entry) => {
+        if (typeof entry.tag !== "string" || typeof entry.when !== "number") throw new ConfigError(`drizzle: an entry of meta/_journal.json has no tag or when`, "restore it as drizzle-kit generate wrote it");
+        const file = `${entry.tag}.sql`;
+        if (!folder.has(file)) throw new ConfigError(`drizzle: meta/_journal.json lists ${entry.tag}, but ${file} is missing`, "restore the file, or the journal as drizzle-kit generate wrote it");
+        const bytes = folder.read(file);
+        const step = layoutMigration(file, String(entry.when), bytes, undefined, false);
+        // drizzle sends each part between breakpoints as one statement: make each break a statement end.
+        if (entry.breakpoints !== false) {
+          const text = step.runnable.toString("latin1").replaceAll("--> statement-breakpoint", ";-- statement-breakpoint");
+          step.runnable = Buffer.from(text, "latin1");
+        }
+        return step;
+      });
+    },
+    compare: byNumber,
+    history: {
+      table: "drizzle.__drizzle_migrations",
+      columns: ["hash text", "created_at bigint"],
+      // drizzle applies what is newer than the last row's created_at (the journal's `when`).
+      read: "select created_at::text as version, false as failed, true as up_to from drizzle.__drizzle_migrations where created_at is not null",
+      repair: () => "",
+      write: {
+        create: `create schema if not exists drizzle; create table if not exists drizzle.__drizzle_migrations (id serial primary key, hash text not null, created_at bigint)`,
+        has: "select exists (select 1 from drizzle.__drizzle_migrations where created_at >= $1::bigint) as recorded",
+        insert: "insert into drizzle.__drizzle_migrations (hash, created_at) values ($1, $2)",
+        values: (found) => [sha256(found.bytes), Number(found.version)],
+      },
+    },
+  },
+  {
+    name: "diesel",
+    recognisedBy: "{version}_{name}/up.sql folders",
+    folder: "migrations",
+    recognises: (folder) => folder.dirs.some((dir) => folder.has(join(dir, "up.sql"))),
+    migrations: (folder) => uniqueVersions("diesel", folder.dirs.filter((dir) => folder.has(join(dir, "up.sql"))).map((dir) => {
+      const file = join(dir, "up.sql");
+      const metadata = folder.has(join(dir, "metadata.toml")) ? folder.read(join(dir, "metadata.toml")).toString("utf8") : "";
+      // Diesel's version is the name up to its first `_`, without dashes (2024-01-31-120000 -> 20240131120000).
+      return layoutMigration(file, dir.split("_")[0]!.replaceAll("-", ""), folder.read(file), undefined, tomlValue(metadata, "run_in_transaction") === "false");
+    }).sort((a, b) => byText(a.version, b.version))),
+    compare: byText,
+    history: {
+      table: "__diesel_schema_migrations",
+      columns: ["version character varying", "run_on timestamp without time zone"],
+      read: "select version, false as failed, false as up_to from __diesel_schema_migrations",
+      repair: () => "",
+    },
+  },
+  {
+    name: "goose",
+    recognisedBy: "*.sql files with -- +goose Up",
+    recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && annotations(folder.read(file), GOOSE).some(({ match }) => match[1]!.toLowerCase() === "up")),
+    migrations: (folder) => uniqueVersions("goose", versioned(folder, /^(\d+)_.*\.sql$/, byNumber).map(({ file, version }) => {
+      const bytes = folder.read(file);
+      const notes = annotations(bytes, GOOSE);
+      const kinds = notes.map(({ match }) => match[1]!.toLowerCase().replace(/\s+/g, " "));
+      const up = notes[kinds.indexOf("up")];
+      if (!up) throw new SchemaError(`${file}: goose needs a "-- +goose Up" line, and the file has none`, "SCHEMA_FAILED", "add -- +goose Up before the migration's statements");
+      if (kinds.includes("envsub on")) throw new SchemaError(`${file}: "-- +goose ENVSUB ON" asks for environment variables to be substituted into the SQL, which the kit does not do`, "SCHEMA_FAILED", "write the values into the file before applying it with the kit");
+      const down = notes.find(({ start }, index) => kinds[index] === "down" && start > up.start);
+      return layoutMigration(file, BigInt(version).toString(), bytes, [[up.end, down?.start ?? bytes.length]], kinds.includes("no transaction"));
+    })),
+    compare: byNumber,
+    history: {
+      table: "goose_db_version",
+      columns: ["version_id bigint", "is_applied boolean"],
+      // A version is applied when its latest row says so (goose adds a row with is_applied = false on down).
+      read: "select version_id::text as version, false as failed, false as up_to from goose_db_version group by version_id having (array_agg(is_applied order by id desc))[1]",
+      repair: () => "",
+    },
+  },
+  {
+    name: "supabase",
+    recognisedBy: "supabase/migrations/{timestamp}_{name}.sql",
+    folder: "supabase/migrations",
+    recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => /^\d+_.*\.sql$/.test(file)),
+    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => layoutMigration(file, version, folder.read(file), undefined, false)),
+    compare: byText,
+    history: {
+      table: "supabase_migrations.schema_migrations",
+      columns: ["version text", "statements text[]"],
+      read: "select version, false as failed, false as up_to from supabase_migrations.schema_migrations",
+      repair: () => "",
+    },
+  },
+];
+
+/** The layout named by --migrations-format, or the one the folder is in; refuses none or several. */
+export function migrationLayout(dir: string, format: string | undefined): { layout: MigrationLayout; folder: Folder; detected: boolean } {
+  const open = (path: string) => {
+    try {
+      return readFolder(path);
+    } catch (error) {
+      throw new ConfigError(`--migrations ${path} cannot be read (${errorCode(error)}); fix the path`);
+    }
+  };
+  const folder = open(dir);
+  if (format !== undefined) {
+    const layout = MIGRATION_LAYOUTS.find((entry) => entry.name === format);
+    if (!layout) throw new ConfigError(`--migrations-format ${format} is not a layout the kit knows`, `choose one of ${LAYOUT_NAMES.join(", ")}`);
+    const inner = !layout.recognises(folder) && layout.folder && folder.has(layout.folder);
+    return { layout, folder: inner ? open(join(dir, layout.folder!)) : folder, detected: false };
+  }
+  const matching = (candidate: Folder) => {
+    const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(candidate));
+    // Supabase's files are plain *.sql too: its place in the project is what marks them.
+    return tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
+  };
+  let found = matching(folder);
+  let where = folder;
+  if (found.length === 0 && !MIGRATION_LAYOUTS[0]!.recognises(folder)) {
+    // A project's root: the tool's own folder inside it.
+    for (const layout of MIGRATION_LAYOUTS) {
+      if (!layout.folder || !folder.has(layout.folder)) continue;
+      const inner = open(join(dir, layout.folder));
+      if (layout.recognises(inner)) {
+        found = [layout];
+        where = inner;
+        break;
+      }
+    }
+  }
+  if (found.length > 1) {
+    throw new ConfigError(`--migrations ${dir} holds the layouts of ${found.map((entry) => `${entry.name} (${entry.recognisedBy})`).join(" and ")}`, `keep one tool's migrations in the folder, or name the layout with --migrations-format ${found.map((entry) => entry.name).join("|")}`);
+  }
+  if (found.length === 1) return { layout: found[0]!, folder: where, detected: true };
+  if (MIGRATION_LAYOUTS[0]!.recognises(folder)) return { layout: MIGRATION_LAYOUTS[0]!, folder, detected: true };
+  const seen = [...folder.files, ...folder.dirs.map((name) => `${name}/`)];
+  throw new ConfigError(`--migrations ${dir} holds no migrations in a layout the kit knows (found ${seen.length === 0 ? "nothing" : seen.slice(0, 5).join(", ") + (seen.length > 5 ? ", …" : "")})`,
+    `point it at the folder of *.sql files (layouts: ${LAYOUT_NAMES.join(", ")})`);
+}
+
+/** Names of down and undo migrations: golang-migrate's *.down.sql, Diesel's and Prisma's down.sql, Flyway's U files. */
+const DOWN_FILE = /(?:^|[/_.])down\.sql$|^U\d+(?:[._]\d+)*__.+\.sql$/i;
+
+/** The line that opens a down section: dbmate's and goose's. */
+const DOWN_SECTION = /^[ \t]*--[ \t]*(?:migrate:down|\+goose[ \t]+down)\b/im;
+
+/**
+ * No down or undo part ever runs, whatever layout a folder is read in: a migration whose name
+ * marks it as one, or whose part to run holds a down section (a dbmate or goose file read as
+ * plain SQL), is refused before anything runs.
+ */
+export function assertUpOnly(found: LayoutMigration[], layout: MigrationLayout): LayoutMigration[] {
+  for (const entry of found) {
+    const fix = `read the folder in its tool's layout (--migrations-format ${MIGRATION_LAYOUTS.filter((other) => other.name !== layout.name && other.name !== "kit").map((other) => other.name).join("|")}), which never runs it, or move the file out of the folder`;
+    if (DOWN_FILE.test(entry.name)) throw new SchemaError(`${entry.name} is a down or undo migration by its name, which the kit never runs (read in ${layout.name}'s layout it would be applied)`, "SCHEMA_FAILED", fix);
+    const section = DOWN_SECTION.exec(annotationText(entry.up));
+    if (section) throw new SchemaError(`${entry.name}: "${section[0].trim()}" opens a down section, which the kit never runs (read in ${layout.name}'s layout the whole file would be applied)`, "SCHEMA_FAILED", fix);
+  }
+  return found;
+}
+
+/** Which tool a table of the ledger's name belongs to, by its columns ("name type"); undefined when none's. */
+export function historyOwner(columns: string[]): MigrationLayout | undefined {
+  return MIGRATION_LAYOUTS.find((layout) => layout.history && layout.history.columns.every((column) => columns.includes(column)) &&
+    // dbmate's one column is part of other shapes too: it must be the whole table.
+    (layout.name !== "dbmate" || columns.length === 1));
+}
+
+/** The columns of the kit's own ledger: a table that has them is the kit's. */
+export const LEDGER_COLUMNS = ["name text", "checksum text"] as const;
+
+// ---------------------------------------------------------------------------------------
 // Schema steps: the plan (built-in schema, --schema, --migrations), the ledger, the advisory
 // lock, and each step applied once, in its own transaction or statement by statement.
 
 export interface SchemaStep {
   name: string;
-  /** SHA-256 of the file's bytes. */
+  /** SHA-256 of the step's text without a leading BOM and with CRLF as LF: a checkout's line endings do not change it. */
   checksum: string;
+  /** SHA-256 of the file's raw bytes, what earlier versions of the kit recorded: accepted from the ledger as the same file. */
+  formerChecksum?: string;
   script: Script;
+  /** For --migrations: the folder's layout and the migration as its tool sees it. */
+  migration?: { layout: MigrationLayout; found: LayoutMigration };
 }
 
-/** A step from a file's bytes, never decoded whole: a dump of tens of MB stays one buffer. */
-function schemaStep(name: string, bytes: Buffer): SchemaStep {
-  return { name, checksum: createHash("sha256").update(bytes).digest("hex"), script: readScript(bytes, name) };
+/** A step from a migration (or a schema file as the kit's own layout reads it), never decoded whole: a dump of tens of MB stays one buffer. */
+function schemaStep(found: LayoutMigration, layout?: MigrationLayout): SchemaStep {
+  const checksum = sha256(normalizedText(found.up));
+  const former = sha256(found.bytes);
+  return {
+    name: found.name, checksum, formerChecksum: former === checksum ? undefined : former,
+    script: readScript(found.runnable, found.name, found.noTransaction),
+    migration: layout && { layout, found },
+  };
+}
+
+/**
+ * Beside another tool's history the kit's own ledger is TOOL_LAYOUT_LEDGER, unless
+ * --ledger-table names one: golang-migrate's and dbmate's tables have the default's name.
+ */
+export function ledgerBesideTool(config: Config, steps: SchemaStep[], named: string | undefined): void {
+  const layout = steps[0]?.migration?.layout;
+  if (named === undefined && layout && layout.name !== "kit") config.ledgerTable = TOOL_LAYOUT_LEDGER;
+}
+
+/** Whether the ledger's checksum is this step's: its own, or the raw-bytes one an earlier kit wrote. */
+function sameChecksum(step: SchemaStep, recorded: string | undefined): boolean {
+  return recorded === step.checksum || (recorded !== undefined && recorded === step.formerChecksum);
 }
 
 /** Whether the plan is the built-in schema alone. */
@@ -2384,8 +2950,8 @@ function isBuiltIn(steps: SchemaStep[]): boolean {
   return steps.length === 1 && steps[0]!.name === BUILT_IN_STEP;
 }
 
-/** The steps to apply: the built-in schema, a user's file, or a folder of migrations in name order. */
-export function schemaPlan(source: { schema?: string; migrations?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
+/** The steps to apply: the built-in schema, a user's file, or a folder of migrations in its layout's order. */
+export function schemaPlan(source: { schema?: string; migrations?: string; format?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
   const read = (path: string, flag: string) => {
     try {
       return readFile(path);
@@ -2395,18 +2961,14 @@ export function schemaPlan(source: { schema?: string; migrations?: string }, rea
     }
   };
   if (source.schema && source.migrations) throw new ConfigError("--schema and --migrations exclude each other; choose one");
-  if (source.schema) return [schemaStep(basename(source.schema), read(source.schema, "--schema"))];
+  if (source.schema) return [schemaStep(layoutMigration(basename(source.schema), "", read(source.schema, "--schema"), undefined, undefined))];
   if (source.migrations) {
-    let names: string[];
-    try {
-      names = readdirSync(source.migrations).filter((name) => name.endsWith(".sql")).sort();
-    } catch (error) {
-      throw new ConfigError(`--migrations ${source.migrations} cannot be read (${errorCode(error)}); fix the path`);
-    }
-    if (names.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no *.sql files`);
-    return names.map((name) => schemaStep(name, read(join(source.migrations!, name), "--migrations")));
+    const { layout, folder } = migrationLayout(source.migrations, source.format);
+    const found = assertUpOnly(layout.migrations(folder), layout);
+    if (found.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no migrations in ${layout.name}'s layout (${layout.recognisedBy})`);
+    return found.map((entry) => schemaStep(entry, layout));
   }
-  return [schemaStep(BUILT_IN_STEP, Buffer.from(FLOW_BACKEND_SCHEMA))];
+  return [schemaStep(layoutMigration(BUILT_IN_STEP, "", Buffer.from(FLOW_BACKEND_SCHEMA), undefined, undefined))];
 }
 
 /**
@@ -2448,6 +3010,8 @@ interface Ledger {
   lockKey: string;
   /** The schema was named in --ledger-table, so the kit creates it if missing. */
   createSchema: string | undefined;
+  /** Set once a step of this run committed (so the table it records in exists): later steps skip the CREATE ... IF NOT EXISTS (a round trip and a catalog lock each). */
+  made?: boolean;
 }
 
 /**
@@ -2458,11 +3022,21 @@ interface Ledger {
 async function resolveLedger(sql: Sql, config: Config, deadline: Deadline): Promise<Ledger> {
   const parts = config.ledgerTable.split(".");
   const table = parts.at(-1)!;
-  let schema = parts.length > 1 ? parts[0] : undefined;
-  if (schema === undefined) {
-    const [row] = await deadline.answer(sql<{ schema: string | null }[]>`select current_schema() as schema`);
-    if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
-    schema = row.schema;
+  const named = parts.length > 1 ? parts[0]! : null;
+  // One round trip: the schema, and the columns of a table already there (another tool's must not become the ledger).
+  const [row] = await deadline.answer(sql<{ schema: string | null; columns: string[] | null }[]>`
+    select coalesce(${named}, current_schema()) as schema,
+           (select to_json(array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum)) from pg_attribute a
+             where a.attrelid = to_regclass(quote_ident(coalesce(${named}, current_schema())) || '.' || quote_ident(${table}))
+               and a.attnum > 0 and not a.attisdropped) as columns`);
+  if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
+  const schema = row.schema;
+  if (row.columns && !LEDGER_COLUMNS.every((column) => row.columns!.includes(column))) {
+    const owner = historyOwner(row.columns);
+    throw new SchemaError(
+      `${schema}.${table} is not the kit's ledger: it has the columns ${row.columns.join(", ")}${owner ? `, the history of ${owner.name}${owner.name === "dbmate" ? " (or Rails)" : ""}` : ", a shape the kit does not know"}; the kit never keeps its ledger in another table, nor changes it`,
+      "LEDGER_CLASH",
+      `pass --ledger-table ${TOOL_LAYOUT_LEDGER} (or another name) for the kit's own ledger${owner ? `; if the folder is ${owner.name}'s, --migrations-format ${owner.name} reads that history instead` : ""}`);
   }
   return { ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined };
 }
@@ -2478,21 +3052,68 @@ export async function readLedger(sql: Sql, config: Config, deadline: Deadline, l
   return (rows[0]?.applied ?? {}) as Record<string, string>;
 }
 
+/** Where a step is recorded: the kit's ledger with the checksum it holds, or the tool's history (no checksum). */
+export interface StepRecord {
+  checksum: string | undefined;
+  table: string;
+}
+
 /**
- * What the ledger records, read in a READ ONLY transaction: the server itself refuses any write,
- * no lock is taken and no ledger is created (a missing one records nothing). Works through a
- * transaction pooler and on a standby. --check and --wait-for-schema read the ledger only here.
+ * Which steps of the plan are recorded, and with which checksum: the kit's ledger, and the
+ * history of the tool whose layout the folder is in (what it records counts as applied).
+ * Read-only: takes no lock and creates nothing. A failed or dirty state in the tool's history
+ * is a SchemaError HISTORY_FAILED naming the tool's repair command.
  */
-export async function recordedSteps(sql: Sql, config: Config, deadline: Deadline): Promise<Record<string, string>> {
+export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Config, deadline: Deadline, ledger?: Ledger): Promise<Map<string, StepRecord>> {
+  const resolved = ledger ?? (await resolveLedger(sql, config, deadline));
+  const layout = steps[0]?.migration?.layout;
+  const history = layout?.history;
+  // Which tables exist, asked first: a query on a missing one would end a read-only
+  // transaction (--check reads inside one), and with it the read.
+  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean }[]>`
+    select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool`);
+  const kit = present?.kit ? await readLedger(sql, config, deadline, resolved) : {};
+  const records = new Map<string, StepRecord>();
+  for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
+  if (!layout || !history || !present?.tool) return records;
+  const rows = await deadline.answer(sql.unsafe<HistoryRow[]>(history.read)).catch((error) => {
+    if (errorCode(error) === "42703") {
+      throw new SchemaError(`${history.table} is not ${layout.name}'s history: it lacks the columns ${history.columns.join(", ")}`, "LEDGER_CLASH",
+        `is the folder really ${layout.name}'s? name its layout with --migrations-format, or move the other table away`);
+    }
+    throw error;
+  });
+  const failed = rows.find((row) => row.failed);
+  if (failed) throw new SchemaError(`${layout.name}: ${history.repair(failed)}`, "HISTORY_FAILED", `nothing was applied; after the repair, run the kit again`);
+  for (const step of steps) {
+    const version = step.migration!.found.version;
+    if (rows.some((row) => (row.up_to ? layout.compare(version, row.version) <= 0 : layout.compare(version, row.version) === 0))) {
+      if (!records.has(step.name)) records.set(step.name, { checksum: undefined, table: history.table });
+    }
+  }
+  return records;
+}
+
+/** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */
+function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
+  if (!record) return false;
+  if (record.checksum === undefined || sameChecksum(step, record.checksum)) return true;
+  if (step.migration?.found.repeatable) return false;
+  return assertUnchanged(step, record.checksum);
+}
+
+/**
+ * Where the database stands against the plan (recordedSteps), read in a READ ONLY transaction:
+ * the server itself refuses any write, no lock is taken and no ledger is created (a missing one
+ * records nothing). Works through a transaction pooler and on a standby. --check and
+ * --wait-for-schema read the ledger only here.
+ */
+export async function readSchemaState(sql: Sql, steps: SchemaStep[], config: Config, deadline: Deadline): Promise<SchemaState> {
   const read = sql.begin("read only", async (tx) => {
     await tx.unsafe(localSettings(config));
-    const session = tx as unknown as Sql;
-    const ledger = await resolveLedger(session, config, deadline);
-    // Asked first: a failed query would end the transaction, and with it the read.
-    const [found] = await deadline.answer(tx<{ present: boolean }[]>`select to_regclass(${ledger.ident}) is not null as present`);
-    return found?.present ? readLedger(session, config, deadline, ledger) : {};
+    return recordedSteps(tx as unknown as Sql, steps, config, deadline);
   });
-  return (await deadline.answer(read)) as Record<string, string>;
+  return schemaState(steps, (await deadline.answer(read)) as Map<string, StepRecord>);
 }
 
 /** Where the database stands against the plan: each step recorded with its checksum, pending, or changed since it was recorded. */
@@ -2502,13 +3123,14 @@ export interface SchemaState {
   changed: { name: string; recorded: string; file: string }[];
 }
 
-export function schemaState(steps: SchemaStep[], recorded: Record<string, string>): SchemaState {
+/** The plan against its records: a tool's record or a matching checksum is recorded; a changed Flyway repeatable is pending (it runs again). */
+export function schemaState(steps: SchemaStep[], records: Map<string, StepRecord>): SchemaState {
   const state: SchemaState = { recorded: [], pending: [], changed: [] };
   for (const step of steps) {
-    const checksum = recorded[step.name];
-    if (checksum === undefined) state.pending.push(step.name);
-    else if (checksum !== step.checksum) state.changed.push({ name: step.name, recorded: checksum, file: step.checksum });
-    else state.recorded.push(step.name);
+    const record = records.get(step.name);
+    if (!record || (record.checksum !== undefined && !sameChecksum(step, record.checksum) && step.migration?.found.repeatable)) state.pending.push(step.name);
+    else if (record.checksum === undefined || sameChecksum(step, record.checksum)) state.recorded.push(step.name);
+    else state.changed.push({ name: step.name, recorded: record.checksum, file: step.checksum });
   }
   return state;
 }
@@ -2528,13 +3150,13 @@ async function applyMigrations(
   },
 ): Promise<StepResult[]> {
   const ledger = await resolveLedger(sql, config, deadline);
-  const applied = await readLedger(sql, config, deadline, ledger);
+  const recorded = await recordedSteps(sql, steps, config, deadline, ledger);
   const results: StepResult[] = [];
   const context: StepContext = { sql, config, ledger, deadline, onWait };
   for (const step of steps) {
-    assertUnchanged(step.name, applied[step.name], step.checksum);
-    if (applied[step.name] || dryRun) {
-      const result = { name: step.name, status: applied[step.name] ? "already applied" as const : "pending" as const, ms: 0 };
+    const applied = isApplied(step, recorded.get(step.name));
+    if (applied || dryRun) {
+      const result = { name: step.name, status: applied ? "already applied" as const : "pending" as const, ms: 0 };
       results.push(result);
       if (dryRun) onStep?.(result);
       continue;
@@ -2543,6 +3165,7 @@ async function applyMigrations(
     const status = await (step.script.noTransaction
       ? applyMigrationOutsideTransaction(step, context)
       : retryOnLockTimeout(step, context, () => applyMigrationInTransaction(step, context)));
+    ledger.made = true;
     const result = { name: step.name, status, ms: Math.round(performance.now() - startedAt) };
     results.push(result);
     onStep?.(result);
@@ -2614,11 +3237,27 @@ type Run = ReturnType<typeof runner>;
 /** A step runs on a transaction's connection or on one reserved for it. */
 type Session = Sql | postgres.TransactionSql<{}>;
 
-async function ensureLedger(conn: Session, ledger: Ledger, name: string, run: Run): Promise<string | undefined> {
+/**
+ * Inside the kit's lock: make the table the step is recorded in (the tool's history, where the
+ * kit writes it as the tool does, else the kit's ledger) and say whether the step is applied.
+ */
+async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
+  const write = step.migration?.layout.history?.write;
   const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
-  await run(conn.unsafe(ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
-  const [row] = await run(conn.unsafe(`select checksum from ${ledger.ident} where name = $1`, [name]));
-  return row?.checksum;
+  if (!ledger.made) await run(conn.unsafe(write ? write.create : ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
+  if (write) {
+    const [row] = await run(conn.unsafe(write.has, [step.migration!.found.version]));
+    return Boolean(row?.recorded);
+  }
+  const [row] = await run(conn.unsafe(`select checksum from ${ledger.ident} where name = $1`, [step.name]));
+  return isApplied(step, row && { checksum: row.checksum, table: ledger.ident });
+}
+
+/** Record an applied step where ensureLedger looked (a repeatable's row is updated to its new checksum). */
+async function recordStep(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<void> {
+  const write = step.migration?.layout.history?.write;
+  if (write) await run(conn.unsafe(write.insert, write.values(step.migration!.found)));
+  else await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)${step.migration?.found.repeatable ? " on conflict (name) do update set checksum = excluded.checksum, applied_at = now()" : ""}`, [step.name, step.checksum]));
 }
 
 /**
@@ -2654,26 +3293,78 @@ async function untilAdvisoryLock<T>(step: SchemaStep, context: StepContext, atte
 }
 
 /** One step in one transaction: timeouts, lock (else end the transaction and try again), re-check the ledger inside the lock, apply, reset the session, record. */
-function applyMigrationInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
-  return untilAdvisoryLock(step, context, () => migrationTransactionOnce(step, context));
+async function applyMigrationInTransaction(step: SchemaStep, context: StepContext): Promise<StepStatus> {
+  let oneQuery = step.script.oneQuery === true;
+  for (;;) {
+    try {
+      return await untilAdvisoryLock(step, context, () => migrationTransactionOnce(step, context, oneQuery));
+    } catch (error) {
+      // A step sent as one query failed where the server named no position: run it again
+      // statement by statement (it was rolled back whole), so the error names its line.
+      if (!(error instanceof OneQueryFailed)) throw error;
+      oneQuery = false;
+    }
+  }
 }
 
-async function migrationTransactionOnce(step: SchemaStep, context: StepContext): Promise<StepStatus | "locked"> {
+/** A step sent as one query failed without saying where: the caller runs it again statement by statement. */
+class OneQueryFailed extends Error {}
+
+/**
+ * A step's statements as one simple query, as dbmate and golang-migrate send a file: one round
+ * trip instead of one per statement. A server error that names its position is mapped back to
+ * the statement and line it points at.
+ */
+async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, progress: { touch(): void; everyMs: number }, blockers: () => string[]): Promise<void> {
+  const { bytes, statements } = step.script;
+  const start = statements[0]!.start;
+  const text = bytes.toString("utf8", start, statements.at(-1)!.end);
+  // The server answers once for all of them, and each may take up to statement_timeout: the
+  // client waits as long as it would for the statements one by one, no longer.
+  let allowances = statements.length - 1;
+  const extend = setInterval(() => {
+    if (allowances-- > 0) progress.touch();
+  }, progress.everyMs);
+  try {
+    await run(tx.unsafe(text));
+  } catch (error) {
+    const position = serverFields(error).position ?? NaN;
+    if (!Number.isInteger(position) || position < 1) {
+      // Lock and statement timeouts, lost connections: retried or reported as they are (running the step again would only repeat the wait).
+      const code = errorCode(error);
+      if (classifyError(error) !== "fatal" || code === "55P03" || code === "57014") throw annotate(error, step, statements[0]!, blockers());
+      throw new OneQueryFailed();
+    }
+    const at = start + Buffer.byteLength([...text].slice(0, position - 1).join(""));
+    const statement = statements.findLast((candidate) => candidate.start <= at) ?? statements[0]!;
+    const within = [...bytes.toString("utf8", statement.start, at)].length + 1;
+    throw new StepFailure(error, step.name, statementLocation(step.script, statement, within), blockers());
+  } finally {
+    clearInterval(extend);
+  }
+}
+
+async function migrationTransactionOnce(step: SchemaStep, context: StepContext, oneQuery = false): Promise<StepStatus | "locked"> {
   const { sql, config, ledger } = context;
   const progress = context.deadline.bound();
   const run = runner(context, progress);
   const work = sql.begin(async (tx) => {
     // SET LOCAL (set_config(..., true)) ends with the transaction, so nothing leaks through a pooler.
-    const [session] = await run(tx.unsafe(
+    const locking = run(tx.unsafe(
       `select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true), pg_backend_pid() as pid, pg_try_advisory_xact_lock(hashtext($3)) as locked`,
       [String(config.commandTimeoutMs), String(config.lockTimeoutMs), ledger.lockKey]));
+    // Once the table exists, the ledger check goes out right behind the lock (pipelined): it is a
+    // statement of its own, so its snapshot is taken after the lock is granted, and its answer is
+    // dropped when the lock was not.
+    const recorded = ledger.made ? ensureLedger(tx, ledger, step, run) : undefined;
+    recorded?.catch(() => {});
+    const [session] = await locking;
     if (!session?.locked) return "locked" as const;
-    const recorded = await ensureLedger(tx, ledger, step.name, run);
-    assertUnchanged(step.name, recorded, step.checksum);
-    if (recorded) return "already applied" as const;
+    if (await (recorded ?? ensureLedger(tx, ledger, step, run))) return "already applied" as const;
     const watcher = watchBlockers(sql, Number(session.pid), config);
     try {
-      for (const statement of step.script.statements) {
+      if (oneQuery) await runAsOneQuery(tx, step, run, { touch: () => progress.renew(), everyMs: context.deadline.answerMs * 0.9 }, () => watcher.stop());
+      else for (const statement of step.script.statements) {
         await runStatement(tx, step, statement, run, () => progress.renew()).catch((error) => {
           throw annotate(error, step, statement, watcher.stop());
         });
@@ -2681,8 +3372,8 @@ async function migrationTransactionOnce(step: SchemaStep, context: StepContext):
     } finally {
       watcher.stop();
     }
-    await run(tx.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', true)`));
-    await run(tx.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)`, [step.name, step.checksum]));
+    // Sent together (postgres.js pipelines them; the server runs them in order): one round trip, not two.
+    await Promise.all([run(tx.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', true)`)), recordStep(tx, ledger, step, run)]);
     return "applied" as const;
   });
   try {
@@ -2716,9 +3407,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
     const [session] = await run(conn.unsafe(
       `select set_config('statement_timeout', $1, false), set_config('lock_timeout', '0', false), pg_backend_pid() as pid`, [String(config.commandTimeoutMs)]));
     await untilAdvisoryLock(step, context, async () => ((await run(conn`select pg_try_advisory_lock(hashtext(${ledger.lockKey})) as locked`))[0]?.locked ? true : "locked"));
-    const recorded = await ensureLedger(conn, ledger, step.name, run);
-    assertUnchanged(step.name, recorded, step.checksum);
-    if (recorded) return "already applied";
+    if (await ensureLedger(conn, ledger, step, run)) return "already applied";
     const ran: ScriptStatement[] = [];
     for (const statement of step.script.statements) {
       const building = buildsIndexConcurrently(statement.words);
@@ -2745,7 +3434,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
       ran.push(statement);
     }
     await run(conn.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', false)`));
-    await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)`, [step.name, step.checksum]));
+    await recordStep(conn, ledger, step, run);
     return "applied";
   } finally {
     progress.done();
@@ -2872,10 +3561,9 @@ function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[
   };
 }
 
-function assertUnchanged(name: string, recorded: string | undefined, checksum: string): void {
-  if (recorded && recorded !== checksum) {
-    throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
-  }
+/** A step recorded with another checksum: its file was edited after it was applied. */
+function assertUnchanged({ name, checksum }: SchemaStep, recorded: string): never {
+  throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
 async function verifyTables(sql: Sql, tables: readonly string[], deadline: Deadline): Promise<void> {
@@ -3072,6 +3760,7 @@ export const COMMON_FLAGS = {
   url: { type: "string" },
   schema: { type: "string" },
   migrations: { type: "string" },
+  "migrations-format": { type: "string" },
   "ledger-table": { type: "string" },
   timeout: { type: "string" },
   "connect-timeout": { type: "string" },
@@ -3220,6 +3909,7 @@ async function initDatabase(argv: string[], env: Env): Promise<number> {
   }
   const { config, steps } = plan;
   secretsOf(config).forEach((secret) => reporter.addSecret(secret));
+  reportLayout(reporter, steps, config, values);
   [...config.notices, ...(config.direct?.notices ?? [])].forEach((notice) => reporter.info(`warning: ${notice}`));
 
   const controller = new AbortController();
@@ -3304,7 +3994,9 @@ function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: Sch
   const modes = (["wait-only", "check", "wait-for-schema", "dry-run"] as const).filter((flag) => values[flag]);
   if (modes.length > 1) throw new ConfigError(`--${modes[0]} and --${modes[1]} exclude each other; choose one`);
   if (values["wait-only"]) return { config, steps: [] };
-  return { config, steps: schemaPlan({ schema: values.schema, migrations: values.migrations }) };
+  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"] });
+  ledgerBesideTool(config, steps, values["ledger-table"]);
+  return { config, steps };
 }
 
 /** Wait until the target is ready and report it; the client stays in `session` for main to close. */
@@ -3335,7 +4027,7 @@ async function createDatabasePhase(run: CliRun): Promise<number | undefined> {
 }
 
 /**
- * --check and --wait-for-schema: compare what the ledger records (read-only, recordedSteps)
+ * --check and --wait-for-schema: compare what the ledger records (read-only, readSchemaState)
  * with the plan. --check answers once. --wait-for-schema asks again on the same session through
  * retry, a SCHEMA_PENDING failure while a step is pending (class "starting": every
  * DEFAULTS.pollMs, the last read at the deadline), until every step is recorded or the deadline
@@ -3350,7 +4042,7 @@ async function schemaCheckPhase(run: CliRun, session: CliSession, wait: boolean)
     return await retry(async () => {
       if (!session.sql) await becomeReady(run, session);
       try {
-        const state = schemaState(steps, await recordedSteps(session.sql!, config, deadline));
+        const state = await readSchemaState(session.sql!, steps, config, deadline);
         if (!wait || state.changed.length > 0 || state.pending.length === 0) return reportSchemaState(run, state, false);
         pendingState = state;
         throw kitError("SCHEMA_PENDING", `${state.pending.length} of ${steps.length} steps pending`);
@@ -3470,6 +4162,16 @@ async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean):
   return run.summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
 }
 
+/** The one line (and event) that says which tool's layout --migrations is read in, and where what it applies is recorded. */
+function reportLayout(reporter: Reporter, steps: SchemaStep[], config: Config, values: FlagValues): void {
+  const layout = steps[0]?.migration?.layout;
+  if (!layout) return;
+  const history = layout.history;
+  const recorded = history?.write ? `${history.table}, as ${layout.name} records them` : config.ledgerTable;
+  reporter.info(`migrations: ${values.migrations} in ${layout.name}'s layout (${values["migrations-format"] ? "--migrations-format" : layout.recognisedBy}), ${steps.length} migration${steps.length === 1 ? "" : "s"}; ${history ? `reads ${history.table}, ` : ""}records in ${recorded}`);
+  reporter.event({ event: "layout", layout: layout.name, detected: values["migrations-format"] === undefined, migrations: steps.length, history: history?.table ?? null, recorded_in: history?.write ? history.table : config.ledgerTable });
+}
+
 /** "1 attempt", "3 attempts". */
 function attemptCount(count: number): string {
   return `${count} attempt${count === 1 ? "" : "s"}`;
@@ -3547,7 +4249,11 @@ Connection (first found wins, as libpq reads it): ${CONNECTION_SOURCES}
 What to do:
   --wait-only             only wait until an authenticated query succeeds
   --schema FILE           apply this SQL file instead of the built-in Flow-Backend schema
-  --migrations DIR        apply DIR/*.sql in name order, each once, recorded in the ledger
+  --migrations DIR        apply DIR's migrations, each once: plain *.sql in name order, recorded
+                          in the ledger, or the folder of golang-migrate, dbmate, Flyway, Prisma,
+                          Drizzle, Diesel, goose or the Supabase CLI, as that tool applies it
+                          (never a down or undo part; its history counts as applied)
+  --migrations-format NAME  read DIR in this layout instead of recognising it: ${LAYOUT_NAMES.join(", ")}
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
   --dry-run               list the steps that would be applied, apply nothing
   --check                 read-only (no DDL, no lock, no ledger made): exit 0 when every step

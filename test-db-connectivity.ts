@@ -24,7 +24,7 @@ import { join } from "node:path";
 import type postgres from "postgres";
 import {
   abortOnSignals, absorbDroppedClientErrors, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, Deadline, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
-  FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, reportConfigError, Reporter, redact, schemaPlan,
+  FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, recordedSteps, ledgerBesideTool, reportConfigError, Reporter, redact, schemaPlan,
   secretsOf, signalExit, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
 
@@ -284,10 +284,15 @@ async function schemaValidation(context: SuiteContext): Promise<string> {
   const deadline = Deadline.forRun({ timeoutMs: deadlineOf(config), answerMs: deadlineOf(config), signal });
   try {
     if (steps) {
-      const recorded = await readLedger(sql, config, deadline);
-      const missing = steps.filter((step) => recorded[step.name] !== step.checksum).map((step) => step.name);
+      const recorded = await recordedSteps(sql, steps, config, deadline);
+      const missing = steps.filter((step) => {
+        const record = recorded.get(step.name);
+        return !record || (record.checksum !== undefined && record.checksum !== step.checksum && record.checksum !== step.formerChecksum);
+      }).map((step) => step.name);
       if (missing.length > 0) throw new CheckFailure(`not applied or changed since: ${missing.join(", ")}`, "run init-database.ts with the same --schema/--migrations");
-      return `${steps.length} step${steps.length === 1 ? "" : "s"} recorded in ${config.ledgerTable} with matching checksums`;
+      const tables = [...new Set([...recorded.values()].map((record) => record.table))];
+      const checksums = [...recorded.values()].some((record) => record.checksum !== undefined);
+      return `${steps.length} step${steps.length === 1 ? "" : "s"} recorded in ${tables.join(" and ")}${checksums ? " with matching checksums" : ""}`;
     }
     // Without the files there are no checksums to compare, but the ledger still says what was
     // applied: a database built by migrations is not expected to hold the built-in tables.
@@ -499,7 +504,8 @@ export async function main(argv: string[], env: Record<string, string | undefine
     const concurrency = Number(values.concurrency ?? SUITE_DEFAULTS.concurrency);
     if (!Number.isInteger(concurrency) || concurrency < 1) throw new ConfigError(`--concurrency "${values.concurrency}" must be a whole number, 1 or more`);
     const custom = values.schema || values.migrations;
-    const steps = custom ? schemaPlan({ schema: values.schema, migrations: values.migrations }) : undefined;
+    const steps = custom ? schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"] }) : undefined;
+    if (steps) ledgerBesideTool(config, steps, values["ledger-table"]);
     context = { config, concurrency, allowReadOnly: Boolean(values["allow-read-only"]), steps };
     names = selectChecks(values.only);
   } catch (error) {
@@ -559,7 +565,9 @@ Checks: ${CHECK_NAMES.join(", ")}
   --concurrency N         connections opened at once (default ${SUITE_DEFAULTS.concurrency})
   --allow-read-only       accept a standby in Database Health
   --schema FILE           validate this schema file's ledger entry instead of the built-in schema
-  --migrations DIR        validate that every DIR/*.sql is recorded in the ledger
+  --migrations DIR        validate that every migration of DIR is recorded (in the ledger, or
+                          in the history of the tool whose layout DIR is in)
+  --migrations-format NAME  DIR's layout, as init-database.ts takes it
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
 
 Output:

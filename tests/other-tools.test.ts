@@ -1,0 +1,340 @@
+/**
+ * Databases other tools migrated: the real dbmate and drizzle-kit (dev dependencies) and the
+ * kit take turns on one folder, each seeing the other's work as applied; the histories of the
+ * tools that do not run here (golang-migrate, Flyway, Prisma, Diesel, goose, Supabase), made as
+ * their documentation says they make them, count as applied and are never changed; a failed
+ * state stops the run naming the tool's repair command; the kit never keeps its ledger in
+ * another tool's table.
+ */
+import { describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
+import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { EXIT, flywayChecksum } from "../init-database.ts";
+import type { Cluster } from "./cluster.ts";
+import { cleanEnv, events, ROOT, runScript, useCluster } from "./helpers.ts";
+
+const SCRIPT = "init-database.ts";
+const FIXTURES = join(ROOT, "tests", "fixtures");
+const DBMATE = join(ROOT, "node_modules", "@dbmate", "linux-x64", "bin", "dbmate");
+const DRIZZLE_KIT = join(ROOT, "node_modules", ".bin", "drizzle-kit");
+
+let cluster: Cluster;
+let workDir: string;
+let folders = 0;
+useCluster({}, (made) => ({ cluster, dir: workDir } = made));
+
+const init = (database: string, args: string[]) => runScript(SCRIPT, [...args, "--json"], { DATABASE_URL: cluster.url({ database }) });
+const appliedSteps = (stdout: string) => events(stdout).filter((event) => event.event === "schema" && event.status === "applied").map((event) => event.step);
+
+/** Run a tool's real binary with a clean environment; fails the test if it hangs. */
+async function tool(command: string[], env: Record<string, string>): Promise<{ code: number; out: string }> {
+  const child = Bun.spawn(command, { cwd: ROOT, env: cleanEnv(env), stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const killer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  clearTimeout(killer);
+  return { code, out: stdout + stderr };
+}
+
+/** A copy of a fixture folder, `keep` deciding which of its files stay. */
+function copyOf(fixture: string, keep: (path: string) => boolean = () => true): string {
+  const to = join(workDir, `copy-${++folders}`);
+  cpSync(join(FIXTURES, fixture), to, { recursive: true, filter: (path) => keep(path) });
+  return to;
+}
+
+const snapshot = (database: string, table: string) => cluster.query(`select to_jsonb(t) as row from ${table} t order by 1::text`, database);
+
+describe("with the real dbmate", () => {
+  const FILES = ["20240101093000_create_accounts.sql", "20240102093000_index_email.sql", "20240103093000_sessions.sql"];
+  const dbmate = (database: string, dir: string, ...args: string[]) =>
+    tool([DBMATE, "--url", `${cluster.url({ database })}?sslmode=disable`, "--migrations-dir", join(dir, "db", "migrations"), "--no-dump-schema", ...args], {});
+  const versions = async (database: string) => (await cluster.query<{ version: string }>(`select version from schema_migrations order by version`, database)).map((row) => row.version);
+
+  test("dbmate applies the first migration, the kit the rest, and dbmate then finds nothing pending", async () => {
+    const database = await cluster.freshDatabase();
+    const first = await dbmate(database, copyOf("dbmate", (path) => !path.endsWith(".sql") || path.endsWith(FILES[0]!)), "up");
+    expect(first.code).toBe(0);
+    const run = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(FILES.slice(1));
+    expect(await versions(database)).toEqual(FILES.map((file) => file.split("_")[0]!));
+    const status = await dbmate(database, join(FIXTURES, "dbmate"), "status", "--exit-code");
+    expect(status.out).toContain("Pending: 0");
+    expect(status.code).toBe(0);
+    const up = await dbmate(database, join(FIXTURES, "dbmate"), "up");
+    expect(up.code).toBe(0);
+    expect(up.out).not.toContain("Applying");
+    expect(await cluster.query(`select count(*)::int as n from accounts`, database)).toEqual([{ n: 1 }]);
+    // The kit kept no ledger of its own beside dbmate's.
+    expect(await cluster.query(`select to_regclass('init_database_migrations') as ledger`, database)).toEqual([{ ledger: null }]);
+  });
+
+  test("the kit applies the first two migrations, dbmate only the third, and its status shows all three applied", async () => {
+    const database = await cluster.freshDatabase();
+    const run = await init(database, ["--migrations", copyOf("dbmate", (path) => !path.endsWith(FILES[2]!))]);
+    expect(run.code).toBe(EXIT.ok);
+    const up = await dbmate(database, join(FIXTURES, "dbmate"), "up");
+    expect(up.code).toBe(0);
+    expect(up.out.match(/Applying: \S+/g)).toEqual([`Applying: ${FILES[2]}`]);
+    const status = await dbmate(database, join(FIXTURES, "dbmate"), "status", "--exit-code");
+    expect(status.out).toContain("Applied: 3");
+    expect(status.code).toBe(0);
+    expect(await versions(database)).toEqual(FILES.map((file) => file.split("_")[0]!));
+    const again = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
+    expect(events(again.stdout).find((event) => event.event === "summary")).toMatchObject({ ok: true, applied: 0 });
+  });
+
+  test("the kit applies a folder in dbmate's order, files by name (10_ before 1_ and 2_)", async () => {
+    const dir = join(workDir, `dbmate-order-${++folders}`, "db", "migrations");
+    mkdirSync(dir, { recursive: true });
+    for (const version of ["1", "10", "2"]) {
+      writeFileSync(join(dir, `${version}_step.sql`), `-- migrate:up\ncreate table step_${version} (id int);\n-- migrate:down\ndrop table step_${version};\n`);
+    }
+    const [byDbmate, byKit] = [await cluster.freshDatabase(), await cluster.freshDatabase()];
+    const up = await dbmate(byDbmate, join(dir, "..", ".."), "up");
+    expect(up.code).toBe(0);
+    const run = await init(byKit, ["--migrations", dir]);
+    expect(appliedSteps(run.stdout)).toEqual(up.out.match(/(?<=Applying: )\S+/g)!);
+  });
+
+  test("the connectivity suite's Schema Validation counts what dbmate's history records", async () => {
+    const database = await cluster.freshDatabase();
+    expect((await dbmate(database, join(FIXTURES, "dbmate"), "up")).code).toBe(0);
+    const env = { DATABASE_URL: cluster.url({ database }) };
+    const passing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", join(FIXTURES, "dbmate")], env);
+    expect(passing.code).toBe(0);
+    expect(passing.stdout).toContain("3 steps recorded in schema_migrations");
+    await cluster.query(`delete from schema_migrations where version = '20240103093000'`, database);
+    const failing = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", join(FIXTURES, "dbmate")], env);
+    expect(failing.code).toBe(1);
+    expect(failing.stdout).toContain(`not applied or changed since: ${FILES[2]}`);
+  });
+
+  test("a schema_migrations table dbmate made is created by the kit exactly as dbmate creates it", async () => {
+    const [byDbmate, byKit] = [await cluster.freshDatabase(), await cluster.freshDatabase()];
+    expect((await dbmate(byDbmate, join(FIXTURES, "dbmate"), "up")).code).toBe(0);
+    expect((await init(byKit, ["--migrations", join(FIXTURES, "dbmate")])).code).toBe(EXIT.ok);
+    const shape = (database: string) => cluster.query(`select a.attname, format_type(a.atttypid, a.atttypmod) as type, a.attnotnull,
+        (select array_agg(pg_get_constraintdef(c.oid)) from pg_constraint c where c.conrelid = a.attrelid) as constraints
+      from pg_attribute a where a.attrelid = 'schema_migrations'::regclass and a.attnum > 0 order by a.attnum`, database);
+    expect(await shape(byKit)).toEqual(await shape(byDbmate));
+  });
+});
+
+describe("with the real drizzle-kit", () => {
+  const JOURNAL = JSON.parse(readFileSync(join(FIXTURES, "drizzle", "meta", "_journal.json"), "utf8"));
+  const FILES = ["0000_init.sql", "0001_add_name.sql"];
+  /** drizzle-kit migrate on `dir`, configured as a project's drizzle.config would be. */
+  const drizzleKit = (database: string, dir: string) => {
+    const config = join(workDir, `drizzle-${++folders}.config.mjs`);
+    writeFileSync(config, `export default { dialect: "postgresql", out: ${JSON.stringify(dir)}, dbCredentials: { url: process.env.DATABASE_URL } };\n`);
+    return tool([DRIZZLE_KIT, "migrate", "--config", config], { DATABASE_URL: cluster.url({ database }) });
+  };
+  /** The folder with a journal that lists only its first `count` entries. */
+  const firstEntries = (count: number) => {
+    const dir = copyOf("drizzle");
+    writeFileSync(join(dir, "meta", "_journal.json"), JSON.stringify({ ...JOURNAL, entries: JOURNAL.entries.slice(0, count) }, null, 2));
+    return dir;
+  };
+  const journalRows = (database: string) => cluster.query(`select hash, created_at::text as created_at from drizzle.__drizzle_migrations order by id`, database);
+  const expectedRows = FILES.map((file, index) => ({
+    hash: createHash("sha256").update(readFileSync(join(FIXTURES, "drizzle", file))).digest("hex"),
+    created_at: String(JOURNAL.entries[index].when),
+  }));
+
+  test("drizzle-kit applies the first migration, the kit the second, recorded as drizzle records it; drizzle-kit then applies nothing", async () => {
+    const database = await cluster.freshDatabase();
+    const first = await drizzleKit(database, firstEntries(1));
+    expect(first.code).toBe(0);
+    const run = await init(database, ["--migrations", join(FIXTURES, "drizzle")]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual([FILES[1]]);
+    expect(await journalRows(database)).toEqual(expectedRows);
+    // drizzle-kit re-running anything would fail: 0001 adds a column that now exists.
+    const again = await drizzleKit(database, join(FIXTURES, "drizzle"));
+    expect(again.code).toBe(0);
+    expect(await journalRows(database)).toEqual(expectedRows);
+  });
+
+  test("the kit applies the first migration, drizzle-kit the second, and the journal table holds both once", async () => {
+    const database = await cluster.freshDatabase();
+    const run = await init(database, ["--migrations", firstEntries(1)]);
+    expect(run.code).toBe(EXIT.ok);
+    const rest = await drizzleKit(database, join(FIXTURES, "drizzle"));
+    expect(rest.code).toBe(0);
+    expect(await journalRows(database)).toEqual(expectedRows);
+    expect(await cluster.query(`select json_agg(attname order by attnum) as columns from pg_attribute where attrelid = 'accounts'::regclass and attnum > 0`, database))
+      .toEqual([{ columns: ["id", "email", "name"] }]);
+  });
+});
+
+/** A tool's history made as its documentation describes it, after the tool applied the first migration (its SQL run here). */
+interface History {
+  layout: string;
+  dir: string;
+  /** The history table and its rows, as the tool makes them; `first` is the SQL of what those rows record. */
+  history: string;
+  first: string;
+  table: string;
+  /** What the kit then applies. */
+  rest: string[];
+  /** The same history with a failed or dirty state, and what the error names. */
+  failed?: string;
+  repair?: string;
+}
+
+const read = (path: string) => readFileSync(join(FIXTURES, path), "utf8");
+
+const HISTORIES: History[] = [
+  {
+    layout: "golang-migrate", dir: "golang-migrate", table: "schema_migrations",
+    history: `create table schema_migrations (version bigint not null primary key, dirty boolean not null); insert into schema_migrations values (2, false)`,
+    first: read("golang-migrate/1_create_accounts.up.sql") + read("golang-migrate/2_add_name.up.sql"),
+    rest: ["10_index_name.up.sql", "100_audit.up.sql"],
+    failed: `update schema_migrations set dirty = true`, repair: "dirty at version 2",
+  },
+  {
+    layout: "flyway", dir: "flyway", table: "flyway_schema_history",
+    history: `create table flyway_schema_history (installed_rank integer not null primary key, version varchar(50), description varchar(200) not null,
+        type varchar(20) not null, script varchar(1000) not null, checksum integer, installed_by varchar(100) not null,
+        installed_on timestamp not null default now(), execution_time integer not null, success boolean not null);
+      insert into flyway_schema_history values (1, '1', 'create accounts', 'SQL', 'V1__create_accounts.sql', 1, 'app', now(), 5, true),
+        (2, '1.1', 'add name', 'SQL', 'V1_1__add_name.sql', 2, 'app', now(), 5, true)`,
+    first: read("flyway/V1__create_accounts.sql") + read("flyway/V1_1__add_name.sql"),
+    rest: ["V1_2__index_email.sql", "V1_10__rename_index.sql", "R__account_names.sql"],
+    failed: `update flyway_schema_history set success = false where version = '1.1'`, repair: "`flyway repair`",
+  },
+  {
+    layout: "prisma", dir: "prisma/migrations", table: "_prisma_migrations",
+    history: `create table _prisma_migrations (id varchar(36) primary key, checksum varchar(64) not null, finished_at timestamptz,
+        migration_name varchar(255) not null, logs text, rolled_back_at timestamptz, started_at timestamptz not null default now(),
+        applied_steps_count integer not null default 0);
+      insert into _prisma_migrations values ('0b9c6a3e-0000-4000-8000-000000000001', 'x', now(), '20240101093000_init', null, null, now(), 1)`,
+    first: read("prisma/migrations/20240101093000_init/migration.sql"),
+    rest: ["20240102093000_add_name/migration.sql", "20240103093000_index_email/migration.sql"],
+    failed: `update _prisma_migrations set finished_at = null`, repair: "`prisma migrate resolve --rolled-back 20240101093000_init`",
+  },
+  {
+    layout: "diesel", dir: "diesel", table: "__diesel_schema_migrations",
+    history: `create table __diesel_schema_migrations (version varchar(50) primary key not null, run_on timestamp not null default current_timestamp);
+      insert into __diesel_schema_migrations (version) values ('00000000000000'), ('20240101093000')`,
+    first: read("diesel/migrations/00000000000000_diesel_initial_setup/up.sql") + read("diesel/migrations/2024-01-01-093000_create_accounts/up.sql"),
+    rest: ["2024-01-02-093000_index_email/up.sql"],
+  },
+  {
+    layout: "goose", dir: "goose", table: "goose_db_version",
+    history: `create table goose_db_version (id serial primary key, version_id bigint not null, is_applied boolean not null, tstamp timestamp default now());
+      insert into goose_db_version (version_id, is_applied) values (0, true), (1, true)`,
+    first: `CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL); INSERT INTO accounts (id, email) VALUES (1, 'first@example.com');`,
+    rest: ["2_add_name.sql", "10_index_name.sql"],
+  },
+  {
+    layout: "supabase", dir: "supabase", table: "supabase_migrations.schema_migrations",
+    history: `create schema supabase_migrations; create table supabase_migrations.schema_migrations (version text primary key, statements text[], name text);
+      insert into supabase_migrations.schema_migrations values ('20240101093000', array['create table ...'], 'create_accounts')`,
+    first: read("supabase/supabase/migrations/20240101093000_create_accounts.sql"),
+    rest: ["20240102093000_row_level_security.sql", "20240103093000_add_name.sql"],
+  },
+];
+
+for (const entry of HISTORIES) {
+  describe(`a database ${entry.layout} migrated`, () => {
+    test(`what ${entry.table} records counts as applied, the rest is applied once, and ${entry.table} is left as it was`, async () => {
+      const database = await cluster.freshDatabase();
+      await cluster.query(`${entry.history}; ${entry.first}`, database);
+      const before = await snapshot(database, entry.table);
+      const run = await init(database, ["--migrations", join(FIXTURES, entry.dir)]);
+      expect(run.code).toBe(EXIT.ok);
+      expect(run.stderr).toContain(`reads ${entry.table}, records in init_database_migrations`);
+      expect(appliedSteps(run.stdout)).toEqual(entry.rest);
+      expect(await snapshot(database, entry.table)).toEqual(before);
+      expect((await cluster.query<{ name: string }>(`select name from init_database_migrations order by applied_at, name`, database)).map((row) => row.name).sort())
+        .toEqual([...entry.rest].sort());
+      const again = await init(database, ["--migrations", join(FIXTURES, entry.dir)]);
+      expect(events(again.stdout).find((event) => event.event === "summary")).toMatchObject({ ok: true, applied: 0 });
+      expect(await cluster.query(`select count(*)::int as n from ${entry.dir.startsWith("prisma") ? '"Account"' : "accounts"}`, database)).toEqual([{ n: 1 }]);
+    });
+
+    if (entry.failed) {
+      test(`a failed state in ${entry.table} stops the run (exit 1) naming ${entry.layout}'s repair, before anything runs`, async () => {
+        const database = await cluster.freshDatabase();
+        await cluster.query(`${entry.history}; ${entry.first}; ${entry.failed}`, database);
+        const before = await snapshot(database, entry.table);
+        const run = await init(database, ["--migrations", join(FIXTURES, entry.dir)]);
+        expect(run.code).toBe(EXIT.schemaFailed);
+        expect(run.stderr).toContain(entry.repair!);
+        expect(events(run.stdout).find((event) => event.event === "summary")).toMatchObject({ code: "HISTORY_FAILED" });
+        expect(await snapshot(database, entry.table)).toEqual(before);
+        expect(await cluster.query(`select to_regclass('init_database_migrations') as ledger`, database)).toEqual([{ ledger: null }]);
+      });
+    }
+  });
+}
+
+describe("Flyway's checksum", () => {
+  test("a repeatable that Flyway recorded with the file's checksum is not run again; one recorded with another is", async () => {
+    const database = await cluster.freshDatabase();
+    const all = ["V1__create_accounts.sql", "V1_1__add_name.sql", "V1_2__index_email.sql", "V1_10__rename_index.sql", "R__account_names.sql"];
+    await cluster.query(`create table flyway_schema_history (installed_rank integer not null primary key, version varchar(50), description varchar(200) not null,
+        type varchar(20) not null, script varchar(1000) not null, checksum integer, installed_by varchar(100) not null,
+        installed_on timestamp not null default now(), execution_time integer not null, success boolean not null)`, database);
+    for (const [index, script] of all.entries()) {
+      await cluster.query(read(`flyway/${script}`), database);
+      const version = script.startsWith("R") ? null : script.slice(1, script.indexOf("__")).replaceAll("_", ".");
+      await cluster.query(`insert into flyway_schema_history values (${index + 1}, ${version === null ? "null" : `'${version}'`}, 'x', 'SQL', '${script}',
+        ${flywayChecksum(readFileSync(join(FIXTURES, "flyway", script)))}, 'app', now(), 1, true)`, database);
+    }
+    const run = await init(database, ["--migrations", join(FIXTURES, "flyway")]);
+    expect(events(run.stdout).find((event) => event.event === "summary")).toMatchObject({ ok: true, applied: 0 });
+    await cluster.query(`update flyway_schema_history set checksum = checksum + 1 where script like 'R%'`, database);
+    const changed = await init(database, ["--migrations", join(FIXTURES, "flyway")]);
+    expect(appliedSteps(changed.stdout)).toEqual(["R__account_names.sql"]);
+  });
+});
+
+describe("the kit's ledger is never another tool's table", () => {
+  const plain = () => {
+    const dir = join(workDir, `plain-${++folders}`);
+    cpSync(join(FIXTURES, "supabase", "supabase", "migrations"), dir, { recursive: true });
+    return dir;
+  };
+  const SHAPES = [
+    { owner: "golang-migrate", create: "create table schema_migrations (version bigint not null primary key, dirty boolean not null); insert into schema_migrations values (3, false)", named: "the history of golang-migrate" },
+    { owner: "dbmate", create: "create table schema_migrations (version varchar primary key); insert into schema_migrations values ('20240101093000')", named: "the history of dbmate (or Rails)" },
+    { owner: "unknown", create: "create table schema_migrations (id integer, applied text)", named: "it has the columns id integer, applied text, a shape the kit does not know" },
+  ];
+  for (const shape of SHAPES) {
+    test(`a schema_migrations of ${shape.owner === "unknown" ? "an unknown shape" : shape.owner} is named and left alone, and --ledger-table puts the ledger beside it`, async () => {
+      const database = await cluster.freshDatabase();
+      await cluster.query(shape.create, database);
+      const before = await snapshot(database, "schema_migrations");
+      const dir = plain();
+      const run = await init(database, ["--migrations", dir]);
+      expect(run.code).toBe(EXIT.schemaFailed);
+      expect(run.stderr).toContain(shape.named);
+      expect(run.stderr).toContain("--ledger-table init_database_migrations");
+      expect(events(run.stdout).find((event) => event.event === "summary")).toMatchObject({ code: "LEDGER_CLASH" });
+      expect(await cluster.query(`select to_regclass('accounts') as made`, database)).toEqual([{ made: null }]);
+      const beside = await init(database, ["--migrations", dir, "--ledger-table", "init_database_migrations"]);
+      expect(beside.code).toBe(EXIT.ok);
+      expect(await snapshot(database, "schema_migrations")).toEqual(before);
+    });
+  }
+
+  test("a migration that changes the tool's own history table changes that table, not the kit's ledger", async () => {
+    const database = await cluster.freshDatabase();
+    const dir = copyOf("golang-migrate");
+    writeFileSync(join(dir, "200_grant.up.sql"), "ALTER TABLE schema_migrations ADD COLUMN note text;\n");
+    writeFileSync(join(dir, "200_grant.down.sql"), "ALTER TABLE schema_migrations DROP COLUMN note;\n");
+    await cluster.query(`create table schema_migrations (version bigint not null primary key, dirty boolean not null); insert into schema_migrations values (100, false);
+      ${read("golang-migrate/1_create_accounts.up.sql")} ${read("golang-migrate/2_add_name.up.sql")}
+      create index accounts_name_idx on accounts (name); create table audit (account_id bigint not null references accounts (id), note text not null)`, database);
+    const run = await init(database, ["--migrations", dir]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(["200_grant.up.sql"]);
+    expect(await cluster.query(`select json_agg(attname order by attnum) as columns from pg_attribute where attrelid = 'schema_migrations'::regclass and attnum > 0`, database))
+      .toEqual([{ columns: ["version", "dirty", "note"] }]);
+    rmSync(dir, { recursive: true });
+  });
+});
