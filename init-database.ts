@@ -3070,8 +3070,7 @@ export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Confi
   const history = layout?.history;
   // Which tables exist, asked first: a query on a missing one would end a read-only
   // transaction (--check reads inside one), and with it the read.
-  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean }[]>`
-    select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool`);
+  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean }[]>`select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool`);
   const kit = present?.kit ? await readLedger(sql, config, deadline, resolved) : {};
   const records = new Map<string, StepRecord>();
   for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
