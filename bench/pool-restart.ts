@@ -111,6 +111,7 @@ async function main(): Promise<number> {
   // postgres.js on Bun can throw from a timer after a connection closed (see absorbDroppedClientErrors).
   absorbDroppedClientErrors();
   const cluster = await Cluster.create({ password: PASSWORD });
+  const version = cluster.version;
   const results: Round[] = [];
   try {
     for (let index = 0; index < rounds; index++) {
@@ -127,7 +128,7 @@ async function main(): Promise<number> {
   }
   const rows: (string | number)[][] = [["round", "pool", "outage ms", "failed", `answered in ${windowMs / 1000} s`, "slowest ms", "past deadline", "errors"]];
   results.forEach((result, index) => rows.push([index + 1, result.pool, Math.round(result.outageMs), result.failed, result.answeredInWindow, Math.round(result.slowestMs), result.pastDeadline, result.codes.join(" ")]));
-  console.log(`pg_ctl restart -m ${mode}, select 1 every ${PACE_MS} ms on a pool of 4; ${machine()}, PostgreSQL ${cluster.version}`);
+  console.log(`pg_ctl restart -m ${mode}, select 1 every ${PACE_MS} ms on a pool of 4; ${machine()}, PostgreSQL ${version}`);
   console.log(table(rows));
   for (const pool of ["kit connect()", "postgres.js"] as const) {
     const outage = summarise(results.filter((result) => result.pool === pool).map((result) => result.outageMs));
