@@ -24,7 +24,7 @@ let made = 0;
 useCluster({ password: PASSWORD }, (fixture) => ({ cluster, dir } = fixture));
 beforeAll(async () => {
   await cluster.createDatabase(TEMPLATE);
-  await cluster.query(`create table accounts (id bigint primary key, balance bigint not null, owner bigint not null); insert into accounts select g, (g * 7919) % 100003, g from generate_series(1, 1500000) g`, TEMPLATE);
+  await cluster.query(`create table accounts (id bigint primary key, balance bigint not null, owner bigint not null); insert into accounts select g, (g::bigint * 7919) % 100003, g from generate_series(1, 1500000) g`, TEMPLATE);
   await cluster.query(`vacuum analyze accounts`, TEMPLATE);
 });
 
