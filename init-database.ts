@@ -3004,6 +3004,15 @@ interface LockWait {
   blockers: string[];
 }
 
+/** An INVALID index an earlier try of a no-transaction step left behind, dropped before the statement that builds it runs again. */
+interface IndexRebuild {
+  step: string;
+  /** The leftover, schema-qualified. */
+  index: string;
+  /** Where the statement that builds it again starts. */
+  location: string;
+}
+
 /** The ledger, resolved once per run: always addressed schema-qualified, the advisory-lock key made from that name. */
 interface Ledger {
   ident: string;
@@ -3144,14 +3153,14 @@ async function applyMigrations(
   sql: Sql,
   steps: SchemaStep[],
   config: Config,
-  { deadline, onStep, onWait, dryRun = false }: {
-    deadline: Deadline; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; dryRun?: boolean;
+  { deadline, onStep, onWait, onRebuild, dryRun = false }: {
+    deadline: Deadline; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; onRebuild?: (rebuild: IndexRebuild) => void; dryRun?: boolean;
   },
 ): Promise<StepResult[]> {
   const ledger = await resolveLedger(sql, config, deadline);
   const recorded = await recordedSteps(sql, steps, config, deadline, ledger);
   const results: StepResult[] = [];
-  const context: StepContext = { sql, config, ledger, deadline, onWait };
+  const context: StepContext = { sql, config, ledger, deadline, onWait, onRebuild };
   for (const step of steps) {
     const applied = isApplied(step, recorded.get(step.name));
     if (applied || dryRun) {
@@ -3182,6 +3191,7 @@ interface StepContext {
   /** The run's: its signal ends every await of the step, its `at` ends lock retries. */
   deadline: Deadline;
   onWait: ((wait: LockWait) => void) | undefined;
+  onRebuild: ((rebuild: IndexRebuild) => void) | undefined;
 }
 
 /**
@@ -3415,6 +3425,8 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
       // writes, then waits for every older transaction: a lock timeout there would only leave an
       // INVALID index behind, so it runs without one.
       await run(conn.unsafe(`select set_config('lock_timeout', $1, false)`, [building ? "0" : String(config.lockTimeoutMs)]));
+      const target = building ? concurrentBuild(step.script, statement) : undefined;
+      if (target) await dropOwnLeftovers(conn, step, statement, target, run, context);
       // Nothing of a statement that timed out on a lock stays behind (it is not an index built concurrently): it is retried.
       const lockedOut = (error: unknown) => errorCode(error) === "55P03" && !building;
       await retryOnLockTimeout(step, context, async () => {
@@ -3430,6 +3442,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
           watcher.stop();
         }
       }, lockedOut);
+      if (target) await assertBuiltValid(conn, step, statement, target, run);
       ran.push(statement);
     }
     await run(conn.unsafe(`${RESET_SESSION}; select set_config('statement_timeout', '${config.commandTimeoutMs}', false)`));
@@ -3446,6 +3459,108 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
 async function invalidIndexes(conn: Sql, run: Run): Promise<string[]> {
   const rows = await run(conn<{ name: string }[]>`select indexrelid::regclass::text as name from pg_index where not indisvalid`);
   return rows.map((row) => row.name);
+}
+
+/**
+ * What a statement that builds an index concurrently names, read from its text: CREATE [UNIQUE]
+ * INDEX CONCURRENTLY [IF NOT EXISTS] [name] ON [ONLY] table, or REINDEX [(...)] INDEX|TABLE
+ * CONCURRENTLY name. `index` is the name as written (an index is made in its table's schema);
+ * undefined when the statement names none, or is a form the kit does not check (REINDEX SCHEMA).
+ */
+interface ConcurrentBuild {
+  kind: "create" | "reindex index" | "reindex table";
+  index?: string;
+  /** The table, as written (qualified or not): what the index is on. */
+  table?: string;
+}
+
+const IDENT = String.raw`(?:"(?:[^"]|"")+"|[A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*)`;
+const QUALIFIED = String.raw`${IDENT}(?:\s*\.\s*${IDENT})?`;
+const CREATE_CONCURRENTLY = new RegExp(String.raw`^create\s+(?:unique\s+)?index\s+concurrently\s+(?:if\s+not\s+exists\s+)?(?:(?!on\s)(${IDENT})\s+)?on\s+(?:only\s+)?(${QUALIFIED})`, "iu");
+const REINDEX_CONCURRENTLY = new RegExp(String.raw`^reindex\s+(?:\([^)]*\)\s*)?(index|table)\s+concurrently\s+(${QUALIFIED})`, "iu");
+
+function concurrentBuild(script: Script, statement: ScriptStatement): ConcurrentBuild | undefined {
+  // Comments inside the statement's head are rare in migrations; such a statement is checked by its table-wide leftovers only.
+  const text = script.bytes.toString("utf8", statement.start, Math.min(statement.end, statement.start + 2_000)).trim();
+  const create = CREATE_CONCURRENTLY.exec(text);
+  if (create) return { kind: "create", index: create[1], table: create[2] };
+  const reindex = REINDEX_CONCURRENTLY.exec(text);
+  if (reindex) return reindex[1]!.toLowerCase() === "index" ? { kind: "reindex index", index: reindex[2] } : { kind: "reindex table", table: reindex[2] };
+  return undefined;
+}
+
+/** An identifier as the server stores it: "Quoted" as is, else folded to lower case. */
+function storedName(ident: string): string {
+  return ident.startsWith('"') ? ident.slice(1, -1).replaceAll('""', '"') : ident.toLowerCase();
+}
+
+interface IndexRow {
+  /** Schema-qualified and quoted: what a DROP INDEX names. */
+  name: string;
+  valid: boolean;
+  on_table: boolean;
+  /** The pid of another session building it right now, if any. */
+  builder: number | null;
+}
+
+/**
+ * The indexes a build concerns, in the schema of its table: for CREATE the one of its name (any
+ * table: a name clash shows as on_table false), for REINDEX the transient *_ccnew and *_ccold
+ * ones of the index (or of every index of the table) that a cut-short rebuild leaves.
+ */
+async function buildIndexes(conn: Sql, build: ConcurrentBuild, run: Run): Promise<IndexRow[]> {
+  const leftover = build.kind !== "create";
+  return run(conn<IndexRow[]>`
+    with target as (
+      select t.oid as table_oid, t.relnamespace as schema_oid, ${build.kind === "reindex index" ? conn`(select relname from pg_class where oid = to_regclass(${build.index!}))` : conn`null::name`} as base
+      from pg_class t
+      where t.oid = ${build.kind === "reindex index" ? conn`(select indrelid from pg_index where indexrelid = to_regclass(${build.index!}))` : conn`to_regclass(${build.table!})`}
+    )
+    select format('%I.%I', n.nspname, c.relname) as name, i.indisvalid and i.indisready as valid, i.indrelid = target.table_oid as on_table,
+      (select p.pid from pg_stat_progress_create_index p where p.index_relid = c.oid and p.pid <> pg_backend_pid() limit 1) as builder
+    from target join pg_class c on c.relnamespace = target.schema_oid join pg_namespace n on n.oid = c.relnamespace join pg_index i on i.indexrelid = c.oid
+    where ${leftover
+      ? conn`i.indrelid = target.table_oid and c.relname ~ '_cc(new|old)[0-9]*$' and (target.base is null or starts_with(c.relname, left(target.base, 50)))`
+      : conn`c.relname = ${storedName(build.index!)}`}`);
+}
+
+/**
+ * Before a concurrent build runs: an INVALID index it would build (or a *_ccnew/*_ccold a cut-short
+ * REINDEX left), on the statement's table and built by no other session, can only be left by an
+ * earlier try of this unrecorded step (CREATE ... IF NOT EXISTS would take it for done): drop it
+ * and say so. Anything the kit cannot be sure is its own stops the run, naming the statements to run.
+ */
+async function dropOwnLeftovers(conn: Sql, step: SchemaStep, statement: ScriptStatement, build: ConcurrentBuild, run: Run, context: StepContext): Promise<void> {
+  const location = statementLocation(step.script, statement);
+  if (build.kind === "create" && !build.index) {
+    const stray = (await run(conn<{ name: string }[]>`select format('%I.%I', n.nspname, c.relname) as name from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace where i.indrelid = to_regclass(${build.table!}) and not (i.indisvalid and i.indisready)`)).map((row) => row.name);
+    if (stray.length > 0) throw leftoverFailure(step, location, stray, `the statement names no index, so the kit cannot tell whether ${stray.join(", ")} on ${build.table} ${stray.length === 1 ? "is" : "are"} left by an earlier try of it`);
+    return;
+  }
+  for (const index of await buildIndexes(conn, build, run)) {
+    if (index.valid) continue;
+    if (index.builder !== null) throw leftoverFailure(step, location, [index.name], `${index.name} is being built by another session (pid ${index.builder}) right now`);
+    if (!index.on_table) throw leftoverFailure(step, location, [index.name], `an INVALID index ${index.name} exists on another table than ${build.table}, so it is not this step's own`);
+    context.onRebuild?.({ step: step.name, index: index.name, location });
+    await run(conn.unsafe(`drop index concurrently if exists ${index.name}`));
+  }
+}
+
+/** After a concurrent build, before the step may be recorded: what it built is valid and where the statement put it. */
+async function assertBuiltValid(conn: Sql, step: SchemaStep, statement: ScriptStatement, build: ConcurrentBuild, run: Run): Promise<void> {
+  const location = statementLocation(step.script, statement);
+  if (build.kind === "create" && !build.index) return;
+  for (const index of await buildIndexes(conn, build, run)) {
+    if (build.kind === "create" && !index.on_table) throw leftoverFailure(step, location, [index.name], `${index.name} already exists on another table than ${build.table} (the statement skipped it as existing)`);
+    if (!index.valid) throw leftoverFailure(step, location, [index.name], `${index.name} is INVALID after the statement`);
+  }
+}
+
+/** A step stopped on an index it cannot vouch for: exit 1, naming the index and the statements that repair it. */
+function leftoverFailure(step: SchemaStep, location: string, indexes: string[], why: string): StepFailure {
+  const failure = new StepFailure(new SchemaError(`not recorded: ${why}`), step.name, location, []);
+  failure.fix = `if ${indexes.length === 1 ? "it is" : "they are"} not needed, run ${indexes.map((name) => `DROP INDEX CONCURRENTLY IF EXISTS ${name};`).join(" ")} then re-run: the step is not recorded and runs again`;
+  return failure;
 }
 
 /** Say what a failed no-transaction step left behind: the statements that ran (committed), and any INVALID index. */
@@ -4145,6 +4260,10 @@ async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean):
     onWait: ({ step, attempt, delayMs, blockers }) => {
       reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
       reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
+    },
+    onRebuild: ({ step, index, location }) => {
+      reporter.event({ event: "index_rebuild", step, index, where: location });
+      reporter.info(`${step}: dropping INVALID index ${index}, left by an earlier try, to build it again (${location})`);
     },
     onStep: (result) => {
       reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });

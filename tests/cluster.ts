@@ -277,8 +277,9 @@ export class Cluster {
     await this.pgCtl(["stop", "-D", this.dataDir, "-m", mode, "-w", "-t", String(PG_CTL_WAIT_SECONDS)]);
   }
 
-  async restart(): Promise<void> {
-    await this.pgCtl(["restart", "-D", this.dataDir, "-m", "fast", "-w", "-t", String(PG_CTL_WAIT_SECONDS), "-o", `-p ${this.port}`, "-l", this.logFile]);
+  /** Restart the server: `fast` disconnects sessions cleanly, `immediate` crashes it (crash recovery at start). */
+  async restart(mode: "fast" | "immediate" = "fast"): Promise<void> {
+    await this.pgCtl(["restart", "-D", this.dataDir, "-m", mode, "-w", "-t", String(PG_CTL_WAIT_SECONDS), "-o", `-p ${this.port}`, "-l", this.logFile]);
   }
 
   /** End recovery on a standby: it becomes a writable primary. */
