@@ -1383,11 +1383,27 @@ function failedSocket(error: unknown, target: Target): Socket {
   return socket;
 }
 
-/** A socket factory that never rejects (see failedSocket). */
+/**
+ * The same 3.4.9 trap on a real socket: a write queues its bytes for a timer (write(), under
+ * 1 KB), and a 'close' that comes before that timer runs clears it without forgetting it
+ * (closed() leaves nextWriteTimer set), so that connection never writes again: a pool
+ * connection reopened after a server restart sends no start-up message and hangs, and the pool
+ * with it. Handing postgres.js its 'close' one turn later lets the queued write run first.
+ */
+function closeAfterQueuedWrites(socket: Socket): Socket {
+  const defer = (on: Socket["on"]) => (function (this: Socket, event: string, listener: (...args: unknown[]) => void) {
+    return on.call(this, event, event === "close" ? (...args: unknown[]) => setImmediate(() => listener(...args)) : listener);
+  }) as Socket["on"];
+  socket.on = defer(socket.on);
+  socket.once = defer(socket.once);
+  return socket;
+}
+
+/** A socket factory that never rejects (see failedSocket), whose sockets close after their queued writes. */
 function neverRejects(target: Target, open: () => Socket | Promise<Socket>): () => Promise<Socket> {
   return async () => {
     try {
-      return await open();
+      return closeAfterQueuedWrites(await open());
     } catch (error) {
       return failedSocket(error, target);
     }

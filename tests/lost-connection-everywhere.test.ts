@@ -56,9 +56,12 @@ async function terminateWhen(what: string, find: string, running: Promise<unknow
   }
 }
 
-/** The kit's session in `database` running a statement like `pattern` (a LIKE pattern), optionally waiting on a lock. */
+/**
+ * The kit's session in `database` running a statement like `pattern` (a LIKE pattern), optionally
+ * waiting on a lock. Anywhere in the query text: a transactional step's statements go as one query.
+ */
 const kitRunning = (database: string, pattern: string, extra = "") =>
-  `select pid from pg_stat_activity where datname = '${database}' and application_name = 'init-database' and query ilike '${pattern}' ${extra} limit 1`;
+  `select pid from pg_stat_activity where datname = '${database}' and application_name = 'init-database' and query ilike '%${pattern}' ${extra} limit 1`;
 
 /** The run recovered by reconnecting, not by waiting out a deadline, and ended well. */
 function expectRecovered(run: Run, { reconnected = true } = {}): void {
