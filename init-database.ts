@@ -4331,7 +4331,9 @@ function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "
     };
   }
   const fields = { code: errorCode(error), message: explain(error) };
-  if (phase === "schema" && classifyError(error) === "fatal") {
+  // A history or ledger the kit cannot use as it stands (LEDGER_CLASH, HISTORY_FAILED, a changed
+  // step) is a schema failure whichever phase read it: --check reads it before any schema work.
+  if ((phase === "schema" && classifyError(error) === "fatal") || error instanceof SchemaError) {
     const { step, location } = error instanceof StepFailure ? error : { step: undefined, location: undefined };
     return {
       exitCode: EXIT.schemaFailed, status: "schema failed", message: `schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, fix: schemaHint(error),

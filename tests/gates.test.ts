@@ -196,6 +196,17 @@ describe("--check", () => {
     expectNoSecret(human, PASSWORD);
   });
 
+  test("a history table of another shape is a schema failure (exit 1), not a connection failure", async () => {
+    const database = await primary.freshDatabase();
+    // The kit's own ledger, where a golang-migrate folder expects golang-migrate's schema_migrations.
+    await primary.query("create table schema_migrations (name text primary key, checksum text not null, applied_at timestamptz not null default now())", database);
+    const migrations = folder({ "1_first.up.sql": "create table clash_a (id int);\n", "1_first.down.sql": "drop table clash_a;\n" });
+    const run = await runScript(SCRIPT, ["--check", "--migrations", migrations, "--json"], { DATABASE_URL: primary.url({ database }) });
+    expect(run.code).toBe(EXIT.schemaFailed);
+    expect(events(run.stdout).at(-1)).toMatchObject({ event: "summary", exit_code: 1, code: "LEDGER_CLASH" });
+    expect(run.stderr).not.toContain("cannot connect");
+  });
+
   test("the built-in schema: pending on an empty database, at head once applied", async () => {
     const database = await primary.freshDatabase();
     const url = primary.url({ database });
