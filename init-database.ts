@@ -1391,8 +1391,17 @@ function failedSocket(error: unknown, target: Target): Socket {
  * with it. Handing postgres.js its 'close' one turn later lets the queued write run first.
  */
 function closeAfterQueuedWrites(socket: Socket): Socket {
+  // Once per listener: closed() removes its listeners when it runs, which a second 'close'
+  // (a TLS socket and the socket under it) scheduled before then would not see.
+  const later = (listener: (...args: unknown[]) => void) => {
+    let scheduled = false;
+    return (...args: unknown[]) => {
+      if (!scheduled) setImmediate(() => listener(...args));
+      scheduled = true;
+    };
+  };
   const defer = (on: Socket["on"]) => (function (this: Socket, event: string, listener: (...args: unknown[]) => void) {
-    return on.call(this, event, event === "close" ? (...args: unknown[]) => setImmediate(() => listener(...args)) : listener);
+    return on.call(this, event, event === "close" ? later(listener) : listener);
   }) as Socket["on"];
   socket.on = defer(socket.on);
   socket.once = defer(socket.once);

@@ -10,9 +10,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
-import { absorbDroppedClientErrors, connect, errorCode, EXIT, NO_TRANSACTION_MARKER, type Sql } from "../init-database.ts";
+import { EXIT, NO_TRANSACTION_MARKER } from "../init-database.ts";
 import type { Cluster } from "./cluster.ts";
-import { events, expectNoSecret, runScript, until, useCluster, type Run } from "./helpers.ts";
+import { cleanEnv, events, expectNoSecret, ROOT, runScript, until, useCluster, type Run } from "./helpers.ts";
 
 const PASSWORD = "lost-Pa55-w0rd";
 /** Far longer than any recovery may take: waiting for it shows up as a failed "recovered" bound. */
@@ -183,23 +183,22 @@ describe("a schema step whose session is terminated goes on with a fresh session
   }
 });
 
-/** What a loop of `select 1` every 10 ms on a connect() pool saw: when each query ended, and how. */
+/** What the service's pool saw: when each query ended (Date.now()), how long it took, and how. */
 interface Outcome { at: number; ms: number; code?: string }
 
-/** Run `query` every 10 ms until stopped, recording each outcome. */
-function queryLoop(query: () => Promise<unknown>) {
+/** Start tests/pool-service.ts (a connect() pool running `select 1` every 10 ms) and collect what it reports. */
+function serviceLoop(inTransaction: boolean) {
   const outcomes: Outcome[] = [];
-  let stopped = false;
-  const done = (async () => {
-    while (!stopped) {
-      const startedAt = performance.now();
-      try {
-        await query();
-        outcomes.push({ at: performance.now(), ms: performance.now() - startedAt });
-      } catch (error) {
-        outcomes.push({ at: performance.now(), ms: performance.now() - startedAt, code: errorCode(error) });
-      }
-      await Bun.sleep(10); // the service's own pace, not a synchronisation
+  const child = Bun.spawn([process.execPath, join(ROOT, "tests", "pool-service.ts"), ...(inTransaction ? ["--in-transaction"] : [])], {
+    cwd: ROOT, env: cleanEnv({ DATABASE_URL: cluster.url() }), stdout: "pipe", stderr: "inherit", stdin: "ignore",
+  });
+  const read = (async () => {
+    let rest = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of child.stdout) {
+      const lines = (rest + decoder.decode(chunk, { stream: true })).split("\n");
+      rest = lines.pop()!;
+      for (const line of lines) if (line) outcomes.push(JSON.parse(line) as Outcome);
     }
   })();
   return {
@@ -207,25 +206,23 @@ function queryLoop(query: () => Promise<unknown>) {
     answeredSince: (since: number) => outcomes.some((outcome) => outcome.at > since && !outcome.code),
     lastAnswerAt: () => outcomes.findLast((outcome) => !outcome.code)?.at ?? 0,
     stop: async () => {
-      stopped = true;
-      await done;
+      child.kill("SIGTERM");
+      const ended = await Promise.race([child.exited, Bun.sleep(5_000).then(() => undefined)]);
+      if (ended === undefined) child.kill("SIGKILL");
+      await read;
     },
   };
 }
 
 describe("a connect() pool answers again as soon as the server does", () => {
-  let restore: () => void;
-  beforeAll(() => (restore = absorbDroppedClientErrors()));
-  afterAll(() => restore());
-
-  const faults: [string, (server: Cluster, loop: ReturnType<typeof queryLoop>) => Promise<void>][] = [
+  const faults: [string, (server: Cluster, loop: ReturnType<typeof serviceLoop>) => Promise<void>][] = [
     ["a restart (-m fast)", (server) => server.restart("fast")],
     ["a restart (-m immediate)", (server) => server.restart("immediate")],
     ["a stop, and a start once the pool has had no answer for 2 s", async (server, loop) => {
       await server.stop("fast");
       try {
         // The outage's length is the fault here, measured on what the pool saw (queries wait or fail meanwhile).
-        await until("2 s without an answer", async () => performance.now() - loop.lastAnswerAt() >= 2_000, RECOVERED_MS);
+        await until("2 s without an answer", async () => Date.now() - loop.lastAnswerAt() >= 2_000, RECOVERED_MS);
       } finally {
         await server.start();
       }
@@ -237,25 +234,19 @@ describe("a connect() pool answers again as soon as the server does", () => {
   for (const [fault, cause] of faults) {
     for (const inTransaction of [false, true]) {
       test(`${fault}, queries ${inTransaction ? "in transactions" : "outside transactions"}`, async () => {
-        let sql: Sql | undefined;
-        let loop: ReturnType<typeof queryLoop> | undefined;
+        const loop = serviceLoop(inTransaction);
         try {
-          sql = await connect({ url: cluster.url(), timeout: 30, commandTimeout: COMMAND_TIMEOUT, applicationName: "pool-under-test" }, { max: 4 });
-          const pool = sql;
-          loop = queryLoop(() => (inTransaction ? pool.begin((tx) => tx`select 1`) : pool`select 1`));
-          const running = loop;
-          await until("the pool answering", async () => running.answeredSince(0), RECOVERED_MS);
+          await until("the pool answering", async () => loop.answeredSince(0), RECOVERED_MS);
           // The pool's sessions exist before the fault strikes them.
           await until("the pool's sessions on the server", async () => (await cluster.query(`select 1 from pg_stat_activity where application_name = 'pool-under-test'`)).length > 0);
           await cause(cluster, loop);
-          const backAt = performance.now();
-          await until("an answer after the server is back", async () => running.answeredSince(backAt), RECOVERED_MS);
+          const backAt = Date.now();
+          await until("an answer after the server is back", async () => loop.answeredSince(backAt), RECOVERED_MS);
           await loop.stop();
           // No query waited anywhere near its deadline (--command-timeout plus a grace).
           expect(Math.max(...loop.outcomes.map((outcome) => outcome.ms))).toBeLessThan(RECOVERED_MS);
         } finally {
-          await loop?.stop();
-          await sql?.end({ timeout: 1 });
+          await loop.stop();
         }
       }, 60_000);
     }
