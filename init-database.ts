@@ -4216,7 +4216,7 @@ function reportSchemaState(run: CliRun, state: SchemaState, atDeadline: boolean)
   const lists = { recorded: state.recorded, pending: state.pending, changed: state.changed };
   const total = run.steps.length;
   if (state.changed.length === 0 && state.pending.length === 0) {
-    reporter.result(`schema at head: ${target}: ${total === 1 ? "its one step" : `all ${total} steps`} recorded with ${total === 1 ? "its checksum" : "their checksums"}`);
+    reporter.result(`schema at head: ${target}: ${total === 1 ? "its one step" : `all ${total} steps`} recorded`);
     return run.summary("at head", EXIT.ok, lists);
   }
   for (const step of state.changed) reporter.result(`changed: ${step.name} (recorded with checksum ${step.recorded.slice(0, 12)}…, the file has ${step.file.slice(0, 12)}…)`);
