@@ -207,8 +207,10 @@ function serviceLoop(inTransaction: boolean) {
     lastAnswerAt: () => outcomes.findLast((outcome) => !outcome.code)?.at ?? 0,
     stop: async () => {
       child.kill("SIGTERM");
-      const ended = await Promise.race([child.exited, Bun.sleep(5_000).then(() => undefined)]);
-      if (ended === undefined) child.kill("SIGKILL");
+      // A guard, not a wait: a service that does not end on SIGTERM is killed.
+      const guard = setTimeout(() => child.kill("SIGKILL"), 5_000);
+      await child.exited;
+      clearTimeout(guard);
       await read;
     },
   };
