@@ -330,9 +330,9 @@ export class SchemaError extends Error {
 }
 
 /**
- * A statement of a schema step failed: the server's (or the client's) error with the step, the
- * place in the file and the sessions that blocked it. It keeps its cause's code and message, so
- * it is classified, retried and explained as the cause would be.
+ * The schema work failed (exit 1): the server's (or the client's) error, with the step, the
+ * place in the file and the sessions that blocked it when a statement of a step failed. It keeps
+ * its cause's code and message, so it is classified, retried and explained as the cause would be.
  */
 class StepFailure extends Error {
   readonly code: string;
@@ -340,7 +340,7 @@ class StepFailure extends Error {
   notes: string[] = [];
   /** The kit's advice when the case needs more than the code's own hint. */
   fix?: string;
-  constructor(cause: unknown, readonly step: string, readonly location: string, readonly blockers: string[]) {
+  constructor(cause: unknown, readonly step?: string, readonly location?: string, readonly blockers: string[] = []) {
     super(cause instanceof Error ? cause.message : String(cause), { cause });
     this.code = errorCode(cause);
     if (cause instanceof SchemaError) this.fix = cause.fix;
@@ -3816,7 +3816,7 @@ export function explain(error: unknown): string {
   if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
-  const at = error instanceof StepFailure ? ` (${error.location})`
+  const at = error instanceof StepFailure && error.location ? ` (${error.location})`
     : serverFields(error).position ? ` (at character ${serverFields(error).position})` : "";
   return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
@@ -4064,24 +4064,17 @@ async function initDatabase(argv: string[], env: Env): Promise<number> {
       reporter.progress(`attempt ${attempt}, ${formatMs(elapsedMs)}: ${explain(error)}`, errorCode(error));
     },
   };
-  const session: CliSession = { sql: undefined, phase: "connect" };
+  const session: CliSession = { sql: undefined };
+  const readOnly = values["wait-only"] ? "wait-only" : values.check ? "check" : values["wait-for-schema"] ? "wait-for-schema" : undefined;
   try {
     reporter.info(`waiting for ${run.target} (timeout ${formatMs(config.timeoutMs)})`);
-    if (values["wait-only"]) {
-      if (config.createDatabase) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
-      return await waitPhase(run, session);
-    }
-    if (values.check || values["wait-for-schema"]) {
-      if (config.createDatabase) reporter.info(`--create-database ignored: --${values.check ? "check" : "wait-for-schema"} only reads and changes nothing`);
-      return await schemaCheckPhase(run, session, Boolean(values["wait-for-schema"]));
-    }
-    if (config.createDatabase) {
-      const exitCode = await createDatabasePhase(run);
-      if (exitCode !== undefined) return exitCode;
-    }
-    return await schemaPhase(run, session);
+    if (readOnly && config.createDatabase) reporter.info(`--create-database ignored: --${readOnly} only ${readOnly === "wait-only" ? "waits" : "reads"} and changes nothing`);
+    if (readOnly === "wait-only") return await waitPhase(run, session);
+    if (readOnly) return await schemaCheckPhase(run, session, readOnly === "wait-for-schema");
+    const dryRunEnded = config.createDatabase ? await createDatabasePhase(run) : undefined;
+    return dryRunEnded ?? await schemaPhase(run, session);
   } catch (error) {
-    const end = exitFor(error, session.phase, run);
+    const end = exitFor(error, run);
     reporter.error(end.message, end.fix);
     return summary(end.status, end.exitCode, end.fields);
   } finally {
@@ -4108,10 +4101,9 @@ interface CliRun {
   summary: (status: string, exitCode: number, extra?: Record<string, unknown>) => number;
 }
 
-/** The client main closes whatever happens, and the phase an error would come from. */
+/** The client main closes whatever happens. */
 interface CliSession {
   sql: Sql | undefined;
-  phase: "connect" | "schema";
 }
 
 /** The configuration and the schema steps the flags ask for (none with --wait-only); throws ConfigError or SchemaError. */
@@ -4240,12 +4232,13 @@ function reportSchemaState(run: CliRun, state: SchemaState, atDeadline: boolean)
 /**
  * Wait, then apply the schema. A retryable failure while applying it (a restart, a terminated
  * session) drops the client and starts over from waiting: each step is one transaction, so
- * redoing it is safe.
+ * redoing it is safe. Waiting throws only what retrying cannot help (a NotReadyError, a refused
+ * login), so this retry redoes only the schema work; what that work throws and retrying cannot
+ * help becomes a StepFailure (exit 1), a NotReadyError (a lock never granted) staying as it is.
  */
 async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
   const { config, reporter } = run;
   return retry(async () => {
-    session.phase = "connect";
     const ready = await becomeReady(run, session);
     reporter.info(`ready after ${attemptCount(ready.attempts)} in ${formatMs(ready.elapsedMs)}; ${run.dryRun ? "checking what the schema would apply" : "applying the schema"}`);
     if (config.direct) {
@@ -4255,12 +4248,13 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
       session.sql = (await waitUntilReady(config.direct, { deadline: run.deadline, onAttempt: run.onAttempt, maxRetries: config.maxRetries })).sql;
     }
-    session.phase = "schema";
-    return applyMigrationsAndReport(run, session.sql!, ready.pooled);
+    try {
+      return await applyMigrationsAndReport(run, session.sql!, ready.pooled);
+    } catch (error) {
+      throw error instanceof StepFailure || error instanceof NotReadyError || classifyError(error) !== "fatal" ? error : new StepFailure(error);
+    }
   }, {
     deadline: run.deadline,
-    // Only a failure while applying is redone here; waiting retries on its own.
-    classify: (error) => (session.phase === "schema" ? classifyError(error) : "fatal"),
     delay: (_class, _busy, remainingMs) => (remainingMs > 0 ? 0 : undefined),
     gaveUp: () => "went away while applying the schema and the deadline has passed",
     pause: async () => {
@@ -4321,11 +4315,14 @@ function attemptCount(count: number): string {
 }
 
 /**
- * How a run that threw ends, by the error and the phase it came from: the exit code, the
- * summary's status and fields, the error line and its hint. The one place exit codes 1, 3, 4,
- * 130 and 143 are chosen after the configuration was read.
+ * How a run that threw ends, by the error's type: the exit code, the summary's status and
+ * fields, the error line and its hint. The one place exit codes 1, 3, 4, 130 and 143 are chosen
+ * after the configuration was read: a signal (130, 143), a NotReadyError (3, also a server that
+ * went away while applying the schema until the deadline), a SchemaError or StepFailure (1: a
+ * history or ledger the kit cannot use, which --check reads before any schema work, or what the
+ * schema work threw), anything else a failure to connect (4).
  */
-function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "config" | "target" | "deadline">): {
+function exitFor(error: unknown, run: Pick<CliRun, "config" | "target" | "deadline">): {
   exitCode: number; status: string; message: string; fix?: string; fields?: Record<string, unknown>;
 } {
   const { config, target } = run;
@@ -4340,17 +4337,12 @@ function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "
     };
   }
   const fields = { code: errorCode(error), message: explain(error) };
-  // A history or ledger the kit cannot use as it stands (LEDGER_CLASH, HISTORY_FAILED, a changed
-  // step) is a schema failure whichever phase read it: --check reads it before any schema work.
-  if ((phase === "schema" && classifyError(error) === "fatal") || error instanceof SchemaError) {
+  if (error instanceof StepFailure || error instanceof SchemaError) {
     const { step, location } = error instanceof StepFailure ? error : { step: undefined, location: undefined };
     return {
       exitCode: EXIT.schemaFailed, status: "schema failed", message: `schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, fix: schemaHint(error),
       fields: { code: fields.code, step, message: fields.message, where: location },
     };
-  }
-  if (phase === "schema") {
-    return { exitCode: EXIT.notReady, status: "not ready", message: `${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, fix: hint(error, config), fields };
   }
   return { exitCode: EXIT.fatal, status: "fatal", message: `cannot connect to ${target}: ${explain(error)}`, fix: hint(error, config), fields };
 }
