@@ -4,37 +4,15 @@
  * exactly once. Made for service start-up in Docker Compose, Kubernetes and CI, where the
  * database is often not up yet ("connection refused", "the database system is starting up").
  *
- * Usage:
- *   bun run init-database.ts [--url URL] [--direct-url URL] [--wait-only] [--schema FILE | --migrations DIR]
- *                            [--migrations-format NAME] [--ledger-table NAME] [--dry-run] [--create-database]
- *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
- *                            [--lock-timeout S] [--max-retries N] [--json] [--quiet] [--help]
- *                            [--check | --wait-for-schema] [-- COMMAND [ARGS...]]
+ * Usage: bun run init-database.ts [options] [-- COMMAND [ARGS...]]; --help (USAGE, at the end)
+ * lists the options, where the connection settings come from (libpq's precedence: --url,
+ * DATABASE_URL, PG* variables, POSTGRES_* variables, ~/.pgpass; KEYWORDS lists every keyword)
+ * and the exit codes (EXIT). --direct-url (DIRECT_URL) sends schema work past a pooler; NO_COLOR
+ * turns colour off.
  *
- * Environment (first found wins, keyword by keyword, as libpq reads them; KEYWORDS lists all):
- *   --url > DATABASE_URL > libpq's PG* variables (PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD
- *   PGPASSWORD_FILE PGDATABASE PGOPTIONS PGSSLMODE PGSSLROOTCERT PGSSLCERT PGSSLKEY PGAPPNAME
- *   PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS PGLOADBALANCEHOSTS PGPASSFILE ...) > POSTGRES_HOST
- *   POSTGRES_PORT POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB >
- *   ~/.pgpass > localhost:5432 (a connection string without a host: the local Unix socket,
- *   /var/run/postgresql or /tmp, as in libpq).
- *   --direct-url > DIRECT_URL: schema work goes there, past a pooler. NO_COLOR turns colour off.
- *
- * Schema files are read as psql reads a script (COPY ... FROM stdin data, \restrict skipped,
- * other meta-commands refused); a file with "-- init-database: no-transaction" before its first
- * statement runs outside a transaction.
- *
- * Migrations of other tools: --migrations DIR recognises the folders of golang-migrate, dbmate,
- * Flyway, Prisma, Drizzle, Diesel, goose and the Supabase CLI (MIGRATION_LAYOUTS), applies what
- * that tool would apply (never a down or undo part), and counts what its history records as
- * applied; --migrations-format NAME names the layout instead.
- *
- * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
- *   3 not ready before the deadline (or retries exhausted, or a schema lock never granted), 4 fatal connection error
- *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
- *   --check: 0 every step recorded with its checksum, 1 a step pending or changed.
- *   -- COMMAND: once the run exits 0, COMMAND's own status (128+N for signal N; 127 not found,
- *   126 not executable).
+ * Schema files are read as psql reads a script (readScript); --migrations DIR also reads the
+ * folders of other migration tools (MIGRATION_LAYOUTS), applies what that tool would apply
+ * (never a down or undo part), and counts what its history records as applied.
  *
  * Library use: `import { connect } from "./init-database.ts"` returns a ready postgres.js
  * client made with the same configuration, timeouts and retries:
@@ -172,11 +150,7 @@ create index if not exists notifications_unread_idx on notifications (user_id) w
 // Errors and retries: the kit's own error codes (KIT_ERRORS, made by kitError) and error
 // classes, every error classified by its code (classifyError), the retry schedule, redaction.
 
-/**
- * Every error code the kit makes itself (the server's SQLSTATEs and the system's errno codes
- * come from elsewhere), each with what it means. Errors with these codes are made only by
- * `kitError` and the classes below, so this table is the whole list.
- */
+/** Every error code the kit makes itself (made only by `kitError` and the classes below), each with what it means. */
 const KIT_ERRORS = {
   EINVALIDCONFIG: "a usage or configuration error (exit 2)",
   NOT_READY: "no host became ready before the deadline or the retry cap (exit 3)",
@@ -411,10 +385,7 @@ export class Deadline {
     this.renew();
   }
 
-  /**
-   * The run's deadline: retrying stops `timeoutMs` after `startedAt`; `signal` (SIGINT, SIGTERM)
-   * ends every await; one answer may take `answerMs` (default --command-timeout plus a grace).
-   */
+  /** The run's deadline, `timeoutMs` after `startedAt`; one answer may take `answerMs` (default --command-timeout plus a grace). */
   static forRun({ timeoutMs, commandTimeoutMs = 0, answerMs, signal, startedAt = Date.now() }: {
     timeoutMs: number; commandTimeoutMs?: number; answerMs?: number; signal?: AbortSignal; startedAt?: number;
   }): Deadline {
@@ -534,14 +505,7 @@ export interface RetryOptions<T> {
  * deadline. A failure classified "fatal" is thrown as it is; the deadline or `maxAttempts`
  * passing throws NotReadyError carrying the last failure; the deadline's signal ends a pause at
  * once, with its reason. To poll until a condition holds, throw a retryable error while it does
- * not: the one place the kit sleeps between attempts is here.
- *
- * @example
- *   // Wait until a read-only check holds (as --wait-for-schema does, schemaCheckPhase):
- *   await retry(async () => {
- *     const { pending } = await readSchemaState(sql, steps, config, deadline);
- *     if (pending.length > 0) throw kitError("SCHEMA_PENDING", `pending: ${pending.join(", ")}`);
- *   }, { deadline, classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)) });
+ * not (as --wait-for-schema does, schemaCheckPhase): the one place the kit sleeps between attempts is here.
  */
 export async function retry<T>(attempt: (attempt: number) => Promise<T>, options: RetryOptions<T>): Promise<T> {
   const { deadline, classify = classifyError, delay = nextDelay, maxAttempts, onRetry, pause } = options;
@@ -613,10 +577,7 @@ export interface Options {
   writable?: boolean;
 }
 
-/**
- * One server to try. `host` is what libpq calls the host: a name, an address, or a socket
- * directory; `socket` is the socket file when it is one; `hostaddr` is where TCP goes when given.
- */
+/** One server to try: one of libpq's hosts. */
 export interface Target {
   /** A name, an address, a socket directory (`/...`) or an abstract socket (`@...`). */
   host: string;
@@ -656,11 +617,7 @@ export interface Tls {
   maxVersion?: SecureVersion;
 }
 
-/**
- * How to reach the server, resolved as libpq resolves its keywords (parseConnection): the
- * targets, the login, TLS, the per-attempt connect limit. Like pgx's pgconn.Config: nothing
- * about what the run then does. Times in milliseconds.
- */
+/** How to reach the server, resolved as libpq resolves its keywords (parseConnection); like pgx's pgconn.Config, nothing about what the run does. */
 export interface ConnectionConfig {
   /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: localhost:5432; a connection string without a host: the local Unix socket. */
   targets: Target[];
@@ -691,11 +648,7 @@ export interface ConnectionConfig {
   notices: string[];
 }
 
-/**
- * A resolved configuration (parseConfig): the connection, and the run's options around it (as
- * pgx's ConnConfig embeds pgconn.Config). Every field set, times in milliseconds; never changed
- * once made.
- */
+/** A resolved configuration (parseConfig): the connection and the run's options around it, as pgx's ConnConfig embeds pgconn.Config. */
 export interface Config extends ConnectionConfig {
   /** Overall deadline for becoming ready. Default 120,000. */
   timeoutMs: number;
@@ -709,11 +662,7 @@ export interface Config extends ConnectionConfig {
   createDatabase: boolean;
   /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
-  /**
-   * The connection for schema work, past the pooler (--direct-url / DIRECT_URL): waiting and
-   * checking go through the connection above, applying the schema goes here. Default
-   * undefined: schema work goes there too.
-   */
+  /** Where schema work goes, past the pooler (--direct-url / DIRECT_URL); waiting and checking do not. Default undefined: the connection above. */
   direct: ConnectionConfig | undefined;
 }
 
@@ -724,10 +673,8 @@ type ReadFile = (path: string) => string;
 const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
 
 /**
- * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer), one row each: the PG* variable libpq
- * reads for it, the values it accepts, and why the kit refuses it (or one of its values) when
- * it cannot honour it. Nothing is dropped in silence; a keyword not in this table is refused,
- * as libpq refuses it.
+ * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer): the PG* variable, the values it
+ * accepts, and why the kit refuses it (or a value) when it cannot honour it. A keyword not here is refused, as libpq does.
  */
 export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
   host: { env: "PGHOST" },
@@ -1187,7 +1134,6 @@ function parseConnection(rawUrl: string | undefined, urlSource: string, options:
   const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
   const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
-  /** The precedence chain, written once: the URL, then libpq's PG* variable, then the postgres image's variable. */
   const setting = (keyword: Keyword): Setting | undefined => {
     const variable = KEYWORDS[keyword]!.env;
     const found =
@@ -1290,11 +1236,7 @@ export function secretsOf(config: ConnectionConfig & { direct?: ConnectionConfig
   return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
 }
 
-/**
- * The schema needs a writable primary whatever the URL says: "any" and "prefer-standby"
- * become "read-write" (so a standby listed first is skipped, or promotion is awaited until the
- * deadline), and asking for a standby is a contradiction.
- */
+/** A run that writes needs a writable primary whatever the URL says (see Options.writable): a standby listed first is skipped, or its promotion awaited. */
 function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
   if (attrs === "read-only" || attrs === "standby") {
     throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
@@ -1955,11 +1897,7 @@ async function tryTargets(config: ConnectionConfig, deadline: Deadline, override
   throw lastError;
 }
 
-/**
- * Retry until a host answers an authenticated query (retry: fast polls while nothing listens or
- * the server is starting, jittered exponential backoff while it is busy, never past the
- * deadline). `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`.
- */
+/** Retry until a host answers an authenticated query. `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`. */
 export async function waitUntilReady(
   config: ConnectionConfig & Partial<Pick<Config, "timeoutMs" | "commandTimeoutMs" | "maxRetries">>,
   { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial, maxRetries = config.maxRetries }: {
