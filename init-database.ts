@@ -1769,17 +1769,9 @@ function sessionMatches(attrs: TargetSessionAttrs, state: SessionState, lastHost
   }
 }
 
-export interface Ready {
-  sql: Sql;
-  target: Target;
+export interface Ready extends Found {
   attempts: number;
   elapsedMs: number;
-  serverVersion: string;
-  /**
-   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
-   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
-   */
-  pooled: boolean;
 }
 
 /**
@@ -1789,9 +1781,6 @@ export interface Ready {
  */
 class Parked {
   private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
-  get size(): number {
-    return this.sessions.size;
-  }
   take(target: Target) {
     const session = this.sessions.get(target);
     this.sessions.delete(target);
@@ -1839,10 +1828,15 @@ class Parked {
   }
 }
 
+/** A host that answered and matches target_session_attrs. */
 interface Found {
   sql: Sql;
   target: Target;
   serverVersion: string;
+  /**
+   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
+   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
+   */
   pooled: boolean;
 }
 
@@ -2121,12 +2115,9 @@ function transactionControl(words: string[]): "begin" | "commit" | "other" | und
   return undefined;
 }
 
-function isCopyFromStdin(words: string[]): boolean {
-  return words[0] === "copy" && words.some((word, index) => word === "from" && words[index + 1] === "stdin");
-}
-
-function isCopyToStdout(words: string[]): boolean {
-  return words[0] === "copy" && words.some((word, index) => word === "to" && words[index + 1] === "stdout");
+/** COPY ... FROM stdin (`from`, `stdin`) or COPY ... TO stdout (`to`, `stdout`). */
+function isCopyWith(words: string[], direction: "from" | "to", stream: "stdin" | "stdout"): boolean {
+  return words[0] === "copy" && words.some((word, index) => word === direction && words[index + 1] === stream);
 }
 
 /**
@@ -2260,7 +2251,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
       const statement = current;
       finish(i);
       i++;
-      if (isCopyFromStdin(statement.words)) i = copyData(bytes, statement, i, fail);
+      if (isCopyWith(statement.words, "from", "stdin")) i = copyData(bytes, statement, i, fail);
     } else i++;
   }
   if (current) {
@@ -2270,7 +2261,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
   }
 
   const firstStart = statements[0]?.start ?? length;
-  const toStdout = statements.find((statement) => isCopyToStdout(statement.words));
+  const toStdout = statements.find((statement) => isCopyWith(statement.words, "to", "stdout"));
   if (toStdout) fail(toStdout.line, "COPY ... TO STDOUT writes to psql's output, which a schema step does not have", "remove it (or write to a file on the server: COPY ... TO 'path')");
   const noTransaction = noTransactionRule ?? MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
   if (noTransaction) return { name, bytes, statements, noTransaction };
