@@ -909,27 +909,16 @@ export function parseKeywordValue(text: string, source: string): Conninfo {
   }
 }
 
-/** A connection string as libpq takes it: a postgres:// URL, else keyword=value settings. */
-function parseConnectionString(text: string, source: string): Conninfo {
-  return /^postgres(?:ql)?:\/\//.test(text) ? parseUrl(text, source) : parseKeywordValue(text, source);
-}
-
-/** Read a Docker-style secret file, dropping one trailing newline. */
-function readSecret(variable: string, path: string, readFile: ReadFile): string {
-  try {
-    return readFile(path).replace(/\r?\n$/, "");
-  } catch (error) {
-    throw new ConfigError(`${variable}=${path} cannot be read (${errorCode(error)}); fix the path or its permissions, or unset ${variable}`);
-  }
-}
-
-/** A password from VAR or VAR_FILE; setting both is ambiguous, as in the postgres image. */
+/** A password from VAR or VAR_FILE (a Docker-style secret file, one trailing newline dropped); setting both is ambiguous, as in the postgres image. */
 function passwordFrom(variable: string, env: Env, readFile: ReadFile): string | undefined {
   const file = env[`${variable}_FILE`];
-  if (env[variable] !== undefined && file) {
-    throw new ConfigError(`both ${variable} and ${variable}_FILE are set; unset one of them`);
+  if (env[variable] !== undefined && file) throw new ConfigError(`both ${variable} and ${variable}_FILE are set; unset one of them`);
+  if (!file) return env[variable];
+  try {
+    return readFile(file).replace(/\r?\n$/, "");
+  } catch (error) {
+    throw new ConfigError(`${variable}_FILE=${file} cannot be read (${errorCode(error)}); fix the path or its permissions, or unset ${variable}_FILE`);
   }
-  return file ? readSecret(`${variable}_FILE`, file, readFile) : env[variable];
 }
 
 /** A flag's value in seconds, as milliseconds; undefined when unset. */
@@ -1130,7 +1119,8 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
  * PG* variables > the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
  */
 function parseConnection(rawUrl: string | undefined, urlSource: string, options: Options, env: Env, readFile: ReadFile): ConnectionConfig {
-  const url: Conninfo = rawUrl ? parseConnectionString(rawUrl, urlSource) : {};
+  // A postgres:// URL, else libpq's keyword=value settings.
+  const url: Conninfo = !rawUrl ? {} : /^postgres(?:ql)?:\/\//.test(rawUrl) ? parseUrl(rawUrl, urlSource) : parseKeywordValue(rawUrl, urlSource);
   const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
   const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
@@ -1184,6 +1174,11 @@ function parseConnection(rawUrl: string | undefined, urlSource: string, options:
 
   const tls = tlsFrom((keyword) => settings[keyword], env.HOME || homedir(), env, readFile);
   const attrs = (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs;
+  // A run that writes needs a writable primary whatever the URL says: "any" and "prefer-standby"
+  // become "read-write" (a standby listed first is skipped, or its promotion awaited).
+  if (options.writable && (attrs === "read-only" || attrs === "standby")) {
+    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
+  }
   return {
     targets,
     user,
@@ -1192,7 +1187,7 @@ function parseConnection(rawUrl: string | undefined, urlSource: string, options:
     sslmode: tls.mode,
     tls,
     applicationName: first(value("application_name"), value("fallback_application_name"), options.applicationName) ?? DEFAULTS.applicationName,
-    targetSessionAttrs: options.writable ? writableSessionAttrs(attrs) : attrs,
+    targetSessionAttrs: options.writable && attrs !== "primary" ? "read-write" : attrs,
     loadBalanceHosts: (value("load_balance_hosts") ?? "disable") as Config["loadBalanceHosts"],
     options: value("options"),
     keepAliveSeconds: keepalives === 0 ? 0 : keepAliveIdle && keepAliveIdle > 0 ? keepAliveIdle : DEFAULTS.keepAliveSeconds,
@@ -1234,14 +1229,6 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 export function secretsOf(config: ConnectionConfig & { direct?: ConnectionConfig }): string[] {
   const secrets = [config.password, config.tls.passphrase, ...config.targets.map((target) => target.password)];
   return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
-}
-
-/** A run that writes needs a writable primary whatever the URL says (see Options.writable): a standby listed first is skipped, or its promotion awaited. */
-function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
-  if (attrs === "read-only" || attrs === "standby") {
-    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
-  }
-  return attrs === "primary" ? attrs : "read-write";
 }
 
 /** Where a target is, for messages: `host:port`, or the socket file. */
@@ -3061,7 +3048,8 @@ function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
   if (!record) return false;
   if (record.checksum === undefined || sameChecksum(step, record.checksum)) return true;
   if (step.migration?.found.repeatable) return false;
-  return assertUnchanged(step, record.checksum);
+  // Its file was edited after it was applied.
+  throw new SchemaError(`${step.name} was applied with checksum ${record.checksum.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
 /**
@@ -3629,11 +3617,6 @@ function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[
   };
 }
 
-/** A step recorded with another checksum: its file was edited after it was applied. */
-function assertUnchanged({ name, checksum }: SchemaStep, recorded: string): never {
-  throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
-}
-
 async function verifyTables(sql: Sql, tables: readonly string[], deadline: Deadline): Promise<void> {
   const rows = await deadline.answer(sql`select t as name from unnest(string_to_array(${tables.join(",")}, ',')) t where to_regclass(t) is null`);
   if (rows.length > 0) {
@@ -3727,12 +3710,7 @@ export function hint(error: unknown, config: Config): string {
     WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
     TLS: `the server's certificate failed the check sslmode=${config.sslmode} asks for: check sslrootcert (the CA that signed it)${config.tls.verifyHost ? " and that the certificate names the host you connect to" : ""}, or choose a weaker sslmode`,
   };
-  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (isTlsError(error) ? hints.TLS! : "");
-}
-
-function isTlsError(error: unknown): boolean {
-  const code = errorCode(error);
-  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.startsWith("ERR_OSSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
+  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (/^ERR_(?:TLS|SSL|OSSL)|CERT|SELF_SIGNED|UNABLE_TO/.test(code) ? hints.TLS! : "");
 }
 
 /** The first line of an error's message: parseArgs explains at length. */
