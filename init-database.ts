@@ -4142,10 +4142,11 @@ function reportSchemaState(run: CliRun, state: SchemaState, atDeadline: boolean)
  * redoing it is safe. Waiting throws only what retrying cannot help (a NotReadyError, a refused
  * login), so this retry redoes only the schema work; what that work throws and retrying cannot
  * help becomes a StepFailure (exit 1), a NotReadyError (a lock never granted) staying as it is.
+ * Then the result line: applied, up to date, or (dry run) pending.
  */
 async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
-  const { config, reporter } = run;
-  return retry(async () => {
+  const { config, steps, reporter, deadline, dryRun } = run;
+  const results = await retry(async () => {
     const ready = await becomeReady(run, session);
     reporter.info(`ready after ${attemptCount(ready.attempts)} in ${formatMs(ready.elapsedMs)}; ${run.dryRun ? "checking what the schema would apply" : "applying the schema"}`);
     if (config.direct) {
@@ -4156,12 +4157,29 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       session.sql = (await waitUntilReady(config.direct, { deadline: run.deadline, onAttempt: run.onAttempt, maxRetries: config.maxRetries })).sql;
     }
     try {
-      return await applyMigrationsAndReport(run, session.sql!, ready.pooled);
+      assertOwnSession(steps, config, ready.pooled);
+      await guardBuiltInSchema(session.sql!, steps, config, deadline);
+      return await applyMigrations(session.sql!, steps, config, {
+        deadline,
+        dryRun,
+        onWait: ({ step, attempt, delayMs, blockers }) => {
+          reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
+          reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
+        },
+        onRebuild: ({ step, index, location }) => {
+          reporter.event({ event: "index_rebuild", step, index, where: location });
+          reporter.info(`${step}: dropping INVALID index ${index}, left by an earlier try, to build it again (${location})`);
+        },
+        onStep: (result) => {
+          reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
+          reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
+        },
+      });
     } catch (error) {
       throw error instanceof StepFailure || error instanceof NotReadyError || classifyError(error) !== "fatal" ? error : new StepFailure(error);
     }
   }, {
-    deadline: run.deadline,
+    deadline,
     delay: (_class, _busy, remainingMs) => (remainingMs > 0 ? 0 : undefined),
     gaveUp: () => "went away while applying the schema and the deadline has passed",
     pause: async () => {
@@ -4170,30 +4188,7 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       return undefined;
     },
     onRetry: ({ error, delayMs }) => {
-      if (delayMs === 0 && run.deadline.remainingMs() > 0) reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
-    },
-  });
-}
-
-/** The schema steps on a ready client, and the result line: applied, up to date, or (dry run) pending. */
-async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean): Promise<number> {
-  const { config, steps, reporter, deadline, dryRun } = run;
-  assertOwnSession(steps, config, pooled);
-  await guardBuiltInSchema(sql, steps, config, deadline);
-  const results = await applyMigrations(sql, steps, config, {
-    deadline,
-    dryRun,
-    onWait: ({ step, attempt, delayMs, blockers }) => {
-      reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
-      reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
-    },
-    onRebuild: ({ step, index, location }) => {
-      reporter.event({ event: "index_rebuild", step, index, where: location });
-      reporter.info(`${step}: dropping INVALID index ${index}, left by an earlier try, to build it again (${location})`);
-    },
-    onStep: (result) => {
-      reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
-      reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
+      if (delayMs === 0 && deadline.remainingMs() > 0) reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
     },
   });
   if (dryRun) {
@@ -4202,7 +4197,7 @@ async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean):
     return run.summary("dry run", EXIT.ok, { pending });
   }
   const appliedCount = results.filter((result) => result.status === "applied").length;
-  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(run.deadline.elapsedMs())}`);
+  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(deadline.elapsedMs())}`);
   return run.summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
 }
 
