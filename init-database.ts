@@ -4009,9 +4009,7 @@ interface CliRun {
 }
 
 /** The client main closes whatever happens. */
-interface CliSession {
-  sql: Sql | undefined;
-}
+type CliSession = { sql: Sql | undefined };
 
 /** The configuration and the schema steps the flags ask for (none with --wait-only); throws ConfigError or SchemaError. */
 function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: SchemaStep[] } {
