@@ -453,13 +453,8 @@ export class Deadline {
   }
 
   /** One answer: `work` bounded by `ms` (default answerMs) and by this deadline's signal. */
-  async answer<T>(work: PromiseLike<T>, ms = this.answerMs): Promise<T> {
-    const bound = this.bound(ms);
-    try {
-      return await bound.race(work);
-    } finally {
-      bound.done();
-    }
+  answer<T>(work: PromiseLike<T>, ms = this.answerMs): Promise<T> {
+    return withDeadline(work, ms, this.signal);
   }
 
   /** Stop listening and counting (a derived deadline no longer needed). */
@@ -532,14 +527,9 @@ export async function retry<T>(attempt: (attempt: number) => Promise<T>, options
 
 /** Sleep, but wake at once (with its reason) when `signal` fires. Only retry pauses. */
 async function sleep(ms: number, signal: AbortSignal): Promise<undefined> {
-  const nap = Deadline.within(ms, { signal });
-  try {
-    await nap.race(new Promise<never>(() => {}));
-  } catch {
+  await withDeadline(new Promise<never>(() => {}), ms, signal).catch(() => {
     if (signal.aborted) throw signal.reason;
-  } finally {
-    nap.done();
-  }
+  });
   return undefined;
 }
 
