@@ -4,37 +4,15 @@
  * exactly once. Made for service start-up in Docker Compose, Kubernetes and CI, where the
  * database is often not up yet ("connection refused", "the database system is starting up").
  *
- * Usage:
- *   bun run init-database.ts [--url URL] [--direct-url URL] [--wait-only] [--schema FILE | --migrations DIR]
- *                            [--migrations-format NAME] [--ledger-table NAME] [--dry-run] [--create-database]
- *                            [--timeout S] [--connect-timeout S] [--command-timeout S]
- *                            [--lock-timeout S] [--max-retries N] [--json] [--quiet] [--help]
- *                            [--check | --wait-for-schema] [-- COMMAND [ARGS...]]
+ * Usage: bun run init-database.ts [options] [-- COMMAND [ARGS...]]; --help (USAGE, at the end)
+ * lists the options, where the connection settings come from (libpq's precedence: --url,
+ * DATABASE_URL, PG* variables, POSTGRES_* variables, ~/.pgpass; KEYWORDS lists every keyword)
+ * and the exit codes (EXIT). --direct-url (DIRECT_URL) sends schema work past a pooler; NO_COLOR
+ * turns colour off.
  *
- * Environment (first found wins, keyword by keyword, as libpq reads them; KEYWORDS lists all):
- *   --url > DATABASE_URL > libpq's PG* variables (PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD
- *   PGPASSWORD_FILE PGDATABASE PGOPTIONS PGSSLMODE PGSSLROOTCERT PGSSLCERT PGSSLKEY PGAPPNAME
- *   PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS PGLOADBALANCEHOSTS PGPASSFILE ...) > POSTGRES_HOST
- *   POSTGRES_PORT POSTGRES_USER POSTGRES_PASSWORD POSTGRES_PASSWORD_FILE POSTGRES_DB >
- *   ~/.pgpass > localhost:5432 (a connection string without a host: the local Unix socket,
- *   /var/run/postgresql or /tmp, as in libpq).
- *   --direct-url > DIRECT_URL: schema work goes there, past a pooler. NO_COLOR turns colour off.
- *
- * Schema files are read as psql reads a script (COPY ... FROM stdin data, \restrict skipped,
- * other meta-commands refused); a file with "-- init-database: no-transaction" before its first
- * statement runs outside a transaction.
- *
- * Migrations of other tools: --migrations DIR recognises the folders of golang-migrate, dbmate,
- * Flyway, Prisma, Drizzle, Diesel, goose and the Supabase CLI (MIGRATION_LAYOUTS), applies what
- * that tool would apply (never a down or undo part), and counts what its history records as
- * applied; --migrations-format NAME names the layout instead.
- *
- * Exit codes: 0 ready/done, 1 schema or migration failed, 2 usage or configuration error,
- *   3 not ready before the deadline (or retries exhausted, or a schema lock never granted), 4 fatal connection error
- *   (authentication, missing database, permission, TLS), 130/143 on SIGINT/SIGTERM.
- *   --check: 0 every step recorded with its checksum, 1 a step pending or changed.
- *   -- COMMAND: once the run exits 0, COMMAND's own status (128+N for signal N; 127 not found,
- *   126 not executable).
+ * Schema files are read as psql reads a script (readScript); --migrations DIR also reads the
+ * folders of other migration tools (MIGRATION_LAYOUTS), applies what that tool would apply
+ * (never a down or undo part), and counts what its history records as applied.
  *
  * Library use: `import { connect } from "./init-database.ts"` returns a ready postgres.js
  * client made with the same configuration, timeouts and retries:
@@ -172,11 +150,7 @@ create index if not exists notifications_unread_idx on notifications (user_id) w
 // Errors and retries: the kit's own error codes (KIT_ERRORS, made by kitError) and error
 // classes, every error classified by its code (classifyError), the retry schedule, redaction.
 
-/**
- * Every error code the kit makes itself (the server's SQLSTATEs and the system's errno codes
- * come from elsewhere), each with what it means. Errors with these codes are made only by
- * `kitError` and the classes below, so this table is the whole list.
- */
+/** Every error code the kit makes itself (made only by `kitError` and the classes below), each with what it means. */
 const KIT_ERRORS = {
   EINVALIDCONFIG: "a usage or configuration error (exit 2)",
   NOT_READY: "no host became ready before the deadline or the retry cap (exit 3)",
@@ -330,9 +304,9 @@ export class SchemaError extends Error {
 }
 
 /**
- * A statement of a schema step failed: the server's (or the client's) error with the step, the
- * place in the file and the sessions that blocked it. It keeps its cause's code and message, so
- * it is classified, retried and explained as the cause would be.
+ * The schema work failed (exit 1): the server's (or the client's) error, with the step, the
+ * place in the file and the sessions that blocked it when a statement of a step failed. It keeps
+ * its cause's code and message, so it is classified, retried and explained as the cause would be.
  */
 class StepFailure extends Error {
   readonly code: string;
@@ -340,7 +314,7 @@ class StepFailure extends Error {
   notes: string[] = [];
   /** The kit's advice when the case needs more than the code's own hint. */
   fix?: string;
-  constructor(cause: unknown, readonly step: string, readonly location: string, readonly blockers: string[]) {
+  constructor(cause: unknown, readonly step?: string, readonly location?: string, readonly blockers: string[] = []) {
     super(cause instanceof Error ? cause.message : String(cause), { cause });
     this.code = errorCode(cause);
     if (cause instanceof SchemaError) this.fix = cause.fix;
@@ -411,10 +385,7 @@ export class Deadline {
     this.renew();
   }
 
-  /**
-   * The run's deadline: retrying stops `timeoutMs` after `startedAt`; `signal` (SIGINT, SIGTERM)
-   * ends every await; one answer may take `answerMs` (default --command-timeout plus a grace).
-   */
+  /** The run's deadline, `timeoutMs` after `startedAt`; one answer may take `answerMs` (default --command-timeout plus a grace). */
   static forRun({ timeoutMs, commandTimeoutMs = 0, answerMs, signal, startedAt = Date.now() }: {
     timeoutMs: number; commandTimeoutMs?: number; answerMs?: number; signal?: AbortSignal; startedAt?: number;
   }): Deadline {
@@ -482,13 +453,8 @@ export class Deadline {
   }
 
   /** One answer: `work` bounded by `ms` (default answerMs) and by this deadline's signal. */
-  async answer<T>(work: PromiseLike<T>, ms = this.answerMs): Promise<T> {
-    const bound = this.bound(ms);
-    try {
-      return await bound.race(work);
-    } finally {
-      bound.done();
-    }
+  answer<T>(work: PromiseLike<T>, ms = this.answerMs): Promise<T> {
+    return withDeadline(work, ms, this.signal);
   }
 
   /** Stop listening and counting (a derived deadline no longer needed). */
@@ -534,14 +500,7 @@ export interface RetryOptions<T> {
  * deadline. A failure classified "fatal" is thrown as it is; the deadline or `maxAttempts`
  * passing throws NotReadyError carrying the last failure; the deadline's signal ends a pause at
  * once, with its reason. To poll until a condition holds, throw a retryable error while it does
- * not: the one place the kit sleeps between attempts is here.
- *
- * @example
- *   // Wait until a read-only check holds (as --wait-for-schema does, schemaCheckPhase):
- *   await retry(async () => {
- *     const { pending } = await readSchemaState(sql, steps, config, deadline);
- *     if (pending.length > 0) throw kitError("SCHEMA_PENDING", `pending: ${pending.join(", ")}`);
- *   }, { deadline, classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)) });
+ * not (as --wait-for-schema does, schemaCheckPhase): the one place the kit sleeps between attempts is here.
  */
 export async function retry<T>(attempt: (attempt: number) => Promise<T>, options: RetryOptions<T>): Promise<T> {
   const { deadline, classify = classifyError, delay = nextDelay, maxAttempts, onRetry, pause } = options;
@@ -568,14 +527,9 @@ export async function retry<T>(attempt: (attempt: number) => Promise<T>, options
 
 /** Sleep, but wake at once (with its reason) when `signal` fires. Only retry pauses. */
 async function sleep(ms: number, signal: AbortSignal): Promise<undefined> {
-  const nap = Deadline.within(ms, { signal });
-  try {
-    await nap.race(new Promise<never>(() => {}));
-  } catch {
+  await withDeadline(new Promise<never>(() => {}), ms, signal).catch(() => {
     if (signal.aborted) throw signal.reason;
-  } finally {
-    nap.done();
-  }
+  });
   return undefined;
 }
 
@@ -613,10 +567,7 @@ export interface Options {
   writable?: boolean;
 }
 
-/**
- * One server to try. `host` is what libpq calls the host: a name, an address, or a socket
- * directory; `socket` is the socket file when it is one; `hostaddr` is where TCP goes when given.
- */
+/** One server to try: one of libpq's hosts. */
 export interface Target {
   /** A name, an address, a socket directory (`/...`) or an abstract socket (`@...`). */
   host: string;
@@ -656,11 +607,7 @@ export interface Tls {
   maxVersion?: SecureVersion;
 }
 
-/**
- * How to reach the server, resolved as libpq resolves its keywords (parseConnection): the
- * targets, the login, TLS, the per-attempt connect limit. Like pgx's pgconn.Config: nothing
- * about what the run then does. Times in milliseconds.
- */
+/** How to reach the server, resolved as libpq resolves its keywords (parseConnection); like pgx's pgconn.Config, nothing about what the run does. */
 export interface ConnectionConfig {
   /** The servers to try, in order (libpq's host/hostaddr/port lists). Default: localhost:5432; a connection string without a host: the local Unix socket. */
   targets: Target[];
@@ -691,11 +638,7 @@ export interface ConnectionConfig {
   notices: string[];
 }
 
-/**
- * A resolved configuration (parseConfig): the connection, and the run's options around it (as
- * pgx's ConnConfig embeds pgconn.Config). Every field set, times in milliseconds; never changed
- * once made.
- */
+/** A resolved configuration (parseConfig): the connection and the run's options around it, as pgx's ConnConfig embeds pgconn.Config. */
 export interface Config extends ConnectionConfig {
   /** Overall deadline for becoming ready. Default 120,000. */
   timeoutMs: number;
@@ -709,11 +652,7 @@ export interface Config extends ConnectionConfig {
   createDatabase: boolean;
   /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
-  /**
-   * The connection for schema work, past the pooler (--direct-url / DIRECT_URL): waiting and
-   * checking go through the connection above, applying the schema goes here. Default
-   * undefined: schema work goes there too.
-   */
+  /** Where schema work goes, past the pooler (--direct-url / DIRECT_URL); waiting and checking do not. Default undefined: the connection above. */
   direct: ConnectionConfig | undefined;
 }
 
@@ -724,10 +663,8 @@ type ReadFile = (path: string) => string;
 const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
 
 /**
- * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer), one row each: the PG* variable libpq
- * reads for it, the values it accepts, and why the kit refuses it (or one of its values) when
- * it cannot honour it. Nothing is dropped in silence; a keyword not in this table is refused,
- * as libpq refuses it.
+ * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer): the PG* variable, the values it
+ * accepts, and why the kit refuses it (or a value) when it cannot honour it. A keyword not here is refused, as libpq does.
  */
 export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
   host: { env: "PGHOST" },
@@ -962,27 +899,16 @@ export function parseKeywordValue(text: string, source: string): Conninfo {
   }
 }
 
-/** A connection string as libpq takes it: a postgres:// URL, else keyword=value settings. */
-function parseConnectionString(text: string, source: string): Conninfo {
-  return /^postgres(?:ql)?:\/\//.test(text) ? parseUrl(text, source) : parseKeywordValue(text, source);
-}
-
-/** Read a Docker-style secret file, dropping one trailing newline. */
-function readSecret(variable: string, path: string, readFile: ReadFile): string {
-  try {
-    return readFile(path).replace(/\r?\n$/, "");
-  } catch (error) {
-    throw new ConfigError(`${variable}=${path} cannot be read (${errorCode(error)}); fix the path or its permissions, or unset ${variable}`);
-  }
-}
-
-/** A password from VAR or VAR_FILE; setting both is ambiguous, as in the postgres image. */
+/** A password from VAR or VAR_FILE (a Docker-style secret file, one trailing newline dropped); setting both is ambiguous, as in the postgres image. */
 function passwordFrom(variable: string, env: Env, readFile: ReadFile): string | undefined {
   const file = env[`${variable}_FILE`];
-  if (env[variable] !== undefined && file) {
-    throw new ConfigError(`both ${variable} and ${variable}_FILE are set; unset one of them`);
+  if (env[variable] !== undefined && file) throw new ConfigError(`both ${variable} and ${variable}_FILE are set; unset one of them`);
+  if (!file) return env[variable];
+  try {
+    return readFile(file).replace(/\r?\n$/, "");
+  } catch (error) {
+    throw new ConfigError(`${variable}_FILE=${file} cannot be read (${errorCode(error)}); fix the path or its permissions, or unset ${variable}_FILE`);
   }
-  return file ? readSecret(`${variable}_FILE`, file, readFile) : env[variable];
 }
 
 /** A flag's value in seconds, as milliseconds; undefined when unset. */
@@ -1183,11 +1109,11 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
  * PG* variables > the postgres image's POSTGRES_* variables > the password file > DEFAULTS.
  */
 function parseConnection(rawUrl: string | undefined, urlSource: string, options: Options, env: Env, readFile: ReadFile): ConnectionConfig {
-  const url: Conninfo = rawUrl ? parseConnectionString(rawUrl, urlSource) : {};
+  // A postgres:// URL, else libpq's keyword=value settings.
+  const url: Conninfo = !rawUrl ? {} : /^postgres(?:ql)?:\/\//.test(rawUrl) ? parseUrl(rawUrl, urlSource) : parseKeywordValue(rawUrl, urlSource);
   const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
   const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
-  /** The precedence chain, written once: the URL, then libpq's PG* variable, then the postgres image's variable. */
   const setting = (keyword: Keyword): Setting | undefined => {
     const variable = KEYWORDS[keyword]!.env;
     const found =
@@ -1238,6 +1164,11 @@ function parseConnection(rawUrl: string | undefined, urlSource: string, options:
 
   const tls = tlsFrom((keyword) => settings[keyword], env.HOME || homedir(), env, readFile);
   const attrs = (value("target_session_attrs") ?? DEFAULTS.targetSessionAttrs) as TargetSessionAttrs;
+  // A run that writes needs a writable primary whatever the URL says: "any" and "prefer-standby"
+  // become "read-write" (a standby listed first is skipped, or its promotion awaited).
+  if (options.writable && (attrs === "read-only" || attrs === "standby")) {
+    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
+  }
   return {
     targets,
     user,
@@ -1246,7 +1177,7 @@ function parseConnection(rawUrl: string | undefined, urlSource: string, options:
     sslmode: tls.mode,
     tls,
     applicationName: first(value("application_name"), value("fallback_application_name"), options.applicationName) ?? DEFAULTS.applicationName,
-    targetSessionAttrs: options.writable ? writableSessionAttrs(attrs) : attrs,
+    targetSessionAttrs: options.writable && attrs !== "primary" ? "read-write" : attrs,
     loadBalanceHosts: (value("load_balance_hosts") ?? "disable") as Config["loadBalanceHosts"],
     options: value("options"),
     keepAliveSeconds: keepalives === 0 ? 0 : keepAliveIdle && keepAliveIdle > 0 ? keepAliveIdle : DEFAULTS.keepAliveSeconds,
@@ -1288,18 +1219,6 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
 export function secretsOf(config: ConnectionConfig & { direct?: ConnectionConfig }): string[] {
   const secrets = [config.password, config.tls.passphrase, ...config.targets.map((target) => target.password)];
   return [...secrets.filter((secret): secret is string => Boolean(secret)), ...(config.direct ? secretsOf(config.direct) : [])];
-}
-
-/**
- * The schema needs a writable primary whatever the URL says: "any" and "prefer-standby"
- * become "read-write" (so a standby listed first is skipped, or promotion is awaited until the
- * deadline), and asking for a standby is a contradiction.
- */
-function writableSessionAttrs(attrs: TargetSessionAttrs): TargetSessionAttrs {
-  if (attrs === "read-only" || attrs === "standby") {
-    throw new ConfigError(`target_session_attrs=${attrs} cannot apply a schema, which needs a writable primary; use --wait-only, or read-write`);
-  }
-  return attrs === "primary" ? attrs : "read-write";
 }
 
 /** Where a target is, for messages: `host:port`, or the socket file. */
@@ -1827,17 +1746,9 @@ function sessionMatches(attrs: TargetSessionAttrs, state: SessionState, lastHost
   }
 }
 
-export interface Ready {
-  sql: Sql;
-  target: Target;
+export interface Ready extends Found {
   attempts: number;
   elapsedMs: number;
-  serverVersion: string;
-  /**
-   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
-   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
-   */
-  pooled: boolean;
 }
 
 /**
@@ -1847,9 +1758,6 @@ export interface Ready {
  */
 class Parked {
   private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
-  get size(): number {
-    return this.sessions.size;
-  }
   take(target: Target) {
     const session = this.sessions.get(target);
     this.sessions.delete(target);
@@ -1897,10 +1805,15 @@ class Parked {
   }
 }
 
+/** A host that answered and matches target_session_attrs. */
 interface Found {
   sql: Sql;
   target: Target;
   serverVersion: string;
+  /**
+   * A pooler answered, not PostgreSQL itself: the cancel key it sent names another process than
+   * pg_backend_pid() (PgBouncer makes up its own). Which pool mode cannot be told from outside.
+   */
   pooled: boolean;
 }
 
@@ -1955,11 +1868,7 @@ async function tryTargets(config: ConnectionConfig, deadline: Deadline, override
   throw lastError;
 }
 
-/**
- * Retry until a host answers an authenticated query (retry: fast polls while nothing listens or
- * the server is starting, jittered exponential backoff while it is busy, never past the
- * deadline). `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`.
- */
+/** Retry until a host answers an authenticated query. `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`. */
 export async function waitUntilReady(
   config: ConnectionConfig & Partial<Pick<Config, "timeoutMs" | "commandTimeoutMs" | "maxRetries">>,
   { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial, maxRetries = config.maxRetries }: {
@@ -2183,12 +2092,9 @@ function transactionControl(words: string[]): "begin" | "commit" | "other" | und
   return undefined;
 }
 
-function isCopyFromStdin(words: string[]): boolean {
-  return words[0] === "copy" && words.some((word, index) => word === "from" && words[index + 1] === "stdin");
-}
-
-function isCopyToStdout(words: string[]): boolean {
-  return words[0] === "copy" && words.some((word, index) => word === "to" && words[index + 1] === "stdout");
+/** COPY ... FROM stdin (`from`, `stdin`) or COPY ... TO stdout (`to`, `stdout`). */
+function isCopyWith(words: string[], direction: "from" | "to", stream: "stdin" | "stdout"): boolean {
+  return words[0] === "copy" && words.some((word, index) => word === direction && words[index + 1] === stream);
 }
 
 /**
@@ -2322,7 +2228,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
       const statement = current;
       finish(i);
       i++;
-      if (isCopyFromStdin(statement.words)) i = copyData(bytes, statement, i, fail);
+      if (isCopyWith(statement.words, "from", "stdin")) i = copyData(bytes, statement, i, fail);
     } else i++;
   }
   if (current) {
@@ -2332,7 +2238,7 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
   }
 
   const firstStart = statements[0]?.start ?? length;
-  const toStdout = statements.find((statement) => isCopyToStdout(statement.words));
+  const toStdout = statements.find((statement) => isCopyWith(statement.words, "to", "stdout"));
   if (toStdout) fail(toStdout.line, "COPY ... TO STDOUT writes to psql's output, which a schema step does not have", "remove it (or write to a file on the server: COPY ... TO 'path')");
   const noTransaction = noTransactionRule ?? MARKER_LINE.test(bytes.toString("utf8", 0, firstStart));
   if (noTransaction) return { name, bytes, statements, noTransaction };
@@ -3132,7 +3038,8 @@ function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
   if (!record) return false;
   if (record.checksum === undefined || sameChecksum(step, record.checksum)) return true;
   if (step.migration?.found.repeatable) return false;
-  return assertUnchanged(step, record.checksum);
+  // Its file was edited after it was applied.
+  throw new SchemaError(`${step.name} was applied with checksum ${record.checksum.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
 /**
@@ -3700,11 +3607,6 @@ function watchBlockers(sql: Sql, pid: number, config: Config): { stop(): string[
   };
 }
 
-/** A step recorded with another checksum: its file was edited after it was applied. */
-function assertUnchanged({ name, checksum }: SchemaStep, recorded: string): never {
-  throw new SchemaError(`${name} was applied with checksum ${recorded.slice(0, 12)}… but the file now has ${checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
-}
-
 async function verifyTables(sql: Sql, tables: readonly string[], deadline: Deadline): Promise<void> {
   const rows = await deadline.answer(sql`select t as name from unnest(string_to_array(${tables.join(",")}, ',')) t where to_regclass(t) is null`);
   if (rows.length > 0) {
@@ -3798,12 +3700,7 @@ export function hint(error: unknown, config: Config): string {
     WRONG_SESSION_ATTRS: `no host matched target_session_attrs=${config.targetSessionAttrs}: is the primary up?`,
     TLS: `the server's certificate failed the check sslmode=${config.sslmode} asks for: check sslrootcert (the CA that signed it)${config.tls.verifyHost ? " and that the certificate names the host you connect to" : ""}, or choose a weaker sslmode`,
   };
-  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (isTlsError(error) ? hints.TLS! : "");
-}
-
-function isTlsError(error: unknown): boolean {
-  const code = errorCode(error);
-  return code.startsWith("ERR_TLS") || code.startsWith("ERR_SSL") || code.startsWith("ERR_OSSL") || /CERT|SELF_SIGNED|UNABLE_TO/.test(code);
+  return hints[code.startsWith("08") ? "CONNECTION_CLOSED" : code] ?? (/^ERR_(?:TLS|SSL|OSSL)|CERT|SELF_SIGNED|UNABLE_TO/.test(code) ? hints.TLS! : "");
 }
 
 /** The first line of an error's message: parseArgs explains at length. */
@@ -3816,7 +3713,7 @@ export function explain(error: unknown): string {
   if (error instanceof NotReadyError) return `${error.message}: ${explain(error.lastError)}`;
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
-  const at = error instanceof StepFailure ? ` (${error.location})`
+  const at = error instanceof StepFailure && error.location ? ` (${error.location})`
     : serverFields(error).position ? ` (at character ${serverFields(error).position})` : "";
   return `${code === "UNKNOWN" ? "" : code + ": "}${message}${at}`;
 }
@@ -4064,24 +3961,17 @@ async function initDatabase(argv: string[], env: Env): Promise<number> {
       reporter.progress(`attempt ${attempt}, ${formatMs(elapsedMs)}: ${explain(error)}`, errorCode(error));
     },
   };
-  const session: CliSession = { sql: undefined, phase: "connect" };
+  const session: CliSession = { sql: undefined };
+  const readOnly = values["wait-only"] ? "wait-only" : values.check ? "check" : values["wait-for-schema"] ? "wait-for-schema" : undefined;
   try {
     reporter.info(`waiting for ${run.target} (timeout ${formatMs(config.timeoutMs)})`);
-    if (values["wait-only"]) {
-      if (config.createDatabase) reporter.info("--create-database ignored: --wait-only only waits and changes nothing");
-      return await waitPhase(run, session);
-    }
-    if (values.check || values["wait-for-schema"]) {
-      if (config.createDatabase) reporter.info(`--create-database ignored: --${values.check ? "check" : "wait-for-schema"} only reads and changes nothing`);
-      return await schemaCheckPhase(run, session, Boolean(values["wait-for-schema"]));
-    }
-    if (config.createDatabase) {
-      const exitCode = await createDatabasePhase(run);
-      if (exitCode !== undefined) return exitCode;
-    }
-    return await schemaPhase(run, session);
+    if (readOnly && config.createDatabase) reporter.info(`--create-database ignored: --${readOnly} only ${readOnly === "wait-only" ? "waits" : "reads"} and changes nothing`);
+    if (readOnly === "wait-only") return await waitPhase(run, session);
+    if (readOnly) return await schemaCheckPhase(run, session, readOnly === "wait-for-schema");
+    const dryRunEnded = config.createDatabase ? await createDatabasePhase(run) : undefined;
+    return dryRunEnded ?? await schemaPhase(run, session);
   } catch (error) {
-    const end = exitFor(error, session.phase, run);
+    const end = exitFor(error, run);
     reporter.error(end.message, end.fix);
     return summary(end.status, end.exitCode, end.fields);
   } finally {
@@ -4108,11 +3998,8 @@ interface CliRun {
   summary: (status: string, exitCode: number, extra?: Record<string, unknown>) => number;
 }
 
-/** The client main closes whatever happens, and the phase an error would come from. */
-interface CliSession {
-  sql: Sql | undefined;
-  phase: "connect" | "schema";
-}
+/** The client main closes whatever happens. */
+type CliSession = { sql: Sql | undefined };
 
 /** The configuration and the schema steps the flags ask for (none with --wait-only); throws ConfigError or SchemaError. */
 function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: SchemaStep[] } {
@@ -4240,12 +4127,14 @@ function reportSchemaState(run: CliRun, state: SchemaState, atDeadline: boolean)
 /**
  * Wait, then apply the schema. A retryable failure while applying it (a restart, a terminated
  * session) drops the client and starts over from waiting: each step is one transaction, so
- * redoing it is safe.
+ * redoing it is safe. Waiting throws only what retrying cannot help (a NotReadyError, a refused
+ * login), so this retry redoes only the schema work; what that work throws and retrying cannot
+ * help becomes a StepFailure (exit 1), a NotReadyError (a lock never granted) staying as it is.
+ * Then the result line: applied, up to date, or (dry run) pending.
  */
 async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
-  const { config, reporter } = run;
-  return retry(async () => {
-    session.phase = "connect";
+  const { config, steps, reporter, deadline, dryRun } = run;
+  const results = await retry(async () => {
     const ready = await becomeReady(run, session);
     reporter.info(`ready after ${attemptCount(ready.attempts)} in ${formatMs(ready.elapsedMs)}; ${run.dryRun ? "checking what the schema would apply" : "applying the schema"}`);
     if (config.direct) {
@@ -4255,12 +4144,30 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       reporter.info(`schema work goes directly to ${describeTarget(config.direct)}`);
       session.sql = (await waitUntilReady(config.direct, { deadline: run.deadline, onAttempt: run.onAttempt, maxRetries: config.maxRetries })).sql;
     }
-    session.phase = "schema";
-    return applyMigrationsAndReport(run, session.sql!, ready.pooled);
+    try {
+      assertOwnSession(steps, config, ready.pooled);
+      await guardBuiltInSchema(session.sql!, steps, config, deadline);
+      return await applyMigrations(session.sql!, steps, config, {
+        deadline,
+        dryRun,
+        onWait: ({ step, attempt, delayMs, blockers }) => {
+          reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
+          reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
+        },
+        onRebuild: ({ step, index, location }) => {
+          reporter.event({ event: "index_rebuild", step, index, where: location });
+          reporter.info(`${step}: dropping INVALID index ${index}, left by an earlier try, to build it again (${location})`);
+        },
+        onStep: (result) => {
+          reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
+          reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
+        },
+      });
+    } catch (error) {
+      throw error instanceof StepFailure || error instanceof NotReadyError || classifyError(error) !== "fatal" ? error : new StepFailure(error);
+    }
   }, {
-    deadline: run.deadline,
-    // Only a failure while applying is redone here; waiting retries on its own.
-    classify: (error) => (session.phase === "schema" ? classifyError(error) : "fatal"),
+    deadline,
     delay: (_class, _busy, remainingMs) => (remainingMs > 0 ? 0 : undefined),
     gaveUp: () => "went away while applying the schema and the deadline has passed",
     pause: async () => {
@@ -4269,30 +4176,7 @@ async function schemaPhase(run: CliRun, session: CliSession): Promise<number> {
       return undefined;
     },
     onRetry: ({ error, delayMs }) => {
-      if (delayMs === 0 && run.deadline.remainingMs() > 0) reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
-    },
-  });
-}
-
-/** The schema steps on a ready client, and the result line: applied, up to date, or (dry run) pending. */
-async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean): Promise<number> {
-  const { config, steps, reporter, deadline, dryRun } = run;
-  assertOwnSession(steps, config, pooled);
-  await guardBuiltInSchema(sql, steps, config, deadline);
-  const results = await applyMigrations(sql, steps, config, {
-    deadline,
-    dryRun,
-    onWait: ({ step, attempt, delayMs, blockers }) => {
-      reporter.event({ event: "lock_wait", step, attempt, delay_ms: delayMs, blockers });
-      reporter.info(`${step}: lock not granted within --lock-timeout (attempt ${attempt}); rolled back, retrying in ${formatMs(delayMs)}${blockers.length ? `; blocked by ${blockers.join("; ")}` : ""}`);
-    },
-    onRebuild: ({ step, index, location }) => {
-      reporter.event({ event: "index_rebuild", step, index, where: location });
-      reporter.info(`${step}: dropping INVALID index ${index}, left by an earlier try, to build it again (${location})`);
-    },
-    onStep: (result) => {
-      reporter.event({ event: "schema", step: result.name, status: result.status, ms: result.ms });
-      reporter.info(`${result.status}: ${result.name}${dryRun ? "" : ` (${formatMs(result.ms)})`}`);
+      if (delayMs === 0 && deadline.remainingMs() > 0) reporter.info(`schema interrupted (${explain(error)}); reconnecting`);
     },
   });
   if (dryRun) {
@@ -4301,7 +4185,7 @@ async function applyMigrationsAndReport(run: CliRun, sql: Sql, pooled: boolean):
     return run.summary("dry run", EXIT.ok, { pending });
   }
   const appliedCount = results.filter((result) => result.status === "applied").length;
-  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(run.deadline.elapsedMs())}`);
+  reporter.result(`done: ${run.target}: ${appliedCount === 0 ? "schema already up to date" : `applied ${appliedCount} of ${results.length} schema step${results.length === 1 ? "" : "s"}`} in ${formatMs(deadline.elapsedMs())}`);
   return run.summary("done", EXIT.ok, { applied: appliedCount, steps: results.length });
 }
 
@@ -4321,11 +4205,14 @@ function attemptCount(count: number): string {
 }
 
 /**
- * How a run that threw ends, by the error and the phase it came from: the exit code, the
- * summary's status and fields, the error line and its hint. The one place exit codes 1, 3, 4,
- * 130 and 143 are chosen after the configuration was read.
+ * How a run that threw ends, by the error's type: the exit code, the summary's status and
+ * fields, the error line and its hint. The one place exit codes 1, 3, 4, 130 and 143 are chosen
+ * after the configuration was read: a signal (130, 143), a NotReadyError (3, also a server that
+ * went away while applying the schema until the deadline), a SchemaError or StepFailure (1: a
+ * history or ledger the kit cannot use, which --check reads before any schema work, or what the
+ * schema work threw), anything else a failure to connect (4).
  */
-function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "config" | "target" | "deadline">): {
+function exitFor(error: unknown, run: Pick<CliRun, "config" | "target" | "deadline">): {
   exitCode: number; status: string; message: string; fix?: string; fields?: Record<string, unknown>;
 } {
   const { config, target } = run;
@@ -4340,17 +4227,12 @@ function exitFor(error: unknown, phase: CliSession["phase"], run: Pick<CliRun, "
     };
   }
   const fields = { code: errorCode(error), message: explain(error) };
-  // A history or ledger the kit cannot use as it stands (LEDGER_CLASH, HISTORY_FAILED, a changed
-  // step) is a schema failure whichever phase read it: --check reads it before any schema work.
-  if ((phase === "schema" && classifyError(error) === "fatal") || error instanceof SchemaError) {
+  if (error instanceof StepFailure || error instanceof SchemaError) {
     const { step, location } = error instanceof StepFailure ? error : { step: undefined, location: undefined };
     return {
       exitCode: EXIT.schemaFailed, status: "schema failed", message: `schema failed${step ? ` in ${step}` : ""}: ${explain(error)}${schemaDetails(error)}`, fix: schemaHint(error),
       fields: { code: fields.code, step, message: fields.message, where: location },
     };
-  }
-  if (phase === "schema") {
-    return { exitCode: EXIT.notReady, status: "not ready", message: `${target} went away while applying the schema and the deadline has passed: ${explain(error)}`, fix: hint(error, config), fields };
   }
   return { exitCode: EXIT.fatal, status: "fatal", message: `cannot connect to ${target}: ${explain(error)}`, fix: hint(error, config), fields };
 }
