@@ -392,11 +392,6 @@ export class Deadline {
     return new Deadline(startedAt + timeoutMs, answerMs ?? (commandTimeoutMs === 0 ? NO_LIMIT_MS : commandTimeoutMs + DEFAULTS.graceMs), startedAt, [signal]);
   }
 
-  /** When retrying stops, in milliseconds since the epoch. */
-  get at(): number {
-    return this.#at;
-  }
-
   remainingMs(): number {
     return this.#at - Date.now();
   }
