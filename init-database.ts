@@ -1751,19 +1751,15 @@ export interface Ready extends Found {
  * primary is wanted), kept open between attempts: asking the same session again sees a
  * promotion within one poll, for one query instead of a new connection and authentication.
  */
-class Parked {
-  private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
+class Parked extends Map<Target, { sql: Sql; sockets: Sockets }> {
   take(target: Target) {
-    const session = this.sessions.get(target);
-    this.sessions.delete(target);
+    const session = this.get(target);
+    this.delete(target);
     return session;
   }
-  park(target: Target, session: { sql: Sql; sockets: Sockets }): void {
-    this.sessions.set(target, session);
-  }
   async close(): Promise<void> {
-    const sessions = [...this.sessions.values()];
-    this.sessions.clear();
+    const sessions = [...this.values()];
+    this.clear();
     await Promise.all(sessions.map(({ sql }) => closeClient(sql)));
   }
 
@@ -1776,8 +1772,8 @@ class Parked {
     const horizon = deadline.horizon(ms);
     try {
       return await retry(async () => {
-        for (const [target, session] of [...this.sessions]) {
-          this.sessions.delete(target);
+        for (const [target, session] of [...this]) {
+          this.delete(target);
           // Still not matching: parked again; broken: dropped, and the next attempt reconnects.
           const found = await checkSession(config, target, session, DEFAULTS.graceMs, horizon, this).catch(async () => {
             await closeClient(session.sql);
@@ -1789,7 +1785,7 @@ class Parked {
       }, {
         deadline: horizon,
         classify: () => "starting",
-        delay: (_class, _busy, remainingMs) => (remainingMs <= 0 ? undefined : this.sessions.size > 0 ? Math.min(DEFAULTS.recheckMs, remainingMs) : remainingMs),
+        delay: (_class, _busy, remainingMs) => (remainingMs <= 0 ? undefined : this.size > 0 ? Math.min(DEFAULTS.recheckMs, remainingMs) : remainingMs),
       });
     } catch (error) {
       if (error instanceof NotReadyError) return undefined;
@@ -1824,7 +1820,7 @@ async function checkSession(
   );
   const state = rows[0]!;
   if (!sessionMatches(config.targetSessionAttrs, state, lastHost)) {
-    parked?.park(target, session);
+    parked?.set(target, session);
     return undefined;
   }
   sockets.proven();
