@@ -2179,10 +2179,8 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
         get column() { return locate(this.start).column; },
       };
     }
-    if (c === 39) { // 'string'
-      i = endOfQuoted(bytes, i, 39, false);
-    } else if (c === 34) { // "identifier"
-      i = endOfQuoted(bytes, i, 34, false);
+    if (c === 39 || c === 34) { // 'string' or "identifier"
+      i = endOfQuoted(bytes, i, c, false);
     } else if (c === 36) { // $tag$ ... $tag$, else a parameter like $1
       const tag = dollarTag(bytes, i);
       if (tag) {
