@@ -732,20 +732,12 @@ const ENCODE_PASSWORD = "; if the password holds / ? # @ or %, percent-encode th
  */
 function uriDecode(text: string, what: string, fail: (message: string) => ConfigError): string {
   if (!text.includes("%")) return text;
-  const bytes: number[] = [];
-  const encoder = new TextEncoder();
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] !== "%") {
-      bytes.push(...encoder.encode(text[i]!));
-      continue;
-    }
-    const hex = text.slice(i + 1, i + 3);
-    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) throw fail(`the ${what} has a malformed %-escape (% must be followed by two hex digits)`);
-    if (hex === "00") throw fail(`the ${what} holds %00, which libpq refuses (no NUL bytes)`);
-    bytes.push(parseInt(hex, 16));
-    i += 2;
-  }
-  return new TextDecoder().decode(new Uint8Array(bytes));
+  const bad = /%(?![0-9A-Fa-f]{2})|%00/.exec(text);
+  if (bad?.[0] === "%00") throw fail(`the ${what} holds %00, which libpq refuses (no NUL bytes)`);
+  if (bad) throw fail(`the ${what} has a malformed %-escape (% must be followed by two hex digits)`);
+  // Split at each %XX: the text between stays UTF-8, each escape is one byte.
+  const pieces = text.split(/(%[0-9A-Fa-f]{2})/).map((piece, index) => (index % 2 ? Buffer.from([parseInt(piece.slice(1), 16)]) : Buffer.from(piece)));
+  return new TextDecoder().decode(Buffer.concat(pieces));
 }
 
 /** The keyword nearest to a mistyped one (edit distance 2 at most), to suggest it. */
