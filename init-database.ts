@@ -633,19 +633,16 @@ export interface ConnectionConfig {
   notices: string[];
 }
 
-/** A resolved configuration (parseConfig): the connection and the run's options around it, as pgx's ConnConfig embeds pgconn.Config. */
+/**
+ * A resolved configuration (parseConfig): the connection and the run's options around it, as pgx's
+ * ConnConfig embeds pgconn.Config. The run's options are Options' (documented there), times in milliseconds.
+ */
 export interface Config extends ConnectionConfig {
-  /** Overall deadline for becoming ready. Default 120,000. */
   timeoutMs: number;
-  /** statement_timeout of the kit's statements; 0 = none. Default 60,000. */
   commandTimeoutMs: number;
-  /** lock_timeout of every schema step; 0 = none. Default 5,000. */
   lockTimeoutMs: number;
-  /** Attempts before giving up. Default undefined: only the deadline counts. */
   maxRetries: number | undefined;
-  /** Create the target database when missing. Default false. */
   createDatabase: boolean;
-  /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
   /** Where schema work goes, past the pooler (--direct-url / DIRECT_URL); waiting and checking do not. Default undefined: the connection above. */
   direct: ConnectionConfig | undefined;
