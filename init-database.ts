@@ -939,18 +939,15 @@ function passwordFromFile(path: string, wanted: [string, string, string, string]
   for (const line of text.split(/\r?\n/)) {
     if (line.startsWith("#")) continue;
     const fields = [{ raw: "", value: "" }];
-    for (let i = 0; i < line.length; i++) {
-      const field = fields.at(-1)!;
-      if (line[i] === "\\" && i + 1 < line.length) {
-        field.raw += line[i]! + line[i + 1]!;
-        field.value += line[++i]!;
-      } else if (line[i] === ":") {
+    // Each character, or a backslash with the one it escapes.
+    for (const token of line.match(/\\[^]|[^]/g) ?? []) {
+      if (token === ":") {
         if (fields.length === 5) break;
         fields.push({ raw: "", value: "" });
-      } else {
-        field.raw += line[i]!;
-        field.value += line[i]!;
+        continue;
       }
+      fields.at(-1)!.raw += token;
+      fields.at(-1)!.value += token.at(-1)!;
     }
     if (fields.length < 5) continue;
     if (wanted.every((value, index) => fields[index]!.raw === "*" || fields[index]!.value === value)) return fields[4]!.value;
