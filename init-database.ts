@@ -3978,16 +3978,10 @@ type CliSession = { sql: Sql | undefined };
 
 /** The configuration and the schema steps the flags ask for (none with --wait-only); throws ConfigError or SchemaError. */
 function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: SchemaStep[] } {
+  // Options are the flags by name (--connect-timeout is connectTimeout); parseConfig reads only its own.
+  const options: Options = Object.fromEntries(Object.entries(values).map(([flag, value]) => [flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase()), value]));
   const config = parseConfig({
-    url: values.url,
-    timeout: values.timeout,
-    connectTimeout: values["connect-timeout"],
-    commandTimeout: values["command-timeout"],
-    lockTimeout: values["lock-timeout"],
-    maxRetries: values["max-retries"],
-    createDatabase: values["create-database"],
-    ledgerTable: values["ledger-table"],
-    directUrl: values["direct-url"],
+    ...options,
     // Applying the schema needs a writable primary; waiting, and reading the ledger (--check,
     // --wait-for-schema), do not: a standby's replicated ledger answers as well.
     writable: !(values["wait-only"] || values.check || values["wait-for-schema"]),
