@@ -3793,14 +3793,16 @@ const FLAGS = {
   "max-retries": { type: "string" },
 } as const;
 
+/** Handle each of the signals `names` with `handler` until the returned undo runs. */
+function onSignals<S extends NodeJS.Signals>(names: readonly S[], handler: (name: S) => void): () => void {
+  const listeners = names.map((name) => [name, () => handler(name)] as const);
+  for (const [name, listener] of listeners) process.on(name, listener);
+  return () => listeners.forEach(([name, listener]) => process.off(name, listener));
+}
+
 /** Turn SIGINT/SIGTERM into an abort, so every wait ends at once and clients are closed. */
 export function abortOnSignals(controller: AbortController): () => void {
-  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
-    const handler = () => controller.abort(kitError(name, `interrupted by ${name}`));
-    process.on(name, handler);
-    return () => process.off(name, handler);
-  });
-  return () => handlers.forEach((remove) => remove());
+  return onSignals(["SIGINT", "SIGTERM"], (name) => controller.abort(kitError(name, `interrupted by ${name}`)));
 }
 
 /** The exit code for a run ended by a signal (abortOnSignals' abort reason). */
@@ -3879,17 +3881,13 @@ async function runCommand(command: string[], env: Env): Promise<number> {
     process.stderr.write(`error: cannot start ${command[0]}: ${why}\nhint: ${notFound ? "give the full path, or fix PATH in the container" : "chmod +x it, or start it through its interpreter (-- sh script.sh)"}\n`);
     return notFound ? EXIT.commandNotFound : EXIT.commandNotExecutable;
   }
-  const forwarders = FORWARDED_SIGNALS.map((name) => {
-    const forward = () => child.kill(name);
-    process.on(name, forward);
-    return () => process.off(name, forward);
-  });
+  const stopForwarding = onSignals(FORWARDED_SIGNALS, (name) => child.kill(name));
   try {
     const code = await child.exited;
     const signal = child.signalCode as NodeJS.Signals | null;
     return signal ? 128 + osConstants.signals[signal] : code;
   } finally {
-    forwarders.forEach((remove) => remove());
+    stopForwarding();
   }
 }
 
