@@ -655,15 +655,16 @@ type ReadFile = (path: string) => string;
 const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
 
 /**
- * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer): the PG* variable, the values it
- * accepts, and why the kit refuses it (or a value) when it cannot honour it. A keyword not here is refused, as libpq does.
+ * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer): the PG* variable, the postgres image's
+ * POSTGRES_* one (read after it), the values it accepts, and why the kit refuses it (or a value) when it cannot honour it.
+ * A keyword not here is refused, as libpq does.
  */
-export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
-  host: { env: "PGHOST" },
+export const KEYWORDS: Record<string, { env?: string; image?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
+  host: { env: "PGHOST", image: "POSTGRES_HOST" },
   hostaddr: { env: "PGHOSTADDR" },
-  port: { env: "PGPORT" },
-  dbname: { env: "PGDATABASE" },
-  user: { env: "PGUSER" },
+  port: { env: "PGPORT", image: "POSTGRES_PORT" },
+  dbname: { env: "PGDATABASE", image: "POSTGRES_DB" },
+  user: { env: "PGUSER", image: "POSTGRES_USER" },
   password: { env: "PGPASSWORD" },
   passfile: { env: "PGPASSFILE" },
   options: { env: "PGOPTIONS" },
@@ -1092,15 +1093,13 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
 function parseConnection(rawUrl: string | undefined, urlSource: string, options: Options, env: Env, readFile: ReadFile): ConnectionConfig {
   // A postgres:// URL, else libpq's keyword=value settings.
   const url: Conninfo = !rawUrl ? {} : /^postgres(?:ql)?:\/\//.test(rawUrl) ? parseUrl(rawUrl, urlSource) : parseKeywordValue(rawUrl, urlSource);
-  const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
-  const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
   const setting = (keyword: Keyword): Setting | undefined => {
-    const variable = KEYWORDS[keyword]!.env;
+    const { env: variable, image } = KEYWORDS[keyword]!;
     const found =
       first(url[keyword]) !== undefined ? { value: url[keyword]!, from: urlSource, quotable: false }
       : variable && first(env[variable]) !== undefined ? { value: env[variable]!, from: variable, quotable: true }
-      : first(compose[keyword]) !== undefined ? { value: compose[keyword]!, from: composeNames[keyword]!, quotable: true }
+      : image && first(env[image]) !== undefined ? { value: env[image]!, from: image, quotable: true }
       : undefined;
     if (!found) return undefined;
     const { values, refused, refusedValues } = KEYWORDS[keyword]!;
