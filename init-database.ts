@@ -799,19 +799,13 @@ export function parseUrl(url: string, source: string): Conninfo {
       i = close + 1;
       if (i < rest.length && !":/?,".includes(rest[i]!)) throw fail(`unexpected character after an IPv6 host address's "]" (expected ":", "/", "?" or ",")`);
     } else {
-      const end = rest.slice(i).search(/[:/?,]/);
-      const stop = end === -1 ? rest.length : i + end;
-      hosts.push(decode(rest.slice(i, stop), "host"));
-      i = stop;
+      const host = /^[^:/?,]*/.exec(rest.slice(i))![0];
+      hosts.push(decode(host, "host"));
+      i += host.length;
     }
-    let port = "";
-    if (rest[i] === ":") {
-      const end = rest.slice(i + 1).search(/[/?,]/);
-      const stop = end === -1 ? rest.length : i + 1 + end;
-      port = decode(rest.slice(i + 1, stop), "port");
-      i = stop;
-    }
-    ports.push(port);
+    const port = rest[i] === ":" ? /^[^/?,]*/.exec(rest.slice(i + 1))![0] : "";
+    if (rest[i] === ":") i += 1 + port.length;
+    ports.push(decode(port, "port"));
     if (rest[i] !== ",") break;
     i++;
   }
