@@ -850,32 +850,18 @@ function unknownKeyword(which: string, keyword: string, fail: (message: string) 
 export function parseKeywordValue(text: string, source: string): Conninfo {
   const fail = (message: string) => new ConfigError(`${source}: ${message}`);
   const parts: Conninfo = {};
-  const spaceAt = (at: number) => at < text.length && /\s/.test(text[at]!);
-  let i = 0;
-  for (let index = 1; ; index++) {
-    while (spaceAt(i)) i++;
-    if (i >= text.length) return parts;
+  const setting = /\s*([^\s=]*)\s*(=?)\s*(?:'((?:\\[^]|[^\\'])*)(')?|((?:\\[^]|\\$|[^\s\\])*))/y;
+  for (let index = 1; /\S/.test(text.slice(setting.lastIndex)); index++) {
+    const [, keyword = "", equals, quoted, closed, bare = ""] = setting.exec(text)!;
     const which = `setting ${index} of the connection string`;
-    let keyword = "";
-    while (i < text.length && !spaceAt(i) && text[i] !== "=") keyword += text[i++];
-    while (spaceAt(i)) i++;
-    if (text[i] !== "=") {
+    if (!equals) {
       throw fail(index === 1 ? "not a postgres:// or postgresql:// URL, nor a keyword=value connection string" : `${which} has no "=" after its keyword`);
     }
-    i++;
-    while (spaceAt(i)) i++;
-    const quoted = text[i] === "'";
-    if (quoted) i++;
-    let value = "";
-    while (quoted ? text[i] !== "'" : i < text.length && !spaceAt(i)) {
-      if (i >= text.length) throw fail(`${which} has a quoted value with no closing '`);
-      if (text[i] === "\\" && i + 1 < text.length) i++;
-      value += text[i++];
-    }
-    if (quoted) i++;
+    if (quoted !== undefined && !closed) throw fail(`${which} has a quoted value with no closing '`);
     if (!Object.hasOwn(KEYWORDS, keyword)) throw unknownKeyword(which, keyword, fail);
-    parts[keyword] = value;
+    parts[keyword] = (quoted ?? bare).replace(/\\([^])/g, "$1");
   }
+  return parts;
 }
 
 /** A password from VAR or VAR_FILE (a Docker-style secret file, one trailing newline dropped); setting both is ambiguous, as in the postgres image. */
