@@ -775,13 +775,11 @@ export function parseUrl(url: string, source: string): Conninfo {
   const at = rest.slice(0, authorityEnd).lastIndexOf("@");
   if (at !== -1) {
     const credentials = rest.slice(0, at);
-    const colon = credentials.indexOf(":");
-    const user = decode(colon === -1 ? credentials : credentials.slice(0, colon), "user name");
+    const colon = credentials.includes(":") ? credentials.indexOf(":") : credentials.length;
+    const user = decode(credentials.slice(0, colon), "user name");
+    const password = decode(credentials.slice(colon + 1), "password");
     if (user) parts.user = user;
-    if (colon !== -1) {
-      const password = decode(credentials.slice(colon + 1), "password");
-      if (password) parts.password = password;
-    }
+    if (password) parts.password = password;
     rest = rest.slice(at + 1);
   } else if (cutShort) {
     throw fail(`the URL has an "@" after its first "/", so its credentials cannot be told apart`, true);
@@ -812,15 +810,12 @@ export function parseUrl(url: string, source: string): Conninfo {
   if (hosts.join(",")) parts.host = hosts.join(",");
   if (ports.join(",")) parts.port = ports.join(",");
 
-  let query = "";
-  if (rest[i] === "/") {
-    const queryAt = rest.indexOf("?", i);
-    const database = decode(rest.slice(i + 1, queryAt === -1 ? undefined : queryAt), "database name");
-    if (database) parts.dbname = database;
-    if (queryAt !== -1) query = rest.slice(queryAt + 1);
-  } else if (rest[i] === "?") {
-    query = rest.slice(i + 1);
-  }
+  // What is left is "/dbname?query", "?query" or nothing.
+  const tail = rest.slice(i);
+  const queryAt = tail.includes("?") ? tail.indexOf("?") : tail.length;
+  const database = decode(tail.slice(1, queryAt), "database name");
+  if (database) parts.dbname = database;
+  const query = tail.slice(queryAt + 1);
   if (query === "") return parts;
   for (const [index, parameter] of query.split("&").entries()) {
     const which = `query parameter ${index + 1}`;
