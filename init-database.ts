@@ -416,12 +416,11 @@ export class Deadline {
   }
 
   /**
-   * A bound on answers: its signal also aborts `ms` from now (default answerMs) with
-   * CLIENT_DEADLINE, and when `tiedTo` aborts (a connection lost). `renew` restarts the count
-   * (a step that made progress).
+   * A bound on answers: its signal also aborts answerMs from now with CLIENT_DEADLINE, and when
+   * `tiedTo` aborts (a connection lost). `renew` restarts the count (a step that made progress).
    */
-  bound(ms = this.answerMs, { tiedTo, message }: { tiedTo?: AbortSignal; message?: string } = {}): Deadline {
-    return new Deadline(Date.now() + ms, this.answerMs, this.startedAt, [this.signal, tiedTo], ms, message);
+  bound({ tiedTo }: { tiedTo?: AbortSignal } = {}): Deadline {
+    return new Deadline(Date.now() + this.answerMs, this.answerMs, this.startedAt, [this.signal, tiedTo], this.answerMs);
   }
 
   /** A bound made anew: `ms` more from now. */
@@ -1788,7 +1787,7 @@ async function checkSession(
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: ConnectionConfig, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
+async function tryTargets(config: ConnectionConfig, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked: Parked): Promise<Found> {
   let lastError: unknown;
   // load_balance_hosts=random: libpq shuffles the hosts for each connection attempt.
   const order = [...config.targets];
@@ -1819,15 +1818,15 @@ async function tryTargets(config: ConnectionConfig, deadline: Deadline, override
   throw lastError;
 }
 
-/** Retry until a host answers an authenticated query. `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`. */
+/** Retry until a host answers an authenticated query. `deadline` is the run's; without one, --timeout from now, ended by `signal`. */
 export async function waitUntilReady(
   config: ConnectionConfig & Partial<Pick<Config, "timeoutMs" | "commandTimeoutMs" | "maxRetries">>,
-  { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial, maxRetries = config.maxRetries }: {
-    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial; maxRetries?: number;
+  { deadline, signal, onAttempt, overrides = {}, dial, maxRetries = config.maxRetries }: {
+    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; dial?: Dial; maxRetries?: number;
   } = {},
 ): Promise<Ready> {
   const { timeoutMs = DEFAULTS.timeoutMs, commandTimeoutMs = DEFAULTS.commandTimeoutMs } = config;
-  const run = deadline ?? Deadline.forRun({ timeoutMs, commandTimeoutMs, signal, startedAt });
+  const run = deadline ?? Deadline.forRun({ timeoutMs, commandTimeoutMs, signal });
   let cause: unknown;
   const parked = new Parked();
   try {
@@ -3291,7 +3290,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
   const reserved = await reserveSession(sql, context.deadline);
   const { conn, lost } = reserved;
   // Every await on the session ends at once when its connection is lost.
-  const progress = context.deadline.bound(undefined, { tiedTo: lost });
+  const progress = context.deadline.bound({ tiedTo: lost });
   const run = runner(context, progress);
   try {
     const [session] = await run(conn.unsafe(
@@ -3672,10 +3671,8 @@ export class Reporter {
   private progressShown = false;
   private lastPlainAt = 0;
   private lastCause = "";
-  constructor(
-    private readonly mode: { json: boolean; quiet: boolean; tty: boolean; color: boolean },
-    private readonly secrets: (string | undefined)[] = [],
-  ) {}
+  private readonly secrets: (string | undefined)[] = [];
+  constructor(private readonly mode: { json: boolean; quiet: boolean; tty: boolean; color: boolean }) {}
 
   addSecret(secret: string | undefined): void {
     this.secrets.push(secret);
