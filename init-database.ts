@@ -340,12 +340,12 @@ const NO_LIMIT_MS = 24 * 3600_000;
 
 /**
  * The run's one deadline. `at` is when retrying stops: no attempt starts after it (the one made
- * at it still gets `attemptMs`), while work already under way is not cut. `signal` ends every
- * await under it at once: it aborts with the run's interruption (SIGINT, SIGTERM), with a lost
- * connection a bound was tied to, and, for a bound on answers (`bound`, `answer`), with
- * CLIENT_DEADLINE once an answer is overdue. Made once per run (`Deadline.forRun`) and passed
- * down; every part of the run derives what it needs from it. A derived deadline listens to its
- * parent until `done()`.
+ * at it still gets DEFAULTS.lastAttemptMs to connect), while work already under way is not cut.
+ * `signal` ends every await under it at once: it aborts with the run's interruption (SIGINT,
+ * SIGTERM), with a lost connection a bound was tied to, and, for a bound on answers (`bound`,
+ * `answer`), with CLIENT_DEADLINE once an answer is overdue. Made once per run (`Deadline.forRun`)
+ * and passed down; every part of the run derives what it needs from it. A derived deadline
+ * listens to its parent until `done()`.
  *
  * @example
  *   const deadline = Deadline.forRun({ timeoutMs: 30_000, commandTimeoutMs: 5_000, signal: controller.signal });
@@ -398,11 +398,6 @@ export class Deadline {
 
   elapsedMs(): number {
     return Date.now() - this.startedAt;
-  }
-
-  /** The connect limit of an attempt started now: `connectTimeoutMs`, cut to what remains, never below DEFAULTS.lastAttemptMs. */
-  attemptMs(connectTimeoutMs: number): number {
-    return Math.min(connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, this.remainingMs()));
   }
 
   /** A bound on its own, `ms` from now: for an answer that no run's deadline covers. */
@@ -1797,8 +1792,8 @@ async function tryTargets(config: ConnectionConfig, deadline: Deadline, override
   }
   for (const [index, target] of order.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
-    // The attempt made at the deadline still gets time enough to succeed.
-    const connectTimeoutMs = deadline.attemptMs(config.connectTimeoutMs);
+    // Cut to what remains, but the attempt made at the deadline still gets time enough to succeed.
+    const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadline.remainingMs()));
     const { sql, sockets } = parked.take(target) ?? (() => {
       const attemptConfig = { ...config, connectTimeoutMs };
       const sockets = oneSocketUntilProven(attemptConfig, target, dial);
