@@ -2161,11 +2161,8 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
       i = j;
     } else if (c >= 48 && c <= 57) {
       while (i < length && (isIdentPart(bytes[i]!) || bytes[i] === 46)) i++;
-    } else if (c === 40) {
-      parens++;
-      i++;
-    } else if (c === 41) {
-      if (parens > 0) parens--;
+    } else if (c === 40 || c === 41) { // ( and ), a stray ")" ignored
+      parens = Math.max(0, parens + (c === 40 ? 1 : -1));
       i++;
     } else if (c === 59 && parens === 0 && beginDepth === 0) {
       const statement = current;
