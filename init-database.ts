@@ -1031,6 +1031,9 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
     verifyChain: mode !== "disable" && Boolean(root),
     verifyHost: mode === "verify-full",
     sni: setting("sslsni")?.value !== "0",
+    passphrase: setting("sslpassword")?.value,
+    minVersion: (setting("ssl_min_protocol_version")?.value ?? "TLSv1.2") as SecureVersion,
+    maxVersion: setting("ssl_max_protocol_version")?.value as SecureVersion | undefined,
   };
   if (root && mode !== "disable") tls.ca = system ? systemRoots(env, readFile) : readTlsFile(root, "sslrootcert", readFile);
   if (certSetting && mode !== "disable") tls.cert = readTlsFile(certSetting, "sslcert", readFile);
@@ -1045,12 +1048,6 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
     const files = [...(crlFile ? [crlFile] : []), ...inDir.filter((path) => statSync(path).isFile()).map((path) => ({ ...crlDir!, value: path }))];
     if (files.length > 0) tls.crl = files.map((file) => readTlsFile(file, "sslcrl", readFile));
   }
-  const passphrase = setting("sslpassword")?.value;
-  if (passphrase) tls.passphrase = passphrase;
-  const min = setting("ssl_min_protocol_version")?.value ?? "TLSv1.2";
-  const max = setting("ssl_max_protocol_version")?.value;
-  tls.minVersion = min as SecureVersion;
-  if (max) tls.maxVersion = max as SecureVersion;
   return tls;
 }
 
