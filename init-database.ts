@@ -3994,18 +3994,15 @@ async function schemaCheckPhase(run: CliRun, session: CliSession, wait: boolean)
   try {
     return await retry(async () => {
       if (!session.sql) await becomeReady(run, session);
-      try {
-        const state = await readSchemaState(session.sql!, steps, config, deadline);
-        if (!wait || state.changed.length > 0 || state.pending.length === 0) return reportSchemaState(run, state, false);
-        pendingState = state;
-        throw kitError("SCHEMA_PENDING", `${state.pending.length} of ${steps.length} steps pending`);
-      } catch (error) {
-        if (errorCode(error) !== "SCHEMA_PENDING") {
-          await closeClient(session.sql);
-          session.sql = undefined;
-        }
+      const state = await readSchemaState(session.sql!, steps, config, deadline).catch(async (error) => {
+        // A session the read failed on is dropped: the next attempt waits for the server again.
+        await closeClient(session.sql);
+        session.sql = undefined;
         throw error;
-      }
+      });
+      if (!wait || state.changed.length > 0 || state.pending.length === 0) return reportSchemaState(run, state, false);
+      pendingState = state;
+      throw kitError("SCHEMA_PENDING", `${state.pending.length} of ${steps.length} steps pending`);
     }, {
       deadline,
       classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)),
