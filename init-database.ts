@@ -340,12 +340,12 @@ const NO_LIMIT_MS = 24 * 3600_000;
 
 /**
  * The run's one deadline. `at` is when retrying stops: no attempt starts after it (the one made
- * at it still gets `attemptMs`), while work already under way is not cut. `signal` ends every
- * await under it at once: it aborts with the run's interruption (SIGINT, SIGTERM), with a lost
- * connection a bound was tied to, and, for a bound on answers (`bound`, `answer`), with
- * CLIENT_DEADLINE once an answer is overdue. Made once per run (`Deadline.forRun`) and passed
- * down; every part of the run derives what it needs from it. A derived deadline listens to its
- * parent until `done()`.
+ * at it still gets DEFAULTS.lastAttemptMs to connect), while work already under way is not cut.
+ * `signal` ends every await under it at once: it aborts with the run's interruption (SIGINT,
+ * SIGTERM), with a lost connection a bound was tied to, and, for a bound on answers (`bound`,
+ * `answer`), with CLIENT_DEADLINE once an answer is overdue. Made once per run (`Deadline.forRun`)
+ * and passed down; every part of the run derives what it needs from it. A derived deadline
+ * listens to its parent until `done()`.
  *
  * @example
  *   const deadline = Deadline.forRun({ timeoutMs: 30_000, commandTimeoutMs: 5_000, signal: controller.signal });
@@ -392,22 +392,12 @@ export class Deadline {
     return new Deadline(startedAt + timeoutMs, answerMs ?? (commandTimeoutMs === 0 ? NO_LIMIT_MS : commandTimeoutMs + DEFAULTS.graceMs), startedAt, [signal]);
   }
 
-  /** When retrying stops, in milliseconds since the epoch. */
-  get at(): number {
-    return this.#at;
-  }
-
   remainingMs(): number {
     return this.#at - Date.now();
   }
 
   elapsedMs(): number {
     return Date.now() - this.startedAt;
-  }
-
-  /** The connect limit of an attempt started now: `connectTimeoutMs`, cut to what remains, never below DEFAULTS.lastAttemptMs. */
-  attemptMs(connectTimeoutMs: number): number {
-    return Math.min(connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, this.remainingMs()));
   }
 
   /** A bound on its own, `ms` from now: for an answer that no run's deadline covers. */
@@ -421,12 +411,11 @@ export class Deadline {
   }
 
   /**
-   * A bound on answers: its signal also aborts `ms` from now (default answerMs) with
-   * CLIENT_DEADLINE, and when `tiedTo` aborts (a connection lost). `renew` restarts the count
-   * (a step that made progress).
+   * A bound on answers: its signal also aborts answerMs from now with CLIENT_DEADLINE, and when
+   * `tiedTo` aborts (a connection lost). `renew` restarts the count (a step that made progress).
    */
-  bound(ms = this.answerMs, { tiedTo, message }: { tiedTo?: AbortSignal; message?: string } = {}): Deadline {
-    return new Deadline(Date.now() + ms, this.answerMs, this.startedAt, [this.signal, tiedTo], ms, message);
+  bound({ tiedTo }: { tiedTo?: AbortSignal } = {}): Deadline {
+    return new Deadline(Date.now() + this.answerMs, this.answerMs, this.startedAt, [this.signal, tiedTo], this.answerMs);
   }
 
   /** A bound made anew: `ms` more from now. */
@@ -638,19 +627,16 @@ export interface ConnectionConfig {
   notices: string[];
 }
 
-/** A resolved configuration (parseConfig): the connection and the run's options around it, as pgx's ConnConfig embeds pgconn.Config. */
+/**
+ * A resolved configuration (parseConfig): the connection and the run's options around it, as pgx's
+ * ConnConfig embeds pgconn.Config. The run's options are Options' (documented there), times in milliseconds.
+ */
 export interface Config extends ConnectionConfig {
-  /** Overall deadline for becoming ready. Default 120,000. */
   timeoutMs: number;
-  /** statement_timeout of the kit's statements; 0 = none. Default 60,000. */
   commandTimeoutMs: number;
-  /** lock_timeout of every schema step; 0 = none. Default 5,000. */
   lockTimeoutMs: number;
-  /** Attempts before giving up. Default undefined: only the deadline counts. */
   maxRetries: number | undefined;
-  /** Create the target database when missing. Default false. */
   createDatabase: boolean;
-  /** Default "schema_migrations" (in the current schema). */
   ledgerTable: string;
   /** Where schema work goes, past the pooler (--direct-url / DIRECT_URL); waiting and checking do not. Default undefined: the connection above. */
   direct: ConnectionConfig | undefined;
@@ -663,15 +649,16 @@ type ReadFile = (path: string) => string;
 const NO_GSSAPI = "GSSAPI/Kerberos is not supported by the client (postgres.js)";
 
 /**
- * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer): the PG* variable, the values it
- * accepts, and why the kit refuses it (or a value) when it cannot honour it. A keyword not here is refused, as libpq does.
+ * libpq's connection keywords (PostgreSQL 18's list, and the kit's own pgbouncer): the PG* variable, the postgres image's
+ * POSTGRES_* one (read after it), the values it accepts, and why the kit refuses it (or a value) when it cannot honour it.
+ * A keyword not here is refused, as libpq does.
  */
-export const KEYWORDS: Record<string, { env?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
-  host: { env: "PGHOST" },
+export const KEYWORDS: Record<string, { env?: string; image?: string; values?: readonly string[]; refused?: string; refusedValues?: Record<string, string> }> = {
+  host: { env: "PGHOST", image: "POSTGRES_HOST" },
   hostaddr: { env: "PGHOSTADDR" },
-  port: { env: "PGPORT" },
-  dbname: { env: "PGDATABASE" },
-  user: { env: "PGUSER" },
+  port: { env: "PGPORT", image: "POSTGRES_PORT" },
+  dbname: { env: "PGDATABASE", image: "POSTGRES_DB" },
+  user: { env: "PGUSER", image: "POSTGRES_USER" },
   password: { env: "PGPASSWORD" },
   passfile: { env: "PGPASSFILE" },
   options: { env: "PGOPTIONS" },
@@ -737,20 +724,12 @@ const ENCODE_PASSWORD = "; if the password holds / ? # @ or %, percent-encode th
  */
 function uriDecode(text: string, what: string, fail: (message: string) => ConfigError): string {
   if (!text.includes("%")) return text;
-  const bytes: number[] = [];
-  const encoder = new TextEncoder();
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] !== "%") {
-      bytes.push(...encoder.encode(text[i]!));
-      continue;
-    }
-    const hex = text.slice(i + 1, i + 3);
-    if (!/^[0-9A-Fa-f]{2}$/.test(hex)) throw fail(`the ${what} has a malformed %-escape (% must be followed by two hex digits)`);
-    if (hex === "00") throw fail(`the ${what} holds %00, which libpq refuses (no NUL bytes)`);
-    bytes.push(parseInt(hex, 16));
-    i += 2;
-  }
-  return new TextDecoder().decode(new Uint8Array(bytes));
+  const bad = /%(?![0-9A-Fa-f]{2})|%00/.exec(text);
+  if (bad?.[0] === "%00") throw fail(`the ${what} holds %00, which libpq refuses (no NUL bytes)`);
+  if (bad) throw fail(`the ${what} has a malformed %-escape (% must be followed by two hex digits)`);
+  // Split at each %XX: the text between stays UTF-8, each escape is one byte.
+  const pieces = text.split(/(%[0-9A-Fa-f]{2})/).map((piece, index) => (index % 2 ? Buffer.from([parseInt(piece.slice(1), 16)]) : Buffer.from(piece)));
+  return new TextDecoder().decode(Buffer.concat(pieces));
 }
 
 /** The keyword nearest to a mistyped one (edit distance 2 at most), to suggest it. */
@@ -790,13 +769,11 @@ export function parseUrl(url: string, source: string): Conninfo {
   const at = rest.slice(0, authorityEnd).lastIndexOf("@");
   if (at !== -1) {
     const credentials = rest.slice(0, at);
-    const colon = credentials.indexOf(":");
-    const user = decode(colon === -1 ? credentials : credentials.slice(0, colon), "user name");
+    const colon = credentials.includes(":") ? credentials.indexOf(":") : credentials.length;
+    const user = decode(credentials.slice(0, colon), "user name");
+    const password = decode(credentials.slice(colon + 1), "password");
     if (user) parts.user = user;
-    if (colon !== -1) {
-      const password = decode(credentials.slice(colon + 1), "password");
-      if (password) parts.password = password;
-    }
+    if (password) parts.password = password;
     rest = rest.slice(at + 1);
   } else if (cutShort) {
     throw fail(`the URL has an "@" after its first "/", so its credentials cannot be told apart`, true);
@@ -814,34 +791,25 @@ export function parseUrl(url: string, source: string): Conninfo {
       i = close + 1;
       if (i < rest.length && !":/?,".includes(rest[i]!)) throw fail(`unexpected character after an IPv6 host address's "]" (expected ":", "/", "?" or ",")`);
     } else {
-      const end = rest.slice(i).search(/[:/?,]/);
-      const stop = end === -1 ? rest.length : i + end;
-      hosts.push(decode(rest.slice(i, stop), "host"));
-      i = stop;
+      const host = /^[^:/?,]*/.exec(rest.slice(i))![0];
+      hosts.push(decode(host, "host"));
+      i += host.length;
     }
-    let port = "";
-    if (rest[i] === ":") {
-      const end = rest.slice(i + 1).search(/[/?,]/);
-      const stop = end === -1 ? rest.length : i + 1 + end;
-      port = decode(rest.slice(i + 1, stop), "port");
-      i = stop;
-    }
-    ports.push(port);
+    const port = rest[i] === ":" ? /^[^/?,]*/.exec(rest.slice(i + 1))![0] : "";
+    if (rest[i] === ":") i += 1 + port.length;
+    ports.push(decode(port, "port"));
     if (rest[i] !== ",") break;
     i++;
   }
   if (hosts.join(",")) parts.host = hosts.join(",");
   if (ports.join(",")) parts.port = ports.join(",");
 
-  let query = "";
-  if (rest[i] === "/") {
-    const queryAt = rest.indexOf("?", i);
-    const database = decode(rest.slice(i + 1, queryAt === -1 ? undefined : queryAt), "database name");
-    if (database) parts.dbname = database;
-    if (queryAt !== -1) query = rest.slice(queryAt + 1);
-  } else if (rest[i] === "?") {
-    query = rest.slice(i + 1);
-  }
+  // What is left is "/dbname?query", "?query" or nothing.
+  const tail = rest.slice(i);
+  const queryAt = tail.includes("?") ? tail.indexOf("?") : tail.length;
+  const database = decode(tail.slice(1, queryAt), "database name");
+  if (database) parts.dbname = database;
+  const query = tail.slice(queryAt + 1);
   if (query === "") return parts;
   for (const [index, parameter] of query.split("&").entries()) {
     const which = `query parameter ${index + 1}`;
@@ -871,32 +839,18 @@ function unknownKeyword(which: string, keyword: string, fail: (message: string) 
 export function parseKeywordValue(text: string, source: string): Conninfo {
   const fail = (message: string) => new ConfigError(`${source}: ${message}`);
   const parts: Conninfo = {};
-  const spaceAt = (at: number) => at < text.length && /\s/.test(text[at]!);
-  let i = 0;
-  for (let index = 1; ; index++) {
-    while (spaceAt(i)) i++;
-    if (i >= text.length) return parts;
+  const setting = /\s*([^\s=]*)\s*(=?)\s*(?:'((?:\\[^]|[^\\'])*)(')?|((?:\\[^]|\\$|[^\s\\])*))/y;
+  for (let index = 1; /\S/.test(text.slice(setting.lastIndex)); index++) {
+    const [, keyword = "", equals, quoted, closed, bare = ""] = setting.exec(text)!;
     const which = `setting ${index} of the connection string`;
-    let keyword = "";
-    while (i < text.length && !spaceAt(i) && text[i] !== "=") keyword += text[i++];
-    while (spaceAt(i)) i++;
-    if (text[i] !== "=") {
+    if (!equals) {
       throw fail(index === 1 ? "not a postgres:// or postgresql:// URL, nor a keyword=value connection string" : `${which} has no "=" after its keyword`);
     }
-    i++;
-    while (spaceAt(i)) i++;
-    const quoted = text[i] === "'";
-    if (quoted) i++;
-    let value = "";
-    while (quoted ? text[i] !== "'" : i < text.length && !spaceAt(i)) {
-      if (i >= text.length) throw fail(`${which} has a quoted value with no closing '`);
-      if (text[i] === "\\" && i + 1 < text.length) i++;
-      value += text[i++];
-    }
-    if (quoted) i++;
+    if (quoted !== undefined && !closed) throw fail(`${which} has a quoted value with no closing '`);
     if (!Object.hasOwn(KEYWORDS, keyword)) throw unknownKeyword(which, keyword, fail);
-    parts[keyword] = value;
+    parts[keyword] = (quoted ?? bare).replace(/\\([^])/g, "$1");
   }
+  return parts;
 }
 
 /** A password from VAR or VAR_FILE (a Docker-style secret file, one trailing newline dropped); setting both is ambiguous, as in the postgres image. */
@@ -955,18 +909,15 @@ function passwordFromFile(path: string, wanted: [string, string, string, string]
   for (const line of text.split(/\r?\n/)) {
     if (line.startsWith("#")) continue;
     const fields = [{ raw: "", value: "" }];
-    for (let i = 0; i < line.length; i++) {
-      const field = fields.at(-1)!;
-      if (line[i] === "\\" && i + 1 < line.length) {
-        field.raw += line[i]! + line[i + 1]!;
-        field.value += line[++i]!;
-      } else if (line[i] === ":") {
+    // Each character, or a backslash with the one it escapes.
+    for (const token of line.match(/\\[^]|[^]/g) ?? []) {
+      if (token === ":") {
         if (fields.length === 5) break;
         fields.push({ raw: "", value: "" });
-      } else {
-        field.raw += line[i]!;
-        field.value += line[i]!;
+        continue;
       }
+      fields.at(-1)!.raw += token;
+      fields.at(-1)!.value += token.at(-1)!;
     }
     if (fields.length < 5) continue;
     if (wanted.every((value, index) => fields[index]!.raw === "*" || fields[index]!.value === value)) return fields[4]!.value;
@@ -1080,6 +1031,9 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
     verifyChain: mode !== "disable" && Boolean(root),
     verifyHost: mode === "verify-full",
     sni: setting("sslsni")?.value !== "0",
+    passphrase: setting("sslpassword")?.value,
+    minVersion: (setting("ssl_min_protocol_version")?.value ?? "TLSv1.2") as SecureVersion,
+    maxVersion: setting("ssl_max_protocol_version")?.value as SecureVersion | undefined,
   };
   if (root && mode !== "disable") tls.ca = system ? systemRoots(env, readFile) : readTlsFile(root, "sslrootcert", readFile);
   if (certSetting && mode !== "disable") tls.cert = readTlsFile(certSetting, "sslcert", readFile);
@@ -1094,12 +1048,6 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
     const files = [...(crlFile ? [crlFile] : []), ...inDir.filter((path) => statSync(path).isFile()).map((path) => ({ ...crlDir!, value: path }))];
     if (files.length > 0) tls.crl = files.map((file) => readTlsFile(file, "sslcrl", readFile));
   }
-  const passphrase = setting("sslpassword")?.value;
-  if (passphrase) tls.passphrase = passphrase;
-  const min = setting("ssl_min_protocol_version")?.value ?? "TLSv1.2";
-  const max = setting("ssl_max_protocol_version")?.value;
-  tls.minVersion = min as SecureVersion;
-  if (max) tls.maxVersion = max as SecureVersion;
   return tls;
 }
 
@@ -1111,15 +1059,13 @@ function tlsFrom(setting: (keyword: Keyword) => Setting | undefined, home: strin
 function parseConnection(rawUrl: string | undefined, urlSource: string, options: Options, env: Env, readFile: ReadFile): ConnectionConfig {
   // A postgres:// URL, else libpq's keyword=value settings.
   const url: Conninfo = !rawUrl ? {} : /^postgres(?:ql)?:\/\//.test(rawUrl) ? parseUrl(rawUrl, urlSource) : parseKeywordValue(rawUrl, urlSource);
-  const compose: Conninfo = { host: env.POSTGRES_HOST, port: env.POSTGRES_PORT, user: env.POSTGRES_USER, dbname: env.POSTGRES_DB };
-  const composeNames: Conninfo = { host: "POSTGRES_HOST", port: "POSTGRES_PORT", user: "POSTGRES_USER", dbname: "POSTGRES_DB" };
 
   const setting = (keyword: Keyword): Setting | undefined => {
-    const variable = KEYWORDS[keyword]!.env;
+    const { env: variable, image } = KEYWORDS[keyword]!;
     const found =
       first(url[keyword]) !== undefined ? { value: url[keyword]!, from: urlSource, quotable: false }
       : variable && first(env[variable]) !== undefined ? { value: env[variable]!, from: variable, quotable: true }
-      : first(compose[keyword]) !== undefined ? { value: compose[keyword]!, from: composeNames[keyword]!, quotable: true }
+      : image && first(env[image]) !== undefined ? { value: env[image]!, from: image, quotable: true }
       : undefined;
     if (!found) return undefined;
     const { values, refused, refusedValues } = KEYWORDS[keyword]!;
@@ -1756,19 +1702,15 @@ export interface Ready extends Found {
  * primary is wanted), kept open between attempts: asking the same session again sees a
  * promotion within one poll, for one query instead of a new connection and authentication.
  */
-class Parked {
-  private readonly sessions = new Map<Target, { sql: Sql; sockets: Sockets }>();
+class Parked extends Map<Target, { sql: Sql; sockets: Sockets }> {
   take(target: Target) {
-    const session = this.sessions.get(target);
-    this.sessions.delete(target);
+    const session = this.get(target);
+    this.delete(target);
     return session;
   }
-  park(target: Target, session: { sql: Sql; sockets: Sockets }): void {
-    this.sessions.set(target, session);
-  }
   async close(): Promise<void> {
-    const sessions = [...this.sessions.values()];
-    this.sessions.clear();
+    const sessions = [...this.values()];
+    this.clear();
     await Promise.all(sessions.map(({ sql }) => closeClient(sql)));
   }
 
@@ -1781,8 +1723,8 @@ class Parked {
     const horizon = deadline.horizon(ms);
     try {
       return await retry(async () => {
-        for (const [target, session] of [...this.sessions]) {
-          this.sessions.delete(target);
+        for (const [target, session] of [...this]) {
+          this.delete(target);
           // Still not matching: parked again; broken: dropped, and the next attempt reconnects.
           const found = await checkSession(config, target, session, DEFAULTS.graceMs, horizon, this).catch(async () => {
             await closeClient(session.sql);
@@ -1794,7 +1736,7 @@ class Parked {
       }, {
         deadline: horizon,
         classify: () => "starting",
-        delay: (_class, _busy, remainingMs) => (remainingMs <= 0 ? undefined : this.sessions.size > 0 ? Math.min(DEFAULTS.recheckMs, remainingMs) : remainingMs),
+        delay: (_class, _busy, remainingMs) => (remainingMs <= 0 ? undefined : this.size > 0 ? Math.min(DEFAULTS.recheckMs, remainingMs) : remainingMs),
       });
     } catch (error) {
       if (error instanceof NotReadyError) return undefined;
@@ -1829,7 +1771,7 @@ async function checkSession(
   );
   const state = rows[0]!;
   if (!sessionMatches(config.targetSessionAttrs, state, lastHost)) {
-    parked?.park(target, session);
+    parked?.set(target, session);
     return undefined;
   }
   sockets.proven();
@@ -1837,7 +1779,7 @@ async function checkSession(
 }
 
 /** Open a client on each host in turn until one answers a query and matches the session attributes. */
-async function tryTargets(config: ConnectionConfig, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked = new Parked()): Promise<Found> {
+async function tryTargets(config: ConnectionConfig, deadline: Deadline, overrides: postgres.Options<{}>, dial: Dial = dialTarget, parked: Parked): Promise<Found> {
   let lastError: unknown;
   // load_balance_hosts=random: libpq shuffles the hosts for each connection attempt.
   const order = [...config.targets];
@@ -1847,8 +1789,8 @@ async function tryTargets(config: ConnectionConfig, deadline: Deadline, override
   }
   for (const [index, target] of order.entries()) {
     // postgres.js's own connect timeout names the cause; the client deadline, a little later, catches a hang.
-    // The attempt made at the deadline still gets time enough to succeed.
-    const connectTimeoutMs = deadline.attemptMs(config.connectTimeoutMs);
+    // Cut to what remains, but the attempt made at the deadline still gets time enough to succeed.
+    const connectTimeoutMs = Math.min(config.connectTimeoutMs, Math.max(DEFAULTS.lastAttemptMs, deadline.remainingMs()));
     const { sql, sockets } = parked.take(target) ?? (() => {
       const attemptConfig = { ...config, connectTimeoutMs };
       const sockets = oneSocketUntilProven(attemptConfig, target, dial);
@@ -1868,15 +1810,15 @@ async function tryTargets(config: ConnectionConfig, deadline: Deadline, override
   throw lastError;
 }
 
-/** Retry until a host answers an authenticated query. `deadline` is the run's; without one, --timeout from `startedAt`, ended by `signal`. */
+/** Retry until a host answers an authenticated query. `deadline` is the run's; without one, --timeout from now, ended by `signal`. */
 export async function waitUntilReady(
   config: ConnectionConfig & Partial<Pick<Config, "timeoutMs" | "commandTimeoutMs" | "maxRetries">>,
-  { deadline, signal, onAttempt, overrides = {}, startedAt = Date.now(), dial, maxRetries = config.maxRetries }: {
-    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; startedAt?: number; dial?: Dial; maxRetries?: number;
+  { deadline, signal, onAttempt, overrides = {}, dial, maxRetries = config.maxRetries }: {
+    deadline?: Deadline; signal?: AbortSignal; onAttempt?: (attempt: Attempt) => void; overrides?: postgres.Options<{}>; dial?: Dial; maxRetries?: number;
   } = {},
 ): Promise<Ready> {
   const { timeoutMs = DEFAULTS.timeoutMs, commandTimeoutMs = DEFAULTS.commandTimeoutMs } = config;
-  const run = deadline ?? Deadline.forRun({ timeoutMs, commandTimeoutMs, signal, startedAt });
+  const run = deadline ?? Deadline.forRun({ timeoutMs, commandTimeoutMs, signal });
   let cause: unknown;
   const parked = new Parked();
   try {
@@ -2188,10 +2130,8 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
         get column() { return locate(this.start).column; },
       };
     }
-    if (c === 39) { // 'string'
-      i = endOfQuoted(bytes, i, 39, false);
-    } else if (c === 34) { // "identifier"
-      i = endOfQuoted(bytes, i, 34, false);
+    if (c === 39 || c === 34) { // 'string' or "identifier"
+      i = endOfQuoted(bytes, i, c, false);
     } else if (c === 36) { // $tag$ ... $tag$, else a parameter like $1
       const tag = dollarTag(bytes, i);
       if (tag) {
@@ -2218,11 +2158,8 @@ export function readScript(source: string | Buffer, name: string, noTransactionR
       i = j;
     } else if (c >= 48 && c <= 57) {
       while (i < length && (isIdentPart(bytes[i]!) || bytes[i] === 46)) i++;
-    } else if (c === 40) {
-      parens++;
-      i++;
-    } else if (c === 41) {
-      if (parens > 0) parens--;
+    } else if (c === 40 || c === 41) { // ( and ), a stray ")" ignored
+      parens = Math.max(0, parens + (c === 40 ? 1 : -1));
       i++;
     } else if (c === 59 && parens === 0 && beginDepth === 0) {
       const statement = current;
@@ -3342,7 +3279,7 @@ async function applyMigrationOutsideTransaction(step: SchemaStep, context: StepC
   const reserved = await reserveSession(sql, context.deadline);
   const { conn, lost } = reserved;
   // Every await on the session ends at once when its connection is lost.
-  const progress = context.deadline.bound(undefined, { tiedTo: lost });
+  const progress = context.deadline.bound({ tiedTo: lost });
   const run = runner(context, progress);
   try {
     const [session] = await run(conn.unsafe(
@@ -3723,10 +3660,8 @@ export class Reporter {
   private progressShown = false;
   private lastPlainAt = 0;
   private lastCause = "";
-  constructor(
-    private readonly mode: { json: boolean; quiet: boolean; tty: boolean; color: boolean },
-    private readonly secrets: (string | undefined)[] = [],
-  ) {}
+  private readonly secrets: (string | undefined)[] = [];
+  constructor(private readonly mode: { json: boolean; quiet: boolean; tty: boolean; color: boolean }) {}
 
   addSecret(secret: string | undefined): void {
     this.secrets.push(secret);
@@ -3818,14 +3753,16 @@ const FLAGS = {
   "max-retries": { type: "string" },
 } as const;
 
+/** Handle each of the signals `names` with `handler` until the returned undo runs. */
+function onSignals<S extends NodeJS.Signals>(names: readonly S[], handler: (name: S) => void): () => void {
+  const listeners = names.map((name) => [name, () => handler(name)] as const);
+  for (const [name, listener] of listeners) process.on(name, listener);
+  return () => listeners.forEach(([name, listener]) => process.off(name, listener));
+}
+
 /** Turn SIGINT/SIGTERM into an abort, so every wait ends at once and clients are closed. */
 export function abortOnSignals(controller: AbortController): () => void {
-  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
-    const handler = () => controller.abort(kitError(name, `interrupted by ${name}`));
-    process.on(name, handler);
-    return () => process.off(name, handler);
-  });
-  return () => handlers.forEach((remove) => remove());
+  return onSignals(["SIGINT", "SIGTERM"], (name) => controller.abort(kitError(name, `interrupted by ${name}`)));
 }
 
 /** The exit code for a run ended by a signal (abortOnSignals' abort reason). */
@@ -3904,17 +3841,13 @@ async function runCommand(command: string[], env: Env): Promise<number> {
     process.stderr.write(`error: cannot start ${command[0]}: ${why}\nhint: ${notFound ? "give the full path, or fix PATH in the container" : "chmod +x it, or start it through its interpreter (-- sh script.sh)"}\n`);
     return notFound ? EXIT.commandNotFound : EXIT.commandNotExecutable;
   }
-  const forwarders = FORWARDED_SIGNALS.map((name) => {
-    const forward = () => child.kill(name);
-    process.on(name, forward);
-    return () => process.off(name, forward);
-  });
+  const stopForwarding = onSignals(FORWARDED_SIGNALS, (name) => child.kill(name));
   try {
     const code = await child.exited;
     const signal = child.signalCode as NodeJS.Signals | null;
     return signal ? 128 + osConstants.signals[signal] : code;
   } finally {
-    forwarders.forEach((remove) => remove());
+    stopForwarding();
   }
 }
 
@@ -4003,16 +3936,10 @@ type CliSession = { sql: Sql | undefined };
 
 /** The configuration and the schema steps the flags ask for (none with --wait-only); throws ConfigError or SchemaError. */
 function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: SchemaStep[] } {
+  // Options are the flags by name (--connect-timeout is connectTimeout); parseConfig reads only its own.
+  const options: Options = Object.fromEntries(Object.entries(values).map(([flag, value]) => [flag.replace(/-(\w)/g, (_, c: string) => c.toUpperCase()), value]));
   const config = parseConfig({
-    url: values.url,
-    timeout: values.timeout,
-    connectTimeout: values["connect-timeout"],
-    commandTimeout: values["command-timeout"],
-    lockTimeout: values["lock-timeout"],
-    maxRetries: values["max-retries"],
-    createDatabase: values["create-database"],
-    ledgerTable: values["ledger-table"],
-    directUrl: values["direct-url"],
+    ...options,
     // Applying the schema needs a writable primary; waiting, and reading the ledger (--check,
     // --wait-for-schema), do not: a standby's replicated ledger answers as well.
     writable: !(values["wait-only"] || values.check || values["wait-for-schema"]),
@@ -4067,18 +3994,15 @@ async function schemaCheckPhase(run: CliRun, session: CliSession, wait: boolean)
   try {
     return await retry(async () => {
       if (!session.sql) await becomeReady(run, session);
-      try {
-        const state = await readSchemaState(session.sql!, steps, config, deadline);
-        if (!wait || state.changed.length > 0 || state.pending.length === 0) return reportSchemaState(run, state, false);
-        pendingState = state;
-        throw kitError("SCHEMA_PENDING", `${state.pending.length} of ${steps.length} steps pending`);
-      } catch (error) {
-        if (errorCode(error) !== "SCHEMA_PENDING") {
-          await closeClient(session.sql);
-          session.sql = undefined;
-        }
+      const state = await readSchemaState(session.sql!, steps, config, deadline).catch(async (error) => {
+        // A session the read failed on is dropped: the next attempt waits for the server again.
+        await closeClient(session.sql);
+        session.sql = undefined;
         throw error;
-      }
+      });
+      if (!wait || state.changed.length > 0 || state.pending.length === 0) return reportSchemaState(run, state, false);
+      pendingState = state;
+      throw kitError("SCHEMA_PENDING", `${state.pending.length} of ${steps.length} steps pending`);
     }, {
       deadline,
       classify: (error) => (errorCode(error) === "SCHEMA_PENDING" ? "starting" : classifyError(error)),
