@@ -102,6 +102,7 @@ type Holds = Map<string, Hold>;
  */
 interface Point { name: string; seen: string; onward?: (server: Cluster, database: string, holds: Holds) => Promise<void> }
 
+/** Going on past a point: open the hold for the next point first, then let go of the one the kit waits on here. */
 async function swap(holds: Holds, release: string, open?: [string, () => Promise<Hold>]): Promise<void> {
   if (open) holds.set(open[0], await open[1]());
   await holds.get(release)?.release();
@@ -167,6 +168,7 @@ async function strike(fault: Fault, server: Cluster, admin: postgres.Sql, kit: B
 /** Run the deploy up to `target`, strike it with `fault` there, and return how that first run ended. */
 async function interrupt(server: Cluster, database: string, target: Point, fault: Fault): Promise<Run> {
   const admin = postgres(server.url({ database: "postgres" }), { max: 1, onnotice: () => {}, fetch_types: false });
+  // Opened before the deploy: the first concurrent build will wait for this snapshot.
   const holds: Holds = new Map([["snapshot", await Hold.open(server, database, SNAPSHOT)]]);
   let kit: Bun.Subprocess | undefined;
   const first = deploy(server, database, (started) => (kit = started));
