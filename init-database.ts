@@ -2410,6 +2410,9 @@ function copyData(bytes: Buffer, statement: ScriptStatement, afterSemicolon: num
 /** Where the kit keeps its own ledger beside another tool's history (the kit's own layout keeps DEFAULTS.ledgerTable). */
 export const TOOL_LAYOUT_LEDGER = "init_database_migrations";
 
+/** Where the kit's ledger, found in the place of a tool's history the kit writes, is kept when carried over (plainLedgerClash): read by nothing, lost by nothing. */
+export const PLAIN_LEDGER_KEPT = "init_database_plain_ledger";
+
 /** A migration as its tool sees it: what the tool would send, never a down or undo part. */
 export interface LayoutMigration {
   /** The file, relative to the folder: the step's name in messages and in the kit's ledger. */
@@ -3104,11 +3107,16 @@ export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Confi
   const history = layout?.history;
   // Which tables exist, asked first: a query on a missing one would end a read-only
   // transaction (--check reads inside one), and with it the read.
-  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean }[]>`select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool`);
+  // And whether the tool's table is in fact the kit's own ledger (golang-migrate and dbmate use its default name).
+  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean; kit_shaped: boolean }[]>`
+    select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool,
+           (select count(*) = ${LEDGER_COLUMNS.length} from pg_attribute where attrelid = to_regclass(${history?.table ?? null}) and attnum > 0 and not attisdropped
+              and attname || ' ' || format_type(atttypid, null) = any(string_to_array(${LEDGER_COLUMNS.join(",")}, ','))) as kit_shaped`);
   const kit = present?.kit ? await readLedger(sql, config, deadline, resolved) : {};
   const records = new Map<string, StepRecord>();
   for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
   if (!layout || !history || !present?.tool) return records;
+  if (present.kit_shaped) throw await plainLedgerClash(sql, steps, layout, deadline);
   const rows = await deadline.answer(sql.unsafe<HistoryRow[]>(history.read)).catch((error) => {
     if (errorCode(error) === "42703") {
       throw new SchemaError(`${history.table} is not ${layout.name}'s history: it lacks the columns ${history.columns.join(", ")}`, "LEDGER_CLASH",
@@ -3125,6 +3133,52 @@ export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Confi
     }
   }
   return records;
+}
+
+/**
+ * The kit's own ledger where the folder's tool keeps its history (golang-migrate and dbmate name
+ * theirs schema_migrations, the kit's default): a run that read this folder as plain *.sql files
+ * wrote it. The error says what it holds and, when every row is a file of the folder unchanged,
+ * the statements that carry those rows to where this layout records: the old ledger renamed
+ * (kept), and the tool's history written where the kit writes it. The kit does not run them
+ * itself: a file read whole ran its down part too, which only the team can judge.
+ */
+async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: MigrationLayout, deadline: Deadline): Promise<SchemaError> {
+  const history = layout.history!;
+  const rows = await deadline.answer(sql.unsafe<{ name: string; checksum: string }[]>(`select name, checksum from ${history.table} order by name`));
+  const byName = new Map(steps.map((step) => [step.name, step]));
+  // What the kit's layout recorded for the whole file: its checksum now, or an earlier version's of the raw bytes.
+  const carried = rows.flatMap((row) => {
+    const step = byName.get(row.name);
+    const found = step?.migration?.found;
+    return found && [sha256(normalizedText(found.bytes)), sha256(found.bytes)].includes(row.checksum) ? [{ step: step!, found }] : [];
+  });
+  const statementsIn = (bytes: Buffer, name: string) => {
+    try {
+      return readScript(bytes, name, true).statements.length;
+    } catch {
+      return Infinity;
+    }
+  };
+  const downRan = [
+    ...carried.filter(({ step, found }) => statementsIn(found.bytes, step.name) > step.script.statements.length).map(({ step }) => step.name),
+    ...rows.filter((row) => DOWN_FILE.test(row.name)).map((row) => row.name),
+  ];
+  const others = rows.filter((row) => !carried.some(({ step }) => step.name === row.name) && !DOWN_FILE.test(row.name));
+  const what = `${history.table} is the kit's own ledger (name, checksum), not ${layout.name}'s history: a run that read this folder as plain *.sql files wrote its ${rows.length} row${rows.length === 1 ? "" : "s"}` +
+    (downRan.length ? `; it applied ${downRan.join(", ")} whole, down part included, so what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped is missing` : "");
+  if (others.length) {
+    return new SchemaError(`${what}; ${others.length} of them match no file of this folder as it is (first: ${others[0]!.name})`, "LEDGER_CLASH",
+      `is --migrations the folder that run read? Rows that match no file are another folder's migrations or files edited since; once every row matches a file, run the kit again for the statements that carry them over`);
+  }
+  const literal = (value: string | number) => (typeof value === "number" ? String(value) : `'${value.replaceAll("'", "''")}'`);
+  // The tool's history, written as the kit writes it; else the kit's ledger beside the tool, under the name it then reads.
+  const statements = history.write
+    ? [`ALTER TABLE ${history.table} RENAME TO ${PLAIN_LEDGER_KEPT}`, history.write.create,
+        history.write.insert.replace(/values \(.*\)$/, () => `values ${carried.map(({ found }) => `(${history.write!.values(found).map(literal).join(", ")})`).join(", ")}`)]
+    : [`ALTER TABLE ${history.table} RENAME TO ${TOOL_LAYOUT_LEDGER}`];
+  return new SchemaError(what, "LEDGER_CLASH",
+    `${downRan.length ? "first rebuild what those down parts dropped, then " : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
 }
 
 /** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */
