@@ -2450,6 +2450,12 @@ export interface ToolHistory {
   read: string;
   /** What the user runs to repair a failed or dirty state, for the message. */
   repair: (row: HistoryRow) => string;
+  /**
+   * The table as the tool makes it, empty, before it runs the first migration; the kit makes it
+   * too (never writing a row), because a project's migrations may change it (Harbor's add and
+   * drop a column of golang-migrate's schema_migrations).
+   */
+  made?: string;
   /** How the kit records a migration in it exactly as the tool does (proven against the real tool in tests/other-tools.test.ts); absent: the kit's own ledger, beside it. */
   write?: {
     create: string;
@@ -2660,6 +2666,8 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       columns: ["version bigint", "dirty boolean"],
       read: "select version::text as version, dirty as failed, true as up_to from schema_migrations",
       repair: (row) => `golang-migrate's schema_migrations is dirty at version ${row.version}: that migration failed part-way. Repair the database by hand, then run \`migrate -path DIR -database URL force VERSION\` (the last version that is fully applied)`,
+      // golang-migrate's PostgreSQL driver makes it when it opens the database.
+      made: "create table if not exists schema_migrations (version bigint not null primary key, dirty boolean not null)",
     },
   },
   {
@@ -3327,12 +3335,15 @@ type Session = Sql | postgres.TransactionSql<{}>;
 
 /**
  * Inside the kit's lock: make the table the step is recorded in (the tool's history, where the
- * kit writes it as the tool does, else the kit's ledger) and say whether the step is applied.
+ * kit writes it as the tool does, else the kit's ledger, and the tool's table, empty, where the
+ * tool makes one before any migration) and say whether the step is applied.
  */
 async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
-  const write = step.migration?.layout.history?.write;
-  const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
-  if (!ledger.made) await run(conn.unsafe(write ? write.create : ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
+  const history = step.migration?.layout.history;
+  const write = history?.write;
+  const create = [ledger.createSchema && `create schema if not exists ${quoteIdent(ledger.createSchema)}`,
+    `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`, history?.made].filter(Boolean).join("; ");
+  if (!ledger.made) await run(conn.unsafe(write ? write.create : create));
   if (write) {
     const [row] = await run(conn.unsafe(write.has, [step.migration!.found.version]));
     return Boolean(row?.recorded);

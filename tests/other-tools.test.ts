@@ -396,6 +396,20 @@ describe("the kit's ledger is never another tool's table", () => {
     });
   }
 
+  test("on an empty database golang-migrate's schema_migrations is there, empty, before the first migration, as golang-migrate makes it: a migration that alters it applies", async () => {
+    const database = await cluster.freshDatabase();
+    const dir = copyOf("golang-migrate");
+    writeFileSync(join(dir, "200_data_version.up.sql"), "ALTER TABLE schema_migrations ADD COLUMN data_version int;\n");
+    writeFileSync(join(dir, "200_data_version.down.sql"), "ALTER TABLE schema_migrations DROP COLUMN data_version;\n");
+    const run = await init(database, ["--migrations", dir]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(["1_create_accounts.up.sql", "2_add_name.up.sql", "10_index_name.up.sql", "100_audit.up.sql", "200_data_version.up.sql"]);
+    expect(await cluster.query(`select json_agg(attname order by attnum) as columns, (select count(*)::int from schema_migrations) as rows
+      from pg_attribute where attrelid = 'schema_migrations'::regclass and attnum > 0`, database)).toEqual([{ columns: ["version", "dirty", "data_version"], rows: 0 }]);
+    const again = await init(database, ["--migrations", dir]);
+    expect(events(again.stdout).find((event) => event.event === "summary")).toMatchObject({ ok: true, applied: 0 });
+  });
+
   test("a migration that changes the tool's own history table changes that table, not the kit's ledger", async () => {
     const database = await cluster.freshDatabase();
     const dir = copyOf("golang-migrate");
