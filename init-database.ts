@@ -3057,6 +3057,8 @@ interface Ledger {
   createSchema: string | undefined;
   /** Set once a step of this run committed (so the table it records in exists): later steps skip the CREATE ... IF NOT EXISTS (a round trip and a catalog lock each). */
   made?: boolean;
+  /** Which tables were there when it was resolved, for recordedSteps (a query on a missing one would end a read-only transaction): the ledger, the tool's history, and whether that is in fact the kit's own ledger (golang-migrate and dbmate use its default name). */
+  found: { kit: boolean; tool: boolean; kitShaped: boolean };
 }
 
 /**
@@ -3064,16 +3066,19 @@ interface Ledger {
  * public), asked once: a step that empties search_path (as pg_dump output does) cannot
  * move it, and two spellings of the same table share one lock.
  */
-async function resolveLedger(sql: Sql, config: Config, deadline: Deadline): Promise<Ledger> {
+async function resolveLedger(sql: Sql, config: Config, deadline: Deadline, history?: ToolHistory): Promise<Ledger> {
   const parts = config.ledgerTable.split(".");
   const table = parts.at(-1)!;
   const named = parts.length > 1 ? parts[0]! : null;
-  // One round trip: the schema, and the columns of a table already there (another tool's must not become the ledger).
-  const [row] = await deadline.answer(sql<{ schema: string | null; columns: string[] | null }[]>`
-    select coalesce(${named}, current_schema()) as schema,
+  const tool = history?.table ?? null;
+  // One round trip: the schema, the columns of a table already there (another tool's must not
+  // become the ledger), and what recordedSteps asks next: is the tool's history there, and is it the kit's ledger.
+  const [row] = await deadline.answer(sql<{ schema: string | null; columns: string[] | null; tool: boolean; kit_shaped: boolean }[]>`select coalesce(${named}, current_schema()) as schema, coalesce(to_regclass(${tool}) is not null, false) as tool,
            (select to_json(array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum)) from pg_attribute a
              where a.attrelid = to_regclass(quote_ident(coalesce(${named}, current_schema())) || '.' || quote_ident(${table}))
-               and a.attnum > 0 and not a.attisdropped) as columns`);
+               and a.attnum > 0 and not a.attisdropped) as columns,
+           (select count(*) = ${LEDGER_COLUMNS.length} from pg_attribute where attrelid = to_regclass(${tool}) and attnum > 0 and not attisdropped
+              and attname || ' ' || format_type(atttypid, null) = any(string_to_array(${LEDGER_COLUMNS.join(",")}, ','))) as kit_shaped`);
   if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
   const schema = row.schema;
   if (row.columns && !LEDGER_COLUMNS.every((column) => row.columns!.includes(column))) {
@@ -3083,7 +3088,10 @@ async function resolveLedger(sql: Sql, config: Config, deadline: Deadline): Prom
       "LEDGER_CLASH",
       `pass --ledger-table ${TOOL_LAYOUT_LEDGER} (or another name) for the kit's own ledger${owner ? `; if the folder is ${owner.name}'s, --migrations-format ${owner.name} reads that history instead` : ""}`);
   }
-  return { ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined };
+  return {
+    ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined,
+    found: { kit: row.columns !== null, tool: row.tool, kitShaped: row.kit_shaped },
+  };
 }
 
 /** What the ledger records, step name to checksum; empty when there is no ledger yet. */
@@ -3110,21 +3118,16 @@ export interface StepRecord {
  * is a SchemaError HISTORY_FAILED naming the tool's repair command.
  */
 export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Config, deadline: Deadline, ledger?: Ledger): Promise<Map<string, StepRecord>> {
-  const resolved = ledger ?? (await resolveLedger(sql, config, deadline));
   const layout = steps[0]?.migration?.layout;
   const history = layout?.history;
-  // Which tables exist, asked first: a query on a missing one would end a read-only
-  // transaction (--check reads inside one), and with it the read.
-  // And whether the tool's table is in fact the kit's own ledger (golang-migrate and dbmate use its default name).
-  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean; kit_shaped: boolean }[]>`
-    select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool,
-           (select count(*) = ${LEDGER_COLUMNS.length} from pg_attribute where attrelid = to_regclass(${history?.table ?? null}) and attnum > 0 and not attisdropped
-              and attname || ' ' || format_type(atttypid, null) = any(string_to_array(${LEDGER_COLUMNS.join(",")}, ','))) as kit_shaped`);
-  const kit = present?.kit ? await readLedger(sql, config, deadline, resolved) : {};
+  // Which tables exist comes with the ledger's name: only those are read.
+  const resolved = ledger ?? (await resolveLedger(sql, config, deadline, history));
+  const { found } = resolved;
+  const kit = found.kit ? await readLedger(sql, config, deadline, resolved) : {};
   const records = new Map<string, StepRecord>();
   for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
-  if (!layout || !history || !present?.tool) return records;
-  if (present.kit_shaped) throw await plainLedgerClash(sql, steps, layout, deadline);
+  if (!layout || !history || !found.tool) return records;
+  if (found.kitShaped) throw await plainLedgerClash(sql, steps, layout, deadline);
   const rows = await deadline.answer(sql.unsafe<HistoryRow[]>(history.read)).catch((error) => {
     if (errorCode(error) === "42703") {
       throw new SchemaError(`${history.table} is not ${layout.name}'s history: it lacks the columns ${history.columns.join(", ")}`, "LEDGER_CLASH",
@@ -3244,7 +3247,7 @@ async function applyMigrations(
     deadline: Deadline; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; onRebuild?: (rebuild: IndexRebuild) => void; dryRun?: boolean;
   },
 ): Promise<StepResult[]> {
-  const ledger = await resolveLedger(sql, config, deadline);
+  const ledger = await resolveLedger(sql, config, deadline, steps[0]?.migration?.layout.history);
   const recorded = await recordedSteps(sql, steps, config, deadline, ledger);
   const results: StepResult[] = [];
   const context: StepContext = { sql, config, ledger, deadline, onWait, onRebuild };
