@@ -3179,7 +3179,7 @@ async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: Migration
   const what = `${history.table} is the kit's own ledger (name, checksum), not ${layout.name}'s history: a run that read this folder as plain *.sql files wrote its ${rows.length} row${rows.length === 1 ? "" : "s"}` +
     (downRan.length ? `; it applied ${downRan.join(", ")} whole, down part included, so what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped is missing` : "");
   if (others.length) {
-    return new SchemaError(`${what}; ${others.length} of them match no file of this folder as it is (first: ${others[0]!.name})`, "LEDGER_CLASH",
+    return new SchemaError(`${what}; ${others.length} of them ${others.length === 1 ? "matches" : "match"} no file of this folder as it is (first: ${others[0]!.name})`, "LEDGER_CLASH",
       `is --migrations the folder that run read? Rows that match no file are another folder's migrations or files edited since; once every row matches a file, run the kit again for the statements that carry them over`);
   }
   const literal = (value: string | number) => (typeof value === "number" ? String(value) : `'${value.replaceAll("'", "''")}'`);
@@ -3189,7 +3189,7 @@ async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: Migration
         history.write.insert.replace(/values \(.*\)$/, () => `values ${carried.map(({ found }) => `(${history.write!.values(found).map(literal).join(", ")})`).join(", ")}`)]
     : [`ALTER TABLE ${history.table} RENAME TO ${TOOL_LAYOUT_LEDGER}`];
   return new SchemaError(what, "LEDGER_CLASH",
-    `${downRan.length ? "first rebuild what those down parts dropped, then " : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
+    `${downRan.length ? `first rebuild what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped, then ` : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
 }
 
 /** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */

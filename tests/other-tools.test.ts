@@ -184,12 +184,12 @@ describe("the kit's own ledger where the tool's history is expected", () => {
     const downRan = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
     expect(downRan.code).toBe(EXIT.schemaFailed);
     expect(downRan.stderr).toContain("it applied 20240101093000_create_accounts.sql whole, down part included, so what that down part dropped is missing");
-    expect(downRan.stderr).toContain("first rebuild what those down parts dropped");
+    expect(downRan.stderr).toContain("first rebuild what that down part dropped");
     await cluster.query(`insert into schema_migrations (name, checksum) values ('0001_other.sql', 'x')`, database);
     const before = await snapshot(database, "schema_migrations");
     const other = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
     expect(other.code).toBe(EXIT.schemaFailed);
-    expect(other.stderr).toContain("1 of them match no file of this folder as it is (first: 0001_other.sql)");
+    expect(other.stderr).toContain("1 of them matches no file of this folder as it is (first: 0001_other.sql)");
     expect(other.stderr).not.toContain("psql");
     expect(await snapshot(database, "schema_migrations")).toEqual(before);
     expect(await cluster.query(`select to_regclass('accounts') as made`, database)).toEqual([{ made: null }]);
