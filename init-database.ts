@@ -2253,6 +2253,9 @@ function copyData(bytes: Buffer, statement: ScriptStatement, afterSemicolon: num
 /** Where the kit keeps its own ledger beside another tool's history (the kit's own layout keeps DEFAULTS.ledgerTable). */
 export const TOOL_LAYOUT_LEDGER = "init_database_migrations";
 
+/** Where the kit's ledger, found in the place of a tool's history the kit writes, is kept when carried over (plainLedgerClash): read by nothing, lost by nothing. */
+export const PLAIN_LEDGER_KEPT = "init_database_plain_ledger";
+
 /** A migration as its tool sees it: what the tool would send, never a down or undo part. */
 export interface LayoutMigration {
   /** The file, relative to the folder: the step's name in messages and in the kit's ledger. */
@@ -2290,6 +2293,12 @@ export interface ToolHistory {
   read: string;
   /** What the user runs to repair a failed or dirty state, for the message. */
   repair: (row: HistoryRow) => string;
+  /**
+   * The table as the tool makes it, empty, before it runs the first migration; the kit makes it
+   * too (never writing a row), because a project's migrations may change it (Harbor's add and
+   * drop a column of golang-migrate's schema_migrations).
+   */
+  made?: string;
   /** How the kit records a migration in it exactly as the tool does (proven against the real tool in tests/other-tools.test.ts); absent: the kit's own ledger, beside it. */
   write?: {
     create: string;
@@ -2500,6 +2509,8 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       columns: ["version bigint", "dirty boolean"],
       read: "select version::text as version, dirty as failed, true as up_to from schema_migrations",
       repair: (row) => `golang-migrate's schema_migrations is dirty at version ${row.version}: that migration failed part-way. Repair the database by hand, then run \`migrate -path DIR -database URL force VERSION\` (the last version that is fully applied)`,
+      // golang-migrate's PostgreSQL driver makes it when it opens the database.
+      made: "create table if not exists schema_migrations (version bigint not null primary key, dirty boolean not null)",
     },
   },
   {
@@ -2889,6 +2900,8 @@ interface Ledger {
   createSchema: string | undefined;
   /** Set once a step of this run committed (so the table it records in exists): later steps skip the CREATE ... IF NOT EXISTS (a round trip and a catalog lock each). */
   made?: boolean;
+  /** Which tables were there when it was resolved, for recordedSteps (a query on a missing one would end a read-only transaction): the ledger, the tool's history, and whether that is in fact the kit's own ledger (golang-migrate and dbmate use its default name). */
+  found: { kit: boolean; tool: boolean; kitShaped: boolean };
 }
 
 /**
@@ -2896,16 +2909,19 @@ interface Ledger {
  * public), asked once: a step that empties search_path (as pg_dump output does) cannot
  * move it, and two spellings of the same table share one lock.
  */
-async function resolveLedger(sql: Sql, config: Config, deadline: Deadline): Promise<Ledger> {
+async function resolveLedger(sql: Sql, config: Config, deadline: Deadline, history?: ToolHistory): Promise<Ledger> {
   const parts = config.ledgerTable.split(".");
   const table = parts.at(-1)!;
   const named = parts.length > 1 ? parts[0]! : null;
-  // One round trip: the schema, and the columns of a table already there (another tool's must not become the ledger).
-  const [row] = await deadline.answer(sql<{ schema: string | null; columns: string[] | null }[]>`
-    select coalesce(${named}, current_schema()) as schema,
+  const tool = history?.table ?? null;
+  // One round trip: the schema, the columns of a table already there (another tool's must not
+  // become the ledger), and what recordedSteps asks next: is the tool's history there, and is it the kit's ledger.
+  const [row] = await deadline.answer(sql<{ schema: string | null; columns: string[] | null; tool: boolean; kit_shaped: boolean }[]>`select coalesce(${named}, current_schema()) as schema, coalesce(to_regclass(${tool}) is not null, false) as tool,
            (select to_json(array_agg(a.attname || ' ' || format_type(a.atttypid, null) order by a.attnum)) from pg_attribute a
              where a.attrelid = to_regclass(quote_ident(coalesce(${named}, current_schema())) || '.' || quote_ident(${table}))
-               and a.attnum > 0 and not a.attisdropped) as columns`);
+               and a.attnum > 0 and not a.attisdropped) as columns,
+           (select count(*) = ${LEDGER_COLUMNS.length} from pg_attribute where attrelid = to_regclass(${tool}) and attnum > 0 and not attisdropped
+              and attname || ' ' || format_type(atttypid, null) = any(string_to_array(${LEDGER_COLUMNS.join(",")}, ','))) as kit_shaped`);
   if (!row?.schema) throw new SchemaError(`no schema to hold the ledger table ${table}: the session's search_path names no existing schema`, "SCHEMA_FAILED", `pass --ledger-table SCHEMA.${table}`);
   const schema = row.schema;
   if (row.columns && !LEDGER_COLUMNS.every((column) => row.columns!.includes(column))) {
@@ -2915,7 +2931,10 @@ async function resolveLedger(sql: Sql, config: Config, deadline: Deadline): Prom
       "LEDGER_CLASH",
       `pass --ledger-table ${TOOL_LAYOUT_LEDGER} (or another name) for the kit's own ledger${owner ? `; if the folder is ${owner.name}'s, --migrations-format ${owner.name} reads that history instead` : ""}`);
   }
-  return { ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined };
+  return {
+    ident: `${quoteIdent(schema)}.${quoteIdent(table)}`, lockKey: `pg-startup-kit:${schema}.${table}`, createSchema: parts.length > 1 ? schema : undefined,
+    found: { kit: row.columns !== null, tool: row.tool, kitShaped: row.kit_shaped },
+  };
 }
 
 /** What the ledger records, step name to checksum; empty when there is no ledger yet. */
@@ -2942,16 +2961,16 @@ export interface StepRecord {
  * is a SchemaError HISTORY_FAILED naming the tool's repair command.
  */
 export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Config, deadline: Deadline, ledger?: Ledger): Promise<Map<string, StepRecord>> {
-  const resolved = ledger ?? (await resolveLedger(sql, config, deadline));
   const layout = steps[0]?.migration?.layout;
   const history = layout?.history;
-  // Which tables exist, asked first: a query on a missing one would end a read-only
-  // transaction (--check reads inside one), and with it the read.
-  const [present] = await deadline.answer(sql<{ kit: boolean; tool: boolean }[]>`select to_regclass(${resolved.ident}) is not null as kit, coalesce(to_regclass(${history?.table ?? null}) is not null, false) as tool`);
-  const kit = present?.kit ? await readLedger(sql, config, deadline, resolved) : {};
+  // Which tables exist comes with the ledger's name: only those are read.
+  const resolved = ledger ?? (await resolveLedger(sql, config, deadline, history));
+  const { found } = resolved;
+  const kit = found.kit ? await readLedger(sql, config, deadline, resolved) : {};
   const records = new Map<string, StepRecord>();
   for (const step of steps) if (kit[step.name] !== undefined) records.set(step.name, { checksum: kit[step.name], table: config.ledgerTable });
-  if (!layout || !history || !present?.tool) return records;
+  if (!layout || !history || !found.tool) return records;
+  if (found.kitShaped) throw await plainLedgerClash(sql, steps, layout, deadline);
   const rows = await deadline.answer(sql.unsafe<HistoryRow[]>(history.read)).catch((error) => {
     if (errorCode(error) === "42703") {
       throw new SchemaError(`${history.table} is not ${layout.name}'s history: it lacks the columns ${history.columns.join(", ")}`, "LEDGER_CLASH",
@@ -2968,6 +2987,52 @@ export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Confi
     }
   }
   return records;
+}
+
+/**
+ * The kit's own ledger where the folder's tool keeps its history (golang-migrate and dbmate name
+ * theirs schema_migrations, the kit's default): a run that read this folder as plain *.sql files
+ * wrote it. The error says what it holds and, when every row is a file of the folder unchanged,
+ * the statements that carry those rows to where this layout records: the old ledger renamed
+ * (kept), and the tool's history written where the kit writes it. The kit does not run them
+ * itself: a file read whole ran its down part too, which only the team can judge.
+ */
+async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: MigrationLayout, deadline: Deadline): Promise<SchemaError> {
+  const history = layout.history!;
+  const rows = await deadline.answer(sql.unsafe<{ name: string; checksum: string }[]>(`select name, checksum from ${history.table} order by name`));
+  const byName = new Map(steps.map((step) => [step.name, step]));
+  // What the kit's layout recorded for the whole file: its checksum now, or an earlier version's of the raw bytes.
+  const carried = rows.flatMap((row) => {
+    const step = byName.get(row.name);
+    const found = step?.migration?.found;
+    return found && [sha256(normalizedText(found.bytes)), sha256(found.bytes)].includes(row.checksum) ? [{ step: step!, found }] : [];
+  });
+  const statementsIn = (bytes: Buffer, name: string) => {
+    try {
+      return readScript(bytes, name, true).statements.length;
+    } catch {
+      return Infinity;
+    }
+  };
+  const downRan = [
+    ...carried.filter(({ step, found }) => statementsIn(found.bytes, step.name) > step.script.statements.length).map(({ step }) => step.name),
+    ...rows.filter((row) => DOWN_FILE.test(row.name)).map((row) => row.name),
+  ];
+  const others = rows.filter((row) => !carried.some(({ step }) => step.name === row.name) && !DOWN_FILE.test(row.name));
+  const what = `${history.table} is the kit's own ledger (name, checksum), not ${layout.name}'s history: a run that read this folder as plain *.sql files wrote its ${rows.length} row${rows.length === 1 ? "" : "s"}` +
+    (downRan.length ? `; it applied ${downRan.join(", ")} whole, down part included, so what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped is missing` : "");
+  if (others.length) {
+    return new SchemaError(`${what}; ${others.length} of them ${others.length === 1 ? "matches" : "match"} no file of this folder as it is (first: ${others[0]!.name})`, "LEDGER_CLASH",
+      `is --migrations the folder that run read? Rows that match no file are another folder's migrations or files edited since; once every row matches a file, run the kit again for the statements that carry them over`);
+  }
+  const literal = (value: string | number) => (typeof value === "number" ? String(value) : `'${value.replaceAll("'", "''")}'`);
+  // The tool's history, written as the kit writes it; else the kit's ledger beside the tool, under the name it then reads.
+  const statements = history.write
+    ? [`ALTER TABLE ${history.table} RENAME TO ${PLAIN_LEDGER_KEPT}`, history.write.create,
+        history.write.insert.replace(/values \(.*\)$/, () => `values ${carried.map(({ found }) => `(${history.write!.values(found).map(literal).join(", ")})`).join(", ")}`)]
+    : [`ALTER TABLE ${history.table} RENAME TO ${TOOL_LAYOUT_LEDGER}`];
+  return new SchemaError(what, "LEDGER_CLASH",
+    `${downRan.length ? `first rebuild what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped, then ` : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
 }
 
 /** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */
@@ -3026,7 +3091,7 @@ async function applyMigrations(
     deadline: Deadline; onStep?: (result: StepResult) => void; onWait?: (wait: LockWait) => void; onRebuild?: (rebuild: IndexRebuild) => void; dryRun?: boolean;
   },
 ): Promise<StepResult[]> {
-  const ledger = await resolveLedger(sql, config, deadline);
+  const ledger = await resolveLedger(sql, config, deadline, steps[0]?.migration?.layout.history);
   const recorded = await recordedSteps(sql, steps, config, deadline, ledger);
   const results: StepResult[] = [];
   const context: StepContext = { sql, config, ledger, deadline, onWait, onRebuild };
@@ -3117,12 +3182,15 @@ type Session = Sql | postgres.TransactionSql<{}>;
 
 /**
  * Inside the kit's lock: make the table the step is recorded in (the tool's history, where the
- * kit writes it as the tool does, else the kit's ledger) and say whether the step is applied.
+ * kit writes it as the tool does, else the kit's ledger, and the tool's table, empty, where the
+ * tool makes one before any migration) and say whether the step is applied.
  */
 async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
-  const write = step.migration?.layout.history?.write;
-  const create = `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`;
-  if (!ledger.made) await run(conn.unsafe(write ? write.create : ledger.createSchema ? `create schema if not exists ${quoteIdent(ledger.createSchema)}; ${create}` : create));
+  const history = step.migration?.layout.history;
+  const write = history?.write;
+  const create = [ledger.createSchema && `create schema if not exists ${quoteIdent(ledger.createSchema)}`,
+    `create table if not exists ${ledger.ident} (name text primary key, checksum text not null, applied_at timestamptz not null default now())`, history?.made].filter(Boolean).join("; ");
+  if (!ledger.made) await run(conn.unsafe(write ? write.create : create));
   if (write) {
     const [row] = await run(conn.unsafe(write.has, [step.migration!.found.version]));
     return Boolean(row?.recorded);

@@ -4,7 +4,9 @@
  * and the real dbmate binary (the npm package's Linux build), on the same server, alternating,
  * timed from spawn to exit. dbmate twice: `dbmate up` as its defaults run it (it then writes
  * db/schema.sql with pg_dump, here the real PostgreSQL 15 binary, not Debian's wrapper), and
- * `dbmate --no-dump-schema up`, dbmate's floor. The targets are against `dbmate up`.
+ * `dbmate --no-dump-schema up`, dbmate's floor. The kit twice too: `bun run init-database.ts`
+ * and its shipped form, the executable the Dockerfile's build line makes (`bun build --compile
+ * --bytecode`, built once per run into a temp dir). The targets are against `dbmate up`.
  *   - first apply, each run into a fresh empty database;
  *   - re-run on an up-to-date database (what every service start costs);
  *   - ten processes at once on an empty database: how many exit 0, and whether every
@@ -22,6 +24,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Cluster } from "../tests/cluster.ts";
+import { buildExecutables } from "../tests/executable.ts";
 import { machine, ROOT, summarise, table, timed, type Summary } from "./support.ts";
 
 const DBMATE = join(ROOT, "node_modules", "@dbmate", "linux-x64", "bin", "dbmate");
@@ -59,6 +62,7 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`error: ${DBMATE} is missing: run npm ci (dbmate is a dev dependency)`);
     return 2;
   }
+  const shipped = buildExecutables();
   const cluster = await Cluster.create({ database: "postgres" });
   const dir = mkdtempSync(join(tmpdir(), "vs-dbmate-"));
   try {
@@ -75,6 +79,7 @@ export async function main(argv: string[]): Promise<number> {
       return name;
     };
     const kit = (database: string) => timed([process.execPath, "init-database.ts", "--quiet", "--migrations", folder], { DATABASE_URL: cluster.url({ database }) });
+    const kitShipped = (database: string) => timed([shipped.initDatabase, "--quiet", "--migrations", folder], { DATABASE_URL: cluster.url({ database }) });
     const dbmateRun = (database: string, ...flags: string[]) =>
       timed([DBMATE, "--url", `${cluster.url({ database })}?sslmode=disable`, "--migrations-dir", folder, "--schema-file", join(dir, "schema.sql"), ...flags, "up"], { PATH: `${PG_BIN}:${process.env.PATH}` });
     const dbmate = (database: string) => dbmateRun(database);
@@ -85,7 +90,7 @@ export async function main(argv: string[]): Promise<number> {
       if (run.code !== 0 || rows.n !== count || rows.distinct !== count) throw new Error(`${what}: exit ${run.code}, ${rows.n} rows in schema_migrations (${count} expected)`);
     };
 
-    const tools = { kit, dbmate, dbmateNoDump };
+    const tools = { kit, kitShipped, dbmate, dbmateNoDump };
     type Name = keyof typeof tools;
     const names = Object.keys(tools) as Name[];
     // Warm the page cache and the binaries once.
@@ -94,8 +99,8 @@ export async function main(argv: string[]): Promise<number> {
       await check("warm-up", await tools[name](database), database);
     }
 
-    const first = { kit: [] as number[], dbmate: [] as number[], dbmateNoDump: [] as number[] };
-    const upToDate = { kit: await fresh(), dbmate: await fresh(), dbmateNoDump: await fresh() };
+    const first = { kit: [] as number[], kitShipped: [] as number[], dbmate: [] as number[], dbmateNoDump: [] as number[] };
+    const upToDate = { kit: await fresh(), kitShipped: await fresh(), dbmate: await fresh(), dbmateNoDump: await fresh() };
     for (let run = 0; run < runs; run++) {
       for (const name of names) {
         const database = run === 0 ? upToDate[name] : await fresh();
@@ -105,7 +110,7 @@ export async function main(argv: string[]): Promise<number> {
       }
     }
 
-    const rerun = { kit: [] as number[], dbmate: [] as number[], dbmateNoDump: [] as number[] };
+    const rerun = { kit: [] as number[], kitShipped: [] as number[], dbmate: [] as number[], dbmateNoDump: [] as number[] };
     for (let run = 0; run < runs; run++) {
       for (const name of names) {
         const result = await tools[name](upToDate[name]);
@@ -124,27 +129,34 @@ export async function main(argv: string[]): Promise<number> {
 
     const summaries = (times: Record<Name, number[]>) => Object.fromEntries(names.map((name) => [name, summarise(times[name])])) as Record<Name, Summary>;
     const figures = { first: summaries(first), rerun: summaries(rerun) };
-    const ratio = (set: Record<Name, Summary>, baseline: Name = "dbmate") => set.kit.median / set[baseline].median;
-    const row = (what: string, set: Record<Name, Summary>, target: number) => [
-      what, set.kit.median.toFixed(1), set.dbmate.median.toFixed(1), set.dbmateNoDump.median.toFixed(1),
-      `${ratio(set).toFixed(2)}x`, `${ratio(set, "dbmateNoDump").toFixed(2)}x`, `<= ${target}x: ${ratio(set) <= target ? "met" : "NOT met"}`,
+    const ratio = (set: Record<Name, Summary>, baseline: Name = "dbmate", kitForm: Name = "kit") => set[kitForm].median / set[baseline].median;
+    const row = (what: string, set: Record<Name, Summary>, target: number, kitForm: Name) => [
+      `${what}, ${kitForm === "kit" ? "bun run" : "shipped executable"}`, set[kitForm].median.toFixed(1), set.dbmate.median.toFixed(1), set.dbmateNoDump.median.toFixed(1),
+      `${ratio(set, "dbmate", kitForm).toFixed(2)}x`, `${ratio(set, "dbmateNoDump", kitForm).toFixed(2)}x`, `<= ${target}x: ${ratio(set, "dbmate", kitForm) <= target ? "met" : "NOT met"}`,
     ];
     const load = loadavg().map((value) => value.toFixed(2)).join(", ");
     console.log(`init-database.ts vs dbmate ${DBMATE.includes("linux-x64") ? "(npm @dbmate/linux-x64)" : ""} on ${count} migrations (${machine()}, load ${load}, ${new Date().toISOString().slice(0, 10)}, ${runs} runs each, medians)`);
     console.log(table([
       ["case", "kit ms", "dbmate up ms", "--no-dump-schema ms", "kit / dbmate up", "kit / --no-dump-schema", "target (vs dbmate up)"],
-      row("first apply, empty database", figures.first, TARGETS.firstApply),
-      row("re-run, up to date", figures.rerun, TARGETS.rerun),
+      row("first apply, empty database", figures.first, TARGETS.firstApply, "kit"),
+      row("first apply, empty database", figures.first, TARGETS.firstApply, "kitShipped"),
+      row("re-run, up to date", figures.rerun, TARGETS.rerun, "kit"),
+      row("re-run, up to date", figures.rerun, TARGETS.rerun, "kitShipped"),
     ]));
     console.log(`ten at once on an empty database: kit ${crowd.kit.ok} of 10 exit 0${crowd.kit.appliedOnce ? ", each migration once" : ", NOT each once"}; dbmate ${crowd.dbmate.ok} of 10 exit 0${crowd.dbmate.appliedOnce ? ", each migration once" : ""}`);
     writeFileSync(join(ROOT, "bench", "results", "vs-dbmate.json"), JSON.stringify({
       date: new Date().toISOString(), machine: machine(), load, runs, migrations: count, ...figures,
-      ratios: { first: ratio(figures.first), rerun: ratio(figures.rerun), first_no_dump: ratio(figures.first, "dbmateNoDump"), rerun_no_dump: ratio(figures.rerun, "dbmateNoDump") },
+      ratios: {
+        first: ratio(figures.first), rerun: ratio(figures.rerun), first_no_dump: ratio(figures.first, "dbmateNoDump"), rerun_no_dump: ratio(figures.rerun, "dbmateNoDump"),
+        first_shipped: ratio(figures.first, "dbmate", "kitShipped"), rerun_shipped: ratio(figures.rerun, "dbmate", "kitShipped"),
+        rerun_shipped_no_dump: ratio(figures.rerun, "dbmateNoDump", "kitShipped"),
+      },
       ten_at_once: crowd,
     }, null, 2) + "\n");
     return crowd.kit.ok === 10 && crowd.kit.appliedOnce ? 0 : 1;
   } finally {
     rmSync(dir, { recursive: true, force: true });
+    rmSync(shipped.dir, { recursive: true, force: true });
     await cluster.destroy();
   }
 }

@@ -234,6 +234,15 @@ describe("checksums", () => {
     expect(flywayChecksum(crlf)).toBe(flywayChecksum(lf));
   });
 
+  test("Flyway's checksum is CRC-32 of the file's lines as UTF-8 without their line breaks (or a BOM), as a signed 32-bit number", () => {
+    // -1286909640 is zlib's CRC-32 (java.util.zip.CRC32's polynomial) of "-- caféCREATE TABLE ü (id int);SELECT 1;", computed apart from the kit.
+    const text = "-- café\r\nCREATE TABLE ü (id int);\r\n\r\nSELECT 1;";
+    expect(flywayChecksum(Buffer.from(text))).toBe(-1286909640);
+    expect(flywayChecksum(Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(text.replaceAll("\r\n", "\n"))]))).toBe(-1286909640);
+    expect(flywayChecksum(Buffer.from(text + "\n"))).toBe(-1286909640);
+    expect(flywayChecksum(Buffer.from(text.replace("1", "2")))).not.toBe(-1286909640);
+  });
+
   test("a ledger written by an earlier version (SHA-256 of a CRLF file's raw bytes) keeps matching while the file's bytes are unchanged", async () => {
     const database = await cluster.freshDatabase();
     const dir = join(workDir, `old-ledger-${++folders}`);

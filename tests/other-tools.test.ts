@@ -122,6 +122,80 @@ describe("with the real dbmate", () => {
   });
 });
 
+describe("the kit's own ledger where the tool's history is expected", () => {
+  const PSQL = "/usr/lib/postgresql/15/bin/psql";
+  const KIT_LEDGER = "create table schema_migrations (name text primary key, checksum text not null, applied_at timestamptz not null default now())";
+  const sha256 = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
+  /** The fix's psql command, run as printed, with the real psql. */
+  const runFix = async (stderr: string, database: string) => {
+    const command = /psql "\$DATABASE_URL" -1 -c "([^"]+)"/.exec(stderr);
+    expect(command).not.toBeNull();
+    return tool([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-c", command![1]!, cluster.url({ database })], {});
+  };
+
+  test("dbmate's folder on a schema_migrations the kit wrote reading it as plain files: named, exit 1, and its statements carry it over so that dbmate finds nothing pending", async () => {
+    const database = await cluster.freshDatabase();
+    const dir = copyOf("dbmate");
+    const first = join(dir, "db", "migrations", "20240101093000_create_accounts.sql");
+    // A file with an empty down part, as a run that read the folder as plain files applied it: the file whole.
+    writeFileSync(first, readFileSync(first, "utf8").replace(/-- migrate:down[^]*$/, "-- migrate:down\n"));
+    await cluster.query(`${KIT_LEDGER}; ${readFileSync(first, "utf8")}; insert into schema_migrations (name, checksum) values ('20240101093000_create_accounts.sql', '${sha256(first)}')`, database);
+    const before = await snapshot(database, "schema_migrations");
+
+    const clash = await init(database, ["--migrations", dir]);
+    expect(clash.code).toBe(EXIT.schemaFailed);
+    expect(events(clash.stdout).find((event) => event.event === "summary")).toMatchObject({ code: "LEDGER_CLASH" });
+    expect(clash.stderr).toContain("schema_migrations is the kit's own ledger (name, checksum), not dbmate's history: a run that read this folder as plain *.sql files wrote its 1 row");
+    expect(clash.stderr).not.toContain("down part included");
+    expect(await snapshot(database, "schema_migrations")).toEqual(before);
+    expect((await init(database, ["--migrations", dir, "--check"])).code).toBe(EXIT.schemaFailed);
+
+    const fix = await runFix(clash.stderr, database);
+    expect(fix).toMatchObject({ code: 0 });
+    const run = await init(database, ["--migrations", dir]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(["20240102093000_index_email.sql", "20240103093000_sessions.sql"]);
+    expect(await cluster.query(`select name from init_database_plain_ledger`, database)).toEqual([{ name: "20240101093000_create_accounts.sql" }]);
+    expect(await cluster.query(`select count(*)::int as n from accounts`, database)).toEqual([{ n: 1 }]);
+    const dbmate = (...args: string[]) => tool([DBMATE, "--url", `${cluster.url({ database })}?sslmode=disable`, "--migrations-dir", join(dir, "db", "migrations"), "--no-dump-schema", ...args], {});
+    const status = await dbmate("status", "--exit-code");
+    expect(status.out).toContain("Applied: 3");
+    expect(status.out).toContain("Pending: 0");
+    expect(status.code).toBe(0);
+  });
+
+  test("golang-migrate's folder on the kit's ledger: the rename it gives makes that the ledger the kit keeps beside golang-migrate, and nothing runs twice", async () => {
+    const database = await cluster.freshDatabase();
+    const file = "1_create_accounts.up.sql";
+    await cluster.query(`${KIT_LEDGER}; ${read(`golang-migrate/${file}`)}; insert into schema_migrations (name, checksum) values ('${file}', '${sha256(join(FIXTURES, "golang-migrate", file))}')`, database);
+    const clash = await init(database, ["--migrations", join(FIXTURES, "golang-migrate")]);
+    expect(clash.code).toBe(EXIT.schemaFailed);
+    expect(clash.stderr).toContain("ALTER TABLE schema_migrations RENAME TO init_database_migrations");
+    expect((await runFix(clash.stderr, database)).code).toBe(0);
+    const run = await init(database, ["--migrations", join(FIXTURES, "golang-migrate")]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(["2_add_name.up.sql", "10_index_name.up.sql", "100_audit.up.sql"]);
+  });
+
+  test("a ledger whose files ran whole, down part included, or that records files the folder does not hold, is named as such and left as it was", async () => {
+    const database = await cluster.freshDatabase();
+    const first = join(FIXTURES, "dbmate", "db", "migrations", "20240101093000_create_accounts.sql");
+    await cluster.query(`${KIT_LEDGER}; insert into schema_migrations (name, checksum) values ('20240101093000_create_accounts.sql', '${sha256(first)}')`, database);
+    const downRan = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
+    expect(downRan.code).toBe(EXIT.schemaFailed);
+    expect(downRan.stderr).toContain("it applied 20240101093000_create_accounts.sql whole, down part included, so what that down part dropped is missing");
+    expect(downRan.stderr).toContain("first rebuild what that down part dropped");
+    await cluster.query(`insert into schema_migrations (name, checksum) values ('0001_other.sql', 'x')`, database);
+    const before = await snapshot(database, "schema_migrations");
+    const other = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
+    expect(other.code).toBe(EXIT.schemaFailed);
+    expect(other.stderr).toContain("1 of them matches no file of this folder as it is (first: 0001_other.sql)");
+    expect(other.stderr).not.toContain("psql");
+    expect(await snapshot(database, "schema_migrations")).toEqual(before);
+    expect(await cluster.query(`select to_regclass('accounts') as made`, database)).toEqual([{ made: null }]);
+  });
+});
+
 describe("with the real drizzle-kit", () => {
   const JOURNAL = JSON.parse(readFileSync(join(FIXTURES, "drizzle", "meta", "_journal.json"), "utf8"));
   const FILES = ["0000_init.sql", "0001_add_name.sql"];
@@ -321,6 +395,20 @@ describe("the kit's ledger is never another tool's table", () => {
       expect(await snapshot(database, "schema_migrations")).toEqual(before);
     });
   }
+
+  test("on an empty database golang-migrate's schema_migrations is there, empty, before the first migration, as golang-migrate makes it: a migration that alters it applies", async () => {
+    const database = await cluster.freshDatabase();
+    const dir = copyOf("golang-migrate");
+    writeFileSync(join(dir, "200_data_version.up.sql"), "ALTER TABLE schema_migrations ADD COLUMN data_version int;\n");
+    writeFileSync(join(dir, "200_data_version.down.sql"), "ALTER TABLE schema_migrations DROP COLUMN data_version;\n");
+    const run = await init(database, ["--migrations", dir]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(["1_create_accounts.up.sql", "2_add_name.up.sql", "10_index_name.up.sql", "100_audit.up.sql", "200_data_version.up.sql"]);
+    expect(await cluster.query(`select json_agg(attname order by attnum) as columns, (select count(*)::int from schema_migrations) as rows
+      from pg_attribute where attrelid = 'schema_migrations'::regclass and attnum > 0`, database)).toEqual([{ columns: ["version", "dirty", "data_version"], rows: 0 }]);
+    const again = await init(database, ["--migrations", dir]);
+    expect(events(again.stdout).find((event) => event.event === "summary")).toMatchObject({ ok: true, applied: 0 });
+  });
 
   test("a migration that changes the tool's own history table changes that table, not the kit's ledger", async () => {
     const database = await cluster.freshDatabase();
