@@ -2387,6 +2387,9 @@ function keepParts(bytes: Buffer, parts: [number, number][]): Buffer {
 }
 
 function layoutMigration(name: string, version: string, bytes: Buffer, parts: [number, number][] | undefined, noTransaction: boolean | undefined, repeatable = false): LayoutMigration {
+  // A whole file without a BOM (every --schema file, a plain migration) is used as it is: a dump
+  // of tens of MB is not copied twice and scanned byte by byte for nothing to blank.
+  if (!parts && !bytes.subarray(0, 3).equals(BOM)) return { name, version, bytes, noTransaction, repeatable, up: bytes, runnable: bytes };
   const ranges = parts ?? [[0, bytes.length]];
   return {
     name, version, bytes, noTransaction, repeatable,
