@@ -2291,8 +2291,8 @@ export interface ToolHistory {
   columns: readonly string[];
   /** Read-only; rows of HistoryRow. */
   read: string;
-  /** What the user runs to repair a failed or dirty state, for the message. */
-  repair: (row: HistoryRow) => string;
+  /** What the user runs to repair a failed or dirty state, for the message; absent where the read reports no failed row. */
+  repair?: (row: HistoryRow) => string;
   /**
    * The table as the tool makes it, empty, before it runs the first migration; the kit makes it
    * too (never writing a row), because a project's migrations may change it (Harbor's add and
@@ -2320,8 +2320,8 @@ export interface MigrationLayout {
   recognises(folder: Folder): boolean;
   /** Its migrations in the tool's order; throws ConfigError or SchemaError for what the tool would refuse. */
   migrations(folder: Folder): LayoutMigration[];
-  /** How versions compare, for histories that record "up to". */
-  compare: (a: string, b: string) => number;
+  /** How versions compare, for histories that record "up to"; absent: as text. */
+  compare?: (a: string, b: string) => number;
   history?: ToolHistory;
 }
 
@@ -2470,9 +2470,10 @@ function tomlValue(text: string, key: string): string | undefined {
 }
 
 /** Tools that send a whole file in one simple query (one implicit transaction): a file whose only statement PostgreSQL refuses in a transaction runs alone, in autocommit. */
-function aloneOutsideTransaction(runnable: Buffer, name: string): boolean | undefined {
-  const statements = readScript(runnable, name, true).statements;
-  return statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
+function sentWhole(found: LayoutMigration): LayoutMigration {
+  const statements = readScript(found.runnable, found.name, true).statements;
+  found.noTransaction = statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
+  return found;
 }
 
 const DBMATE_UP = /^[ \t]*--[ \t]*migrate:up(.*)$/m;
@@ -2494,18 +2495,13 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     recognisedBy: "plain *.sql files",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file)),
     migrations: (folder) => folder.files.filter((file) => SQL_FILES.test(file)).map((file) => layoutMigration(file, file, folder.read(file), undefined, undefined)),
-    compare: byText,
   },
   {
     name: "golang-migrate",
     recognisedBy: "{version}_{title}.up.sql files",
     recognises: (folder) => folder.files.some((file) => /^\d+_.*\.up\.sql$/.test(file)),
-    migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber).map(({ file, version }) => {
-      const bytes = folder.read(file);
-      const found = layoutMigration(file, BigInt(version).toString(), bytes, undefined, undefined);
-      found.noTransaction = aloneOutsideTransaction(found.runnable, file);
-      return found;
-    })),
+    migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber)
+      .map(({ file, version }) => sentWhole(layoutMigration(file, BigInt(version).toString(), folder.read(file), undefined, undefined)))),
     compare: byNumber,
     history: {
       table: "schema_migrations",
@@ -2530,12 +2526,10 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       const options = up[0]!.match[1]!;
       return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(options) ? true : false);
     }),
-    compare: byText,
     history: {
       table: "schema_migrations",
       columns: ["version character varying"],
       read: "select version::text as version, false as failed, false as up_to from schema_migrations",
-      repair: () => "",
       write: {
         create: "create table if not exists schema_migrations (version varchar primary key)",
         has: "select exists (select 1 from schema_migrations where version = $1) as recorded",
@@ -2596,14 +2590,9 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
         const provider = tomlValue(folder.read("migration_lock.toml").toString("utf8"), "provider");
         if (provider !== "postgresql") throw new ConfigError(`prisma: migration_lock.toml says provider = "${provider}", not "postgresql"`, "these migrations were written for another database; Prisma refuses them on PostgreSQL too");
       }
-      return folder.dirs.filter((dir) => folder.has(join(dir, "migration.sql"))).map((dir) => {
-        const file = join(dir, "migration.sql");
-        const step = layoutMigration(file, dir, folder.read(file), undefined, undefined);
-        step.noTransaction = aloneOutsideTransaction(step.runnable, file);
-        return step;
-      });
+      const files = folder.dirs.filter((dir) => folder.has(join(dir, "migration.sql"))).map((dir) => ({ dir, file: join(dir, "migration.sql") }));
+      return files.map(({ dir, file }) => sentWhole(layoutMigration(file, dir, folder.read(file), undefined, undefined)));
     },
-    compare: byText,
     history: {
       table: "_prisma_migrations",
       columns: ["migration_name character varying", "finished_at timestamp with time zone", "rolled_back_at timestamp with time zone"],
@@ -2644,7 +2633,6 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       columns: ["hash text", "created_at bigint"],
       // drizzle applies what is newer than the last row's created_at (the journal's `when`).
       read: "select created_at::text as version, false as failed, true as up_to from drizzle.__drizzle_migrations where created_at is not null",
-      repair: () => "",
       write: {
         create: `create schema if not exists drizzle; create table if not exists drizzle.__drizzle_migrations (id serial primary key, hash text not null, created_at bigint)`,
         has: "select exists (select 1 from drizzle.__drizzle_migrations where created_at >= $1::bigint) as recorded",
@@ -2664,12 +2652,10 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       // Diesel's version is the name up to its first `_`, without dashes (2024-01-31-120000 -> 20240131120000).
       return layoutMigration(file, dir.split("_")[0]!.replaceAll("-", ""), folder.read(file), undefined, tomlValue(metadata, "run_in_transaction") === "false");
     }).sort((a, b) => byText(a.version, b.version))),
-    compare: byText,
     history: {
       table: "__diesel_schema_migrations",
       columns: ["version character varying", "run_on timestamp without time zone"],
       read: "select version, false as failed, false as up_to from __diesel_schema_migrations",
-      repair: () => "",
     },
   },
   {
@@ -2692,7 +2678,6 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       columns: ["version_id bigint", "is_applied boolean"],
       // A version is applied when its latest row says so (goose adds a row with is_applied = false on down).
       read: "select version_id::text as version, false as failed, false as up_to from goose_db_version group by version_id having (array_agg(is_applied order by id desc))[1]",
-      repair: () => "",
     },
   },
   {
@@ -2701,12 +2686,10 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     folder: "supabase/migrations",
     recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => /^\d+_.*\.sql$/.test(file)),
     migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => layoutMigration(file, version, folder.read(file), undefined, false)),
-    compare: byText,
     history: {
       table: "supabase_migrations.schema_migrations",
       columns: ["version text", "statements text[]"],
       read: "select version, false as failed, false as up_to from supabase_migrations.schema_migrations",
-      repair: () => "",
     },
   },
 ];
@@ -2982,10 +2965,11 @@ export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Confi
     throw error;
   });
   const failed = rows.find((row) => row.failed);
-  if (failed) throw new SchemaError(`${layout.name}: ${history.repair(failed)}`, "HISTORY_FAILED", `nothing was applied; after the repair, run the kit again`);
+  if (failed) throw new SchemaError(`${layout.name}: ${history.repair?.(failed)}`, "HISTORY_FAILED", `nothing was applied; after the repair, run the kit again`);
+  const compare = layout.compare ?? byText;
   for (const step of steps) {
     const version = step.migration!.found.version;
-    if (rows.some((row) => (row.up_to ? layout.compare(version, row.version) <= 0 : layout.compare(version, row.version) === 0))) {
+    if (rows.some((row) => (row.up_to ? compare(version, row.version) <= 0 : compare(version, row.version) === 0))) {
       if (!records.has(step.name)) records.set(step.name, { checksum: undefined, table: history.table });
     }
   }
