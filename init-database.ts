@@ -26,7 +26,7 @@
  */
 import { createHash } from "node:crypto";
 import { once } from "node:events";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { type Dirent, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { createConnection, isIP, Socket } from "node:net";
 import { constants as osConstants, homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
@@ -2338,7 +2338,12 @@ export interface Folder {
 }
 
 export function readFolder(path: string): Folder {
-  const entries = readdirSync(path, { withFileTypes: true });
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(path, { withFileTypes: true });
+  } catch (error) {
+    throw new ConfigError(`--migrations ${path} cannot be read (${errorCode(error)}); fix the path`);
+  }
   const cache = new Map<string, Buffer>();
   return {
     path,
@@ -2696,43 +2701,30 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
 
 /** The layout named by --migrations-format, or the one the folder is in; refuses none or several. */
 export function migrationLayout(dir: string, format: string | undefined): { layout: MigrationLayout; folder: Folder; detected: boolean } {
-  const open = (path: string) => {
-    try {
-      return readFolder(path);
-    } catch (error) {
-      throw new ConfigError(`--migrations ${path} cannot be read (${errorCode(error)}); fix the path`);
-    }
-  };
-  const folder = open(dir);
+  const folder = readFolder(dir);
+  // A project's root: the tool's own folder inside it.
+  const inside = (layout: MigrationLayout) => (layout.folder && folder.has(layout.folder) ? readFolder(join(dir, layout.folder)) : undefined);
   if (format !== undefined) {
     const layout = MIGRATION_LAYOUTS.find((entry) => entry.name === format);
     if (!layout) throw new ConfigError(`--migrations-format ${format} is not a layout the kit knows`, `choose one of ${LAYOUT_NAMES.join(", ")}`);
-    const inner = !layout.recognises(folder) && layout.folder && folder.has(layout.folder);
-    return { layout, folder: inner ? open(join(dir, layout.folder!)) : folder, detected: false };
+    return { layout, folder: (!layout.recognises(folder) && inside(layout)) || folder, detected: false };
   }
   const matching = (candidate: Folder) => {
     const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(candidate));
     // Supabase's files are plain *.sql too: its place in the project is what marks them.
     return tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
   };
-  let found = matching(folder);
-  let where = folder;
+  const found = matching(folder);
   if (found.length === 0 && !MIGRATION_LAYOUTS[0]!.recognises(folder)) {
-    // A project's root: the tool's own folder inside it.
     for (const layout of MIGRATION_LAYOUTS) {
-      if (!layout.folder || !folder.has(layout.folder)) continue;
-      const inner = open(join(dir, layout.folder));
-      if (layout.recognises(inner)) {
-        found = [layout];
-        where = inner;
-        break;
-      }
+      const inner = inside(layout);
+      if (inner && layout.recognises(inner)) return { layout, folder: inner, detected: true };
     }
   }
   if (found.length > 1) {
     throw new ConfigError(`--migrations ${dir} holds the layouts of ${found.map((entry) => `${entry.name} (${entry.recognisedBy})`).join(" and ")}`, `keep one tool's migrations in the folder, or name the layout with --migrations-format ${found.map((entry) => entry.name).join("|")}`);
   }
-  if (found.length === 1) return { layout: found[0]!, folder: where, detected: true };
+  if (found.length === 1) return { layout: found[0]!, folder, detected: true };
   if (MIGRATION_LAYOUTS[0]!.recognises(folder)) return { layout: MIGRATION_LAYOUTS[0]!, folder, detected: true };
   const seen = [...folder.files, ...folder.dirs.map((name) => `${name}/`)];
   throw new ConfigError(`--migrations ${dir} holds no migrations in a layout the kit knows (found ${seen.length === 0 ? "nothing" : seen.slice(0, 5).join(", ") + (seen.length > 5 ? ", …" : "")})`,
