@@ -2797,11 +2797,6 @@ export function ledgerBesideTool(config: Config, steps: SchemaStep[], named: str
   if (named === undefined && layout && layout.name !== "kit") config.ledgerTable = TOOL_LAYOUT_LEDGER;
 }
 
-/** Whether the ledger's checksum is this step's: its own, or the raw-bytes one an earlier kit wrote. */
-function sameChecksum(step: SchemaStep, recorded: string | undefined): boolean {
-  return recorded === step.checksum || (recorded !== undefined && recorded === step.formerChecksum);
-}
-
 /** Whether the plan is the built-in schema alone. */
 function isBuiltIn(steps: SchemaStep[]): boolean {
   return steps.length === 1 && steps[0]!.name === BUILT_IN_STEP;
@@ -3014,13 +3009,18 @@ async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: Migration
     `${downRan.length ? `first rebuild what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped, then ` : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
 }
 
-/** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */
+/** A step against its record: recorded (by the tool, or by the kit with this checksum or the raw-bytes one an earlier kit wrote), pending, or changed since (a changed Flyway repeatable is pending: it runs again). */
+function standing(step: SchemaStep, record: StepRecord | undefined): "recorded" | "pending" | "changed" {
+  if (record && [undefined, step.checksum, step.formerChecksum].includes(record.checksum)) return "recorded";
+  return !record || step.migration?.found.repeatable ? "pending" : "changed";
+}
+
+/** A record that makes the step applied (standing); MIGRATION_CHANGED when the file changed since. */
 function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
-  if (!record) return false;
-  if (record.checksum === undefined || sameChecksum(step, record.checksum)) return true;
-  if (step.migration?.found.repeatable) return false;
+  const now = standing(step, record);
+  if (now !== "changed") return now === "recorded";
   // Its file was edited after it was applied.
-  throw new SchemaError(`${step.name} was applied with checksum ${record.checksum.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
+  throw new SchemaError(`${step.name} was applied with checksum ${record!.checksum!.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
 /**
@@ -3044,14 +3044,14 @@ export interface SchemaState {
   changed: { name: string; recorded: string; file: string }[];
 }
 
-/** The plan against its records: a tool's record or a matching checksum is recorded; a changed Flyway repeatable is pending (it runs again). */
+/** The plan against its records, each step's standing. */
 export function schemaState(steps: SchemaStep[], records: Map<string, StepRecord>): SchemaState {
   const state: SchemaState = { recorded: [], pending: [], changed: [] };
   for (const step of steps) {
     const record = records.get(step.name);
-    if (!record || (record.checksum !== undefined && !sameChecksum(step, record.checksum) && step.migration?.found.repeatable)) state.pending.push(step.name);
-    else if (record.checksum === undefined || sameChecksum(step, record.checksum)) state.recorded.push(step.name);
-    else state.changed.push({ name: step.name, recorded: record.checksum, file: step.checksum });
+    const now = standing(step, record);
+    if (now === "changed") state.changed.push({ name: step.name, recorded: record!.checksum!, file: step.checksum });
+    else state[now].push(step.name);
   }
   return state;
 }
