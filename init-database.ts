@@ -2460,11 +2460,11 @@ function uniqueVersions(layout: string, list: LayoutMigration[], same = (a: stri
   return list;
 }
 
-/** The files of a folder that match `pattern`, with the pattern's first group as version, sorted by `compare`. */
-function versioned(folder: Folder, pattern: RegExp, compare: (a: string, b: string) => number): { file: string; version: string }[] {
+/** The files of a folder that match `pattern`, with the pattern's first group as version and the file's bytes, sorted by `compare`. */
+function versioned(folder: Folder, pattern: RegExp, compare: (a: string, b: string) => number): { file: string; version: string; bytes: Buffer }[] {
   return folder.files.flatMap((file) => {
     const match = pattern.exec(file);
-    return match ? [{ file, version: match[1]! }] : [];
+    return match ? [{ file, version: match[1]!, bytes: folder.read(file) }] : [];
   }).sort((a, b) => compare(a.version, b.version) || byText(a.file, b.file));
 }
 
@@ -2486,6 +2486,8 @@ const DBMATE_DOWN = /^[ \t]*--[ \t]*migrate:down(.*)$/m;
 const GOOSE = /^[ \t]*--[ \t]*\+goose[ \t]+(\w+(?:[ \t]+\w+)?)[ \t]*\r?$/im;
 
 const SQL_FILES = /\.sql$/;
+/** `{version}_{name}.sql`: dbmate's, goose's and Supabase's file names. */
+const NUMBERED_SQL = /^(\d+)_.*\.sql$/;
 
 /** Flyway's file names: V{version}__{description}.sql, U... (undo, never run), R__{description}.sql. */
 const FLYWAY_FILE = /^(V|U|R)(\d+(?:[._]\d+)*)?__(.+)\.sql$/;
@@ -2506,7 +2508,7 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     recognisedBy: "{version}_{title}.up.sql files",
     recognises: (folder) => folder.files.some((file) => /^\d+_.*\.up\.sql$/.test(file)),
     migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber)
-      .map(({ file, version }) => sentWhole(layoutMigration(file, BigInt(version).toString(), folder.read(file), undefined, undefined)))),
+      .map(({ file, version, bytes }) => sentWhole(layoutMigration(file, BigInt(version).toString(), bytes, undefined, undefined)))),
     compare: byNumber,
     history: {
       table: "schema_migrations",
@@ -2523,8 +2525,7 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     folder: "db/migrations",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(annotationText(folder.read(file)))),
     // dbmate applies files in name order (10_x before 1_x and 2_x), whatever their versions.
-    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, () => 0).map(({ file, version }) => {
-      const bytes = folder.read(file);
+    migrations: (folder) => versioned(folder, NUMBERED_SQL, () => 0).map(({ file, version, bytes }) => {
       const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
       if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
       if (down.length > 1 || (down[0] && down[0].start < up[0]!.start)) throw new SchemaError(`${file}: "-- migrate:down" must come once, after "-- migrate:up"`, "SCHEMA_FAILED", "put -- migrate:up first, then -- migrate:down");
@@ -2667,8 +2668,7 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     name: "goose",
     recognisedBy: "*.sql files with -- +goose Up",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && annotations(folder.read(file), GOOSE).some(({ match }) => match[1]!.toLowerCase() === "up")),
-    migrations: (folder) => uniqueVersions("goose", versioned(folder, /^(\d+)_.*\.sql$/, byNumber).map(({ file, version }) => {
-      const bytes = folder.read(file);
+    migrations: (folder) => uniqueVersions("goose", versioned(folder, NUMBERED_SQL, byNumber).map(({ file, version, bytes }) => {
       const notes = annotations(bytes, GOOSE);
       const kinds = notes.map(({ match }) => match[1]!.toLowerCase().replace(/\s+/g, " "));
       const up = notes[kinds.indexOf("up")];
@@ -2689,8 +2689,8 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     name: "supabase",
     recognisedBy: "supabase/migrations/{timestamp}_{name}.sql",
     folder: "supabase/migrations",
-    recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => /^\d+_.*\.sql$/.test(file)),
-    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => layoutMigration(file, version, folder.read(file), undefined, false)),
+    recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => NUMBERED_SQL.test(file)),
+    migrations: (folder) => versioned(folder, NUMBERED_SQL, byText).map(({ file, version, bytes }) => layoutMigration(file, version, bytes, undefined, false)),
     history: {
       table: "supabase_migrations.schema_migrations",
       columns: ["version text", "statements text[]"],
