@@ -1354,12 +1354,9 @@ function openSocket(config: ConnectionConfig, target: Target, dial: Dial = dialT
     };
     raw.once("error", fail);
     raw.once("close", closed);
-    if (target.socket || tls.mode === "disable") {
-      raw.once("connect", () => done(raw));
-      return;
-    }
-    if (tls.negotiation === "direct") {
-      raw.once("connect", upgrade);
+    const plain = target.socket || tls.mode === "disable";
+    if (plain || tls.negotiation === "direct") {
+      raw.once("connect", plain ? () => done(raw) : upgrade);
       return;
     }
     raw.write(SSL_REQUEST);
@@ -1637,8 +1634,7 @@ function boundedPool(sql: Sql, config: Pick<Config, "commandTimeoutMs">): Sql {
     apply: (target, self, args) => bound(Reflect.apply(target as (...rest: unknown[]) => unknown, self, args), expired),
     get: (target, key, receiver) => {
       const value = Reflect.get(target, key, receiver);
-      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args), expired);
-      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args), expired);
+      if (key === "unsafe" || key === "file") return (...args: unknown[]) => bound(Reflect.apply(value as (...rest: unknown[]) => unknown, target, args), expired);
       if (key === "begin" && !expired) {
         return (...args: unknown[]) => {
           const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
@@ -1666,7 +1662,6 @@ function boundedPool(sql: Sql, config: Pick<Config, "commandTimeoutMs">): Sql {
   });
   return bounded(sql);
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Waiting: attempts until a target answers an authenticated query (waitUntilReady), following
