@@ -1580,6 +1580,7 @@ async function reserveSession(sql: Sql, deadline: Deadline): Promise<{ conn: pos
 
 type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
 
+/** What a query is sent on: a client, a connection reserved from it, or a transaction's connection (a step runs on either of the last two). */
 type Queries = Sql | postgres.TransactionSql<{}>;
 
 type Cancellable = PromiseLike<unknown> & { cancel(): unknown };
@@ -3151,15 +3152,12 @@ function runner(context: StepContext, progress: Deadline) {
 
 type Run = ReturnType<typeof runner>;
 
-/** A step runs on a transaction's connection or on one reserved for it. */
-type Session = Sql | postgres.TransactionSql<{}>;
-
 /**
  * Inside the kit's lock: make the table the step is recorded in (the tool's history, where the
  * kit writes it as the tool does, else the kit's ledger, and the tool's table, empty, where the
  * tool makes one before any migration) and say whether the step is applied.
  */
-async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
+async function ensureLedger(conn: Queries, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
   const history = step.migration?.layout.history;
   const write = history?.write;
   const create = [ledger.createSchema && `create schema if not exists ${quoteIdent(ledger.createSchema)}`,
@@ -3174,7 +3172,7 @@ async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run
 }
 
 /** Record an applied step where ensureLedger looked (a repeatable's row is updated to its new checksum). */
-async function recordStep(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<void> {
+async function recordStep(conn: Queries, ledger: Ledger, step: SchemaStep, run: Run): Promise<void> {
   const write = step.migration?.layout.history?.write;
   if (write) await run(conn.unsafe(write.insert, write.values(step.migration!.found)));
   else await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)${step.migration?.found.repeatable ? " on conflict (name) do update set checksum = excluded.checksum, applied_at = now()" : ""}`, [step.name, step.checksum]));
@@ -3235,7 +3233,7 @@ class OneQueryFailed extends Error {}
  * trip instead of one per statement. A server error that names its position is mapped back to
  * the statement and line it points at.
  */
-async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, progress: { touch(): void; everyMs: number }, blockers: () => string[]): Promise<void> {
+async function runAsOneQuery(tx: Queries, step: SchemaStep, run: Run, progress: { touch(): void; everyMs: number }, blockers: () => string[]): Promise<void> {
   const { bytes, statements } = step.script;
   const start = statements[0]!.start;
   const text = bytes.toString("utf8", start, statements.at(-1)!.end);
@@ -3507,7 +3505,7 @@ export function statementLocation(script: Script, statement: ScriptStatement, po
 }
 
 /** Send one statement; for COPY ... FROM stdin stream its rows from the file in pieces, with backpressure. */
-async function runStatement(conn: Session, step: SchemaStep, statement: ScriptStatement, run: Run, touch: () => void): Promise<void> {
+async function runStatement(conn: Queries, step: SchemaStep, statement: ScriptStatement, run: Run, touch: () => void): Promise<void> {
   const { bytes } = step.script;
   const query = conn.unsafe(bytes.toString("utf8", statement.start, statement.end));
   if (!statement.data) {
