@@ -2346,16 +2346,14 @@ export function readFolder(path: string): Folder {
     files: entries.filter((entry) => entry.isFile()).map((entry) => entry.name).sort(),
     dirs: entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name).sort(),
     read(relative) {
-      let bytes = cache.get(relative);
-      if (!bytes) {
+      if (!cache.has(relative)) {
         try {
-          bytes = readFileSync(join(path, relative));
+          cache.set(relative, readFileSync(join(path, relative)));
         } catch (error) {
           throw new ConfigError(`--migrations ${join(path, relative)} cannot be read (${errorCode(error)})`, "make the file readable, or remove it from the folder");
         }
-        cache.set(relative, bytes);
       }
-      return bytes;
+      return cache.get(relative)!;
     },
     has: (relative) => existsSync(join(path, relative)),
   };
@@ -2525,8 +2523,7 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
       if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
       if (down.length > 1 || (down[0] && down[0].start < up[0]!.start)) throw new SchemaError(`${file}: "-- migrate:down" must come once, after "-- migrate:up"`, "SCHEMA_FAILED", "put -- migrate:up first, then -- migrate:down");
-      const options = up[0]!.match[1]!;
-      return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(options) ? true : false);
+      return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(up[0]!.match[1]!));
     }),
     history: {
       table: "schema_migrations",
