@@ -2406,13 +2406,11 @@ function annotationText(bytes: Buffer): string {
 /** The lines of a file that match `annotation` (with multiline `^`), as byte offsets of their start and end. */
 function annotations(bytes: Buffer, annotation: RegExp): { start: number; end: number; match: RegExpExecArray }[] {
   const text = annotationText(bytes);
-  const found: { start: number; end: number; match: RegExpExecArray }[] = [];
   const pattern = new RegExp(annotation.source, annotation.flags.includes("g") ? annotation.flags : annotation.flags + "g");
-  for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
+  return [...text.matchAll(pattern)].map((match) => {
     const newline = text.indexOf("\n", match.index);
-    found.push({ start: match.index, end: newline === -1 ? text.length : newline + 1, match });
-  }
-  return found;
+    return { start: match.index, end: newline === -1 ? text.length : newline + 1, match };
+  });
 }
 
 const byNumber = (a: string, b: string) => {
@@ -2702,12 +2700,9 @@ export function migrationLayout(dir: string, format: string | undefined): { layo
     if (!layout) throw new ConfigError(`--migrations-format ${format} is not a layout the kit knows`, `choose one of ${LAYOUT_NAMES.join(", ")}`);
     return { layout, folder: (!layout.recognises(folder) && inside(layout)) || folder, detected: false };
   }
-  const matching = (candidate: Folder) => {
-    const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(candidate));
-    // Supabase's files are plain *.sql too: its place in the project is what marks them.
-    return tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
-  };
-  const found = matching(folder);
+  const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(folder));
+  // Supabase's files are plain *.sql too: its place in the project is what marks them.
+  const found = tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
   if (found.length === 0 && !MIGRATION_LAYOUTS[0]!.recognises(folder)) {
     for (const layout of MIGRATION_LAYOUTS) {
       const inner = inside(layout);
