@@ -2998,14 +2998,14 @@ async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: Migration
 }
 
 /** A step against its record: recorded (by the tool, or by the kit with this checksum or the raw-bytes one an earlier kit wrote), pending, or changed since (a changed Flyway repeatable is pending: it runs again). */
-function standing(step: SchemaStep, record: StepRecord | undefined): "recorded" | "pending" | "changed" {
+export function stepStanding(step: SchemaStep, record: StepRecord | undefined): "recorded" | "pending" | "changed" {
   if (record && [undefined, step.checksum, step.formerChecksum].includes(record.checksum)) return "recorded";
   return !record || step.migration?.found.repeatable ? "pending" : "changed";
 }
 
-/** A record that makes the step applied (standing); MIGRATION_CHANGED when the file changed since. */
+/** A record that makes the step applied (stepStanding); MIGRATION_CHANGED when the file changed since. */
 function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
-  const now = standing(step, record);
+  const now = stepStanding(step, record);
   if (now !== "changed") return now === "recorded";
   // Its file was edited after it was applied.
   throw new SchemaError(`${step.name} was applied with checksum ${record!.checksum!.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
@@ -3032,12 +3032,12 @@ export interface SchemaState {
   changed: { name: string; recorded: string; file: string }[];
 }
 
-/** The plan against its records, each step's standing. */
+/** The plan against its records, each step as stepStanding finds it. */
 export function schemaState(steps: SchemaStep[], records: Map<string, StepRecord>): SchemaState {
   const state: SchemaState = { recorded: [], pending: [], changed: [] };
   for (const step of steps) {
     const record = records.get(step.name);
-    const now = standing(step, record);
+    const now = stepStanding(step, record);
     if (now === "changed") state.changed.push({ name: step.name, recorded: record!.checksum!, file: step.checksum });
     else state[now].push(step.name);
   }
