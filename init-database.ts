@@ -2997,7 +2997,11 @@ async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: Migration
     `${downRan.length ? `first rebuild what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped, then ` : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
 }
 
-/** A step against its record: recorded (by the tool, or by the kit with this checksum or the raw-bytes one an earlier kit wrote), pending, or changed since (a changed Flyway repeatable is pending: it runs again). */
+/**
+ * A step against its record: recorded (by the tool, or by the kit with this checksum or the
+ * raw-bytes one an earlier kit wrote), pending, or changed since it was recorded (a changed
+ * Flyway repeatable is pending: it runs again).
+ */
 export function stepStanding(step: SchemaStep, record: StepRecord | undefined): "recorded" | "pending" | "changed" {
   if (record && [undefined, step.checksum, step.formerChecksum].includes(record.checksum)) return "recorded";
   return !record || step.migration?.found.repeatable ? "pending" : "changed";
