@@ -26,7 +26,7 @@
  */
 import { createHash } from "node:crypto";
 import { once } from "node:events";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { type Dirent, existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { createConnection, isIP, Socket } from "node:net";
 import { constants as osConstants, homedir } from "node:os";
 import { basename, join, resolve } from "node:path";
@@ -1354,12 +1354,9 @@ function openSocket(config: ConnectionConfig, target: Target, dial: Dial = dialT
     };
     raw.once("error", fail);
     raw.once("close", closed);
-    if (target.socket || tls.mode === "disable") {
-      raw.once("connect", () => done(raw));
-      return;
-    }
-    if (tls.negotiation === "direct") {
-      raw.once("connect", upgrade);
+    const plain = target.socket || tls.mode === "disable";
+    if (plain || tls.negotiation === "direct") {
+      raw.once("connect", plain ? () => done(raw) : upgrade);
       return;
     }
     raw.write(SSL_REQUEST);
@@ -1583,6 +1580,7 @@ async function reserveSession(sql: Sql, deadline: Deadline): Promise<{ conn: pos
 
 type PendingQuery = Promise<unknown> & { cancel(): unknown; reject(error: unknown): void };
 
+/** What a query is sent on: a client, a connection reserved from it, or a transaction's connection (a step runs on either of the last two). */
 type Queries = Sql | postgres.TransactionSql<{}>;
 
 type Cancellable = PromiseLike<unknown> & { cancel(): unknown };
@@ -1637,8 +1635,7 @@ function boundedPool(sql: Sql, config: Pick<Config, "commandTimeoutMs">): Sql {
     apply: (target, self, args) => bound(Reflect.apply(target as (...rest: unknown[]) => unknown, self, args), expired),
     get: (target, key, receiver) => {
       const value = Reflect.get(target, key, receiver);
-      if (key === "unsafe") return (...args: Parameters<Sql["unsafe"]>) => bound(target.unsafe(...args), expired);
-      if (key === "file") return (...args: Parameters<Sql["file"]>) => bound(target.file(...args), expired);
+      if (key === "unsafe" || key === "file") return (...args: unknown[]) => bound(Reflect.apply(value as (...rest: unknown[]) => unknown, target, args), expired);
       if (key === "begin" && !expired) {
         return (...args: unknown[]) => {
           const body = args.pop() as (tx: postgres.TransactionSql<{}>) => unknown;
@@ -1666,7 +1663,6 @@ function boundedPool(sql: Sql, config: Pick<Config, "commandTimeoutMs">): Sql {
   });
   return bounded(sql);
 }
-
 
 // ---------------------------------------------------------------------------------------
 // Waiting: attempts until a target answers an authenticated query (waitUntilReady), following
@@ -2291,8 +2287,8 @@ export interface ToolHistory {
   columns: readonly string[];
   /** Read-only; rows of HistoryRow. */
   read: string;
-  /** What the user runs to repair a failed or dirty state, for the message. */
-  repair: (row: HistoryRow) => string;
+  /** What the user runs to repair a failed or dirty state, for the message; absent where the read reports no failed row. */
+  repair?: (row: HistoryRow) => string;
   /**
    * The table as the tool makes it, empty, before it runs the first migration; the kit makes it
    * too (never writing a row), because a project's migrations may change it (Harbor's add and
@@ -2320,8 +2316,8 @@ export interface MigrationLayout {
   recognises(folder: Folder): boolean;
   /** Its migrations in the tool's order; throws ConfigError or SchemaError for what the tool would refuse. */
   migrations(folder: Folder): LayoutMigration[];
-  /** How versions compare, for histories that record "up to". */
-  compare: (a: string, b: string) => number;
+  /** How versions compare, for histories that record "up to"; absent: as text. */
+  compare?: (a: string, b: string) => number;
   history?: ToolHistory;
 }
 
@@ -2338,23 +2334,26 @@ export interface Folder {
 }
 
 export function readFolder(path: string): Folder {
-  const entries = readdirSync(path, { withFileTypes: true });
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(path, { withFileTypes: true });
+  } catch (error) {
+    throw new ConfigError(`--migrations ${path} cannot be read (${errorCode(error)}); fix the path`);
+  }
   const cache = new Map<string, Buffer>();
   return {
     path,
     files: entries.filter((entry) => entry.isFile()).map((entry) => entry.name).sort(),
     dirs: entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name).sort(),
     read(relative) {
-      let bytes = cache.get(relative);
-      if (!bytes) {
+      if (!cache.has(relative)) {
         try {
-          bytes = readFileSync(join(path, relative));
+          cache.set(relative, readFileSync(join(path, relative)));
         } catch (error) {
           throw new ConfigError(`--migrations ${join(path, relative)} cannot be read (${errorCode(error)})`, "make the file readable, or remove it from the folder");
         }
-        cache.set(relative, bytes);
       }
-      return bytes;
+      return cache.get(relative)!;
     },
     has: (relative) => existsSync(join(path, relative)),
   };
@@ -2407,13 +2406,11 @@ function annotationText(bytes: Buffer): string {
 /** The lines of a file that match `annotation` (with multiline `^`), as byte offsets of their start and end. */
 function annotations(bytes: Buffer, annotation: RegExp): { start: number; end: number; match: RegExpExecArray }[] {
   const text = annotationText(bytes);
-  const found: { start: number; end: number; match: RegExpExecArray }[] = [];
   const pattern = new RegExp(annotation.source, annotation.flags.includes("g") ? annotation.flags : annotation.flags + "g");
-  for (let match = pattern.exec(text); match; match = pattern.exec(text)) {
+  return [...text.matchAll(pattern)].map((match) => {
     const newline = text.indexOf("\n", match.index);
-    found.push({ start: match.index, end: newline === -1 ? text.length : newline + 1, match });
-  }
-  return found;
+    return { start: match.index, end: newline === -1 ? text.length : newline + 1, match };
+  });
 }
 
 const byNumber = (a: string, b: string) => {
@@ -2455,11 +2452,11 @@ function uniqueVersions(layout: string, list: LayoutMigration[], same = (a: stri
   return list;
 }
 
-/** The files of a folder that match `pattern`, with the pattern's first group as version, sorted by `compare`. */
-function versioned(folder: Folder, pattern: RegExp, compare: (a: string, b: string) => number): { file: string; version: string }[] {
+/** The files of a folder that match `pattern`, with the pattern's first group as version and the file's bytes, sorted by `compare`. */
+function versioned(folder: Folder, pattern: RegExp, compare: (a: string, b: string) => number): { file: string; version: string; bytes: Buffer }[] {
   return folder.files.flatMap((file) => {
     const match = pattern.exec(file);
-    return match ? [{ file, version: match[1]! }] : [];
+    return match ? [{ file, version: match[1]!, bytes: folder.read(file) }] : [];
   }).sort((a, b) => compare(a.version, b.version) || byText(a.file, b.file));
 }
 
@@ -2470,9 +2467,10 @@ function tomlValue(text: string, key: string): string | undefined {
 }
 
 /** Tools that send a whole file in one simple query (one implicit transaction): a file whose only statement PostgreSQL refuses in a transaction runs alone, in autocommit. */
-function aloneOutsideTransaction(runnable: Buffer, name: string): boolean | undefined {
-  const statements = readScript(runnable, name, true).statements;
-  return statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
+function sentWhole(found: LayoutMigration): LayoutMigration {
+  const statements = readScript(found.runnable, found.name, true).statements;
+  found.noTransaction = statements.length === 1 && needsNoTransaction(statements[0]!.words) !== undefined ? true : undefined;
+  return found;
 }
 
 const DBMATE_UP = /^[ \t]*--[ \t]*migrate:up(.*)$/m;
@@ -2480,6 +2478,8 @@ const DBMATE_DOWN = /^[ \t]*--[ \t]*migrate:down(.*)$/m;
 const GOOSE = /^[ \t]*--[ \t]*\+goose[ \t]+(\w+(?:[ \t]+\w+)?)[ \t]*\r?$/im;
 
 const SQL_FILES = /\.sql$/;
+/** `{version}_{name}.sql`: dbmate's, goose's and Supabase's file names. */
+const NUMBERED_SQL = /^(\d+)_.*\.sql$/;
 
 /** Flyway's file names: V{version}__{description}.sql, U... (undo, never run), R__{description}.sql. */
 const FLYWAY_FILE = /^(V|U|R)(\d+(?:[._]\d+)*)?__(.+)\.sql$/;
@@ -2494,18 +2494,13 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     recognisedBy: "plain *.sql files",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file)),
     migrations: (folder) => folder.files.filter((file) => SQL_FILES.test(file)).map((file) => layoutMigration(file, file, folder.read(file), undefined, undefined)),
-    compare: byText,
   },
   {
     name: "golang-migrate",
     recognisedBy: "{version}_{title}.up.sql files",
     recognises: (folder) => folder.files.some((file) => /^\d+_.*\.up\.sql$/.test(file)),
-    migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber).map(({ file, version }) => {
-      const bytes = folder.read(file);
-      const found = layoutMigration(file, BigInt(version).toString(), bytes, undefined, undefined);
-      found.noTransaction = aloneOutsideTransaction(found.runnable, file);
-      return found;
-    })),
+    migrations: (folder) => uniqueVersions("golang-migrate", versioned(folder, /^(\d+)_.*\.up\.sql$/, byNumber)
+      .map(({ file, version, bytes }) => sentWhole(layoutMigration(file, BigInt(version).toString(), bytes, undefined, undefined)))),
     compare: byNumber,
     history: {
       table: "schema_migrations",
@@ -2522,20 +2517,16 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     folder: "db/migrations",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(annotationText(folder.read(file)))),
     // dbmate applies files in name order (10_x before 1_x and 2_x), whatever their versions.
-    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, () => 0).map(({ file, version }) => {
-      const bytes = folder.read(file);
+    migrations: (folder) => versioned(folder, NUMBERED_SQL, () => 0).map(({ file, version, bytes }) => {
       const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
       if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
       if (down.length > 1 || (down[0] && down[0].start < up[0]!.start)) throw new SchemaError(`${file}: "-- migrate:down" must come once, after "-- migrate:up"`, "SCHEMA_FAILED", "put -- migrate:up first, then -- migrate:down");
-      const options = up[0]!.match[1]!;
-      return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(options) ? true : false);
+      return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(up[0]!.match[1]!));
     }),
-    compare: byText,
     history: {
       table: "schema_migrations",
       columns: ["version character varying"],
       read: "select version::text as version, false as failed, false as up_to from schema_migrations",
-      repair: () => "",
       write: {
         create: "create table if not exists schema_migrations (version varchar primary key)",
         has: "select exists (select 1 from schema_migrations where version = $1) as recorded",
@@ -2596,14 +2587,9 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
         const provider = tomlValue(folder.read("migration_lock.toml").toString("utf8"), "provider");
         if (provider !== "postgresql") throw new ConfigError(`prisma: migration_lock.toml says provider = "${provider}", not "postgresql"`, "these migrations were written for another database; Prisma refuses them on PostgreSQL too");
       }
-      return folder.dirs.filter((dir) => folder.has(join(dir, "migration.sql"))).map((dir) => {
-        const file = join(dir, "migration.sql");
-        const step = layoutMigration(file, dir, folder.read(file), undefined, undefined);
-        step.noTransaction = aloneOutsideTransaction(step.runnable, file);
-        return step;
-      });
+      const files = folder.dirs.filter((dir) => folder.has(join(dir, "migration.sql"))).map((dir) => ({ dir, file: join(dir, "migration.sql") }));
+      return files.map(({ dir, file }) => sentWhole(layoutMigration(file, dir, folder.read(file), undefined, undefined)));
     },
-    compare: byText,
     history: {
       table: "_prisma_migrations",
       columns: ["migration_name character varying", "finished_at timestamp with time zone", "rolled_back_at timestamp with time zone"],
@@ -2644,7 +2630,6 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       columns: ["hash text", "created_at bigint"],
       // drizzle applies what is newer than the last row's created_at (the journal's `when`).
       read: "select created_at::text as version, false as failed, true as up_to from drizzle.__drizzle_migrations where created_at is not null",
-      repair: () => "",
       write: {
         create: `create schema if not exists drizzle; create table if not exists drizzle.__drizzle_migrations (id serial primary key, hash text not null, created_at bigint)`,
         has: "select exists (select 1 from drizzle.__drizzle_migrations where created_at >= $1::bigint) as recorded",
@@ -2664,20 +2649,17 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       // Diesel's version is the name up to its first `_`, without dashes (2024-01-31-120000 -> 20240131120000).
       return layoutMigration(file, dir.split("_")[0]!.replaceAll("-", ""), folder.read(file), undefined, tomlValue(metadata, "run_in_transaction") === "false");
     }).sort((a, b) => byText(a.version, b.version))),
-    compare: byText,
     history: {
       table: "__diesel_schema_migrations",
       columns: ["version character varying", "run_on timestamp without time zone"],
       read: "select version, false as failed, false as up_to from __diesel_schema_migrations",
-      repair: () => "",
     },
   },
   {
     name: "goose",
     recognisedBy: "*.sql files with -- +goose Up",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && annotations(folder.read(file), GOOSE).some(({ match }) => match[1]!.toLowerCase() === "up")),
-    migrations: (folder) => uniqueVersions("goose", versioned(folder, /^(\d+)_.*\.sql$/, byNumber).map(({ file, version }) => {
-      const bytes = folder.read(file);
+    migrations: (folder) => uniqueVersions("goose", versioned(folder, NUMBERED_SQL, byNumber).map(({ file, version, bytes }) => {
       const notes = annotations(bytes, GOOSE);
       const kinds = notes.map(({ match }) => match[1]!.toLowerCase().replace(/\s+/g, " "));
       const up = notes[kinds.indexOf("up")];
@@ -2692,64 +2674,45 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
       columns: ["version_id bigint", "is_applied boolean"],
       // A version is applied when its latest row says so (goose adds a row with is_applied = false on down).
       read: "select version_id::text as version, false as failed, false as up_to from goose_db_version group by version_id having (array_agg(is_applied order by id desc))[1]",
-      repair: () => "",
     },
   },
   {
     name: "supabase",
     recognisedBy: "supabase/migrations/{timestamp}_{name}.sql",
     folder: "supabase/migrations",
-    recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => /^\d+_.*\.sql$/.test(file)),
-    migrations: (folder) => versioned(folder, /^(\d+)_.*\.sql$/, byText).map(({ file, version }) => layoutMigration(file, version, folder.read(file), undefined, false)),
-    compare: byText,
+    recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => NUMBERED_SQL.test(file)),
+    migrations: (folder) => versioned(folder, NUMBERED_SQL, byText).map(({ file, version, bytes }) => layoutMigration(file, version, bytes, undefined, false)),
     history: {
       table: "supabase_migrations.schema_migrations",
       columns: ["version text", "statements text[]"],
       read: "select version, false as failed, false as up_to from supabase_migrations.schema_migrations",
-      repair: () => "",
     },
   },
 ];
 
 /** The layout named by --migrations-format, or the one the folder is in; refuses none or several. */
 export function migrationLayout(dir: string, format: string | undefined): { layout: MigrationLayout; folder: Folder; detected: boolean } {
-  const open = (path: string) => {
-    try {
-      return readFolder(path);
-    } catch (error) {
-      throw new ConfigError(`--migrations ${path} cannot be read (${errorCode(error)}); fix the path`);
-    }
-  };
-  const folder = open(dir);
+  const folder = readFolder(dir);
+  // A project's root: the tool's own folder inside it.
+  const inside = (layout: MigrationLayout) => (layout.folder && folder.has(layout.folder) ? readFolder(join(dir, layout.folder)) : undefined);
   if (format !== undefined) {
     const layout = MIGRATION_LAYOUTS.find((entry) => entry.name === format);
     if (!layout) throw new ConfigError(`--migrations-format ${format} is not a layout the kit knows`, `choose one of ${LAYOUT_NAMES.join(", ")}`);
-    const inner = !layout.recognises(folder) && layout.folder && folder.has(layout.folder);
-    return { layout, folder: inner ? open(join(dir, layout.folder!)) : folder, detected: false };
+    return { layout, folder: (!layout.recognises(folder) && inside(layout)) || folder, detected: false };
   }
-  const matching = (candidate: Folder) => {
-    const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(candidate));
-    // Supabase's files are plain *.sql too: its place in the project is what marks them.
-    return tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
-  };
-  let found = matching(folder);
-  let where = folder;
+  const tools = MIGRATION_LAYOUTS.filter((entry) => entry.name !== "kit" && entry.recognises(folder));
+  // Supabase's files are plain *.sql too: its place in the project is what marks them.
+  const found = tools.some((entry) => entry.name === "supabase") ? tools.filter((entry) => entry.name === "supabase") : tools;
   if (found.length === 0 && !MIGRATION_LAYOUTS[0]!.recognises(folder)) {
-    // A project's root: the tool's own folder inside it.
     for (const layout of MIGRATION_LAYOUTS) {
-      if (!layout.folder || !folder.has(layout.folder)) continue;
-      const inner = open(join(dir, layout.folder));
-      if (layout.recognises(inner)) {
-        found = [layout];
-        where = inner;
-        break;
-      }
+      const inner = inside(layout);
+      if (inner && layout.recognises(inner)) return { layout, folder: inner, detected: true };
     }
   }
   if (found.length > 1) {
     throw new ConfigError(`--migrations ${dir} holds the layouts of ${found.map((entry) => `${entry.name} (${entry.recognisedBy})`).join(" and ")}`, `keep one tool's migrations in the folder, or name the layout with --migrations-format ${found.map((entry) => entry.name).join("|")}`);
   }
-  if (found.length === 1) return { layout: found[0]!, folder: where, detected: true };
+  if (found.length === 1) return { layout: found[0]!, folder, detected: true };
   if (MIGRATION_LAYOUTS[0]!.recognises(folder)) return { layout: MIGRATION_LAYOUTS[0]!, folder, detected: true };
   const seen = [...folder.files, ...folder.dirs.map((name) => `${name}/`)];
   throw new ConfigError(`--migrations ${dir} holds no migrations in a layout the kit knows (found ${seen.length === 0 ? "nothing" : seen.slice(0, 5).join(", ") + (seen.length > 5 ? ", …" : "")})`,
@@ -2820,11 +2783,6 @@ function schemaStep(found: LayoutMigration, layout?: MigrationLayout): SchemaSte
 export function ledgerBesideTool(config: Config, steps: SchemaStep[], named: string | undefined): void {
   const layout = steps[0]?.migration?.layout;
   if (named === undefined && layout && layout.name !== "kit") config.ledgerTable = TOOL_LAYOUT_LEDGER;
-}
-
-/** Whether the ledger's checksum is this step's: its own, or the raw-bytes one an earlier kit wrote. */
-function sameChecksum(step: SchemaStep, recorded: string | undefined): boolean {
-  return recorded === step.checksum || (recorded !== undefined && recorded === step.formerChecksum);
 }
 
 /** Whether the plan is the built-in schema alone. */
@@ -2982,10 +2940,11 @@ export async function recordedSteps(sql: Sql, steps: SchemaStep[], config: Confi
     throw error;
   });
   const failed = rows.find((row) => row.failed);
-  if (failed) throw new SchemaError(`${layout.name}: ${history.repair(failed)}`, "HISTORY_FAILED", `nothing was applied; after the repair, run the kit again`);
+  if (failed) throw new SchemaError(`${layout.name}: ${history.repair?.(failed)}`, "HISTORY_FAILED", `nothing was applied; after the repair, run the kit again`);
+  const compare = layout.compare ?? byText;
   for (const step of steps) {
     const version = step.migration!.found.version;
-    if (rows.some((row) => (row.up_to ? layout.compare(version, row.version) <= 0 : layout.compare(version, row.version) === 0))) {
+    if (rows.some((row) => (row.up_to ? compare(version, row.version) <= 0 : compare(version, row.version) === 0))) {
       if (!records.has(step.name)) records.set(step.name, { checksum: undefined, table: history.table });
     }
   }
@@ -3038,13 +2997,22 @@ async function plainLedgerClash(sql: Sql, steps: SchemaStep[], layout: Migration
     `${downRan.length ? `first rebuild what ${downRan.length === 1 ? "that down part" : "those down parts"} dropped, then ` : ""}carry the rows over once, in one transaction: psql "$DATABASE_URL" -1 -c "${statements.join("; ")}"; then run the kit again: it applies only what they do not record`);
 }
 
-/** A record that makes the step applied: the tool's, or the kit's with this file's checksum (MIGRATION_CHANGED when it differs, save Flyway's repeatables, which then run again). */
+/**
+ * A step against its record: recorded (by the tool, or by the kit with this checksum or the
+ * raw-bytes one an earlier kit wrote), pending, or changed since it was recorded (a changed
+ * Flyway repeatable is pending: it runs again).
+ */
+export function stepStanding(step: SchemaStep, record: StepRecord | undefined): "recorded" | "pending" | "changed" {
+  if (record && [undefined, step.checksum, step.formerChecksum].includes(record.checksum)) return "recorded";
+  return !record || step.migration?.found.repeatable ? "pending" : "changed";
+}
+
+/** A record that makes the step applied (stepStanding); MIGRATION_CHANGED when the file changed since. */
 function isApplied(step: SchemaStep, record: StepRecord | undefined): boolean {
-  if (!record) return false;
-  if (record.checksum === undefined || sameChecksum(step, record.checksum)) return true;
-  if (step.migration?.found.repeatable) return false;
+  const now = stepStanding(step, record);
+  if (now !== "changed") return now === "recorded";
   // Its file was edited after it was applied.
-  throw new SchemaError(`${step.name} was applied with checksum ${record.checksum.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
+  throw new SchemaError(`${step.name} was applied with checksum ${record!.checksum!.slice(0, 12)}… but the file now has ${step.checksum.slice(0, 12)}…: never edit an applied migration, add a new one`, "MIGRATION_CHANGED", "restore the file as it was applied (e.g. git checkout -- FILE) and put the change in a new migration file");
 }
 
 /**
@@ -3068,14 +3036,14 @@ export interface SchemaState {
   changed: { name: string; recorded: string; file: string }[];
 }
 
-/** The plan against its records: a tool's record or a matching checksum is recorded; a changed Flyway repeatable is pending (it runs again). */
+/** The plan against its records, each step as stepStanding finds it. */
 export function schemaState(steps: SchemaStep[], records: Map<string, StepRecord>): SchemaState {
   const state: SchemaState = { recorded: [], pending: [], changed: [] };
   for (const step of steps) {
     const record = records.get(step.name);
-    if (!record || (record.checksum !== undefined && !sameChecksum(step, record.checksum) && step.migration?.found.repeatable)) state.pending.push(step.name);
-    else if (record.checksum === undefined || sameChecksum(step, record.checksum)) state.recorded.push(step.name);
-    else state.changed.push({ name: step.name, recorded: record.checksum, file: step.checksum });
+    const now = stepStanding(step, record);
+    if (now === "changed") state.changed.push({ name: step.name, recorded: record!.checksum!, file: step.checksum });
+    else state[now].push(step.name);
   }
   return state;
 }
@@ -3180,15 +3148,12 @@ function runner(context: StepContext, progress: Deadline) {
 
 type Run = ReturnType<typeof runner>;
 
-/** A step runs on a transaction's connection or on one reserved for it. */
-type Session = Sql | postgres.TransactionSql<{}>;
-
 /**
  * Inside the kit's lock: make the table the step is recorded in (the tool's history, where the
  * kit writes it as the tool does, else the kit's ledger, and the tool's table, empty, where the
  * tool makes one before any migration) and say whether the step is applied.
  */
-async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
+async function ensureLedger(conn: Queries, ledger: Ledger, step: SchemaStep, run: Run): Promise<boolean> {
   const history = step.migration?.layout.history;
   const write = history?.write;
   const create = [ledger.createSchema && `create schema if not exists ${quoteIdent(ledger.createSchema)}`,
@@ -3203,7 +3168,7 @@ async function ensureLedger(conn: Session, ledger: Ledger, step: SchemaStep, run
 }
 
 /** Record an applied step where ensureLedger looked (a repeatable's row is updated to its new checksum). */
-async function recordStep(conn: Session, ledger: Ledger, step: SchemaStep, run: Run): Promise<void> {
+async function recordStep(conn: Queries, ledger: Ledger, step: SchemaStep, run: Run): Promise<void> {
   const write = step.migration?.layout.history?.write;
   if (write) await run(conn.unsafe(write.insert, write.values(step.migration!.found)));
   else await run(conn.unsafe(`insert into ${ledger.ident} (name, checksum) values ($1, $2)${step.migration?.found.repeatable ? " on conflict (name) do update set checksum = excluded.checksum, applied_at = now()" : ""}`, [step.name, step.checksum]));
@@ -3264,7 +3229,7 @@ class OneQueryFailed extends Error {}
  * trip instead of one per statement. A server error that names its position is mapped back to
  * the statement and line it points at.
  */
-async function runAsOneQuery(tx: Session, step: SchemaStep, run: Run, progress: { touch(): void; everyMs: number }, blockers: () => string[]): Promise<void> {
+async function runAsOneQuery(tx: Queries, step: SchemaStep, run: Run, progress: { touch(): void; everyMs: number }, blockers: () => string[]): Promise<void> {
   const { bytes, statements } = step.script;
   const start = statements[0]!.start;
   const text = bytes.toString("utf8", start, statements.at(-1)!.end);
@@ -3536,7 +3501,7 @@ export function statementLocation(script: Script, statement: ScriptStatement, po
 }
 
 /** Send one statement; for COPY ... FROM stdin stream its rows from the file in pieces, with backpressure. */
-async function runStatement(conn: Session, step: SchemaStep, statement: ScriptStatement, run: Run, touch: () => void): Promise<void> {
+async function runStatement(conn: Queries, step: SchemaStep, statement: ScriptStatement, run: Run, touch: () => void): Promise<void> {
   const { bytes } = step.script;
   const query = conn.unsafe(bytes.toString("utf8", statement.start, statement.end));
   if (!statement.data) {

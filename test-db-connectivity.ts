@@ -24,7 +24,7 @@ import { join } from "node:path";
 import type postgres from "postgres";
 import {
   abortOnSignals, absorbDroppedClientErrors, BUILT_IN_STEP, closeClient, COMMON_FLAGS, CONNECTION_SOURCES, ConfigError, createClient, Deadline, DEFAULTS, describeTarget, dialTarget, errorCode, EXIT as KIT_EXIT, explain,
-  FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, recordedSteps, ledgerBesideTool, reportConfigError, Reporter, redact, schemaPlan,
+  FLOW_BACKEND_FOREIGN_KEYS, FLOW_BACKEND_TABLES, formatMs, hint, localSettings, parseConfig, parseFlags, readLedger, recordedSteps, ledgerBesideTool, stepStanding, reportConfigError, Reporter, redact, schemaPlan,
   secretsOf, signalExit, waitUntilReady, withDeadline, type Config, type SchemaStep, type Sql, type Target,
 } from "./init-database.ts";
 
@@ -285,10 +285,7 @@ async function schemaValidation(context: SuiteContext): Promise<string> {
   try {
     if (steps) {
       const recorded = await recordedSteps(sql, steps, config, deadline);
-      const missing = steps.filter((step) => {
-        const record = recorded.get(step.name);
-        return !record || (record.checksum !== undefined && record.checksum !== step.checksum && record.checksum !== step.formerChecksum);
-      }).map((step) => step.name);
+      const missing = steps.filter((step) => stepStanding(step, recorded.get(step.name)) !== "recorded").map((step) => step.name);
       if (missing.length > 0) throw new CheckFailure(`not applied or changed since: ${missing.join(", ")}`, "run init-database.ts with the same --schema/--migrations");
       const tables = [...new Set([...recorded.values()].map((record) => record.table))];
       const checksums = [...recorded.values()].some((record) => record.checksum !== undefined);
