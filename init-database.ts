@@ -1155,11 +1155,14 @@ export function parseConfig(options: Options = {}, env: Env = process.env, readF
     throw new ConfigError(`--max-retries "${options.maxRetries}" must be a whole number of attempts, 1 or more`);
   }
   const ledgerTable = options.ledgerTable ?? DEFAULTS.ledgerTable;
-  if (!/^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/.test(ledgerTable)) {
+  if (!TABLE_NAME.test(ledgerTable)) {
     throw new ConfigError(`--ledger-table "${ledgerTable}" must be a plain table name, optionally schema-qualified`);
   }
   return { ...connection, timeoutMs, commandTimeoutMs, lockTimeoutMs, maxRetries: retries, createDatabase: options.createDatabase ?? false, ledgerTable, direct };
 }
+
+/** What --ledger-table and --history-table take: a plain table name, optionally schema-qualified. */
+const TABLE_NAME = /^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$/;
 
 /** Every secret a configuration holds, for redaction. */
 export function secretsOf(config: ConnectionConfig & { direct?: ConnectionConfig }): string[] {
@@ -2719,6 +2722,31 @@ export function migrationLayout(dir: string, format: string | undefined): { layo
     `point it at the folder of *.sql files (layouts: ${LAYOUT_NAMES.join(", ")})`);
 }
 
+/**
+ * The layout with its tool's history under another name, as a project may have set it (dbmate's
+ * --migrations-table, golang-migrate's x-migrations-table, Flyway's flyway.table, goose's -table,
+ * Drizzle's migrationsTable and migrationsSchema): every statement of the entry names that table
+ * instead (and Drizzle's schema its schema, none when unqualified).
+ */
+export function withHistoryTable(layout: MigrationLayout, table: string): MigrationLayout {
+  const history = layout.history;
+  if (!TABLE_NAME.test(table)) throw new ConfigError(`--history-table "${table}" must be a plain table name, optionally schema-qualified`);
+  if (!history) throw new ConfigError(`--history-table: ${layout.name}'s layout has no tool history to read`, "for the kit's own ledger, name it with --ledger-table");
+  const [fromSchema] = history.table.split(".", 2);
+  const [toSchema, qualified] = [table.split(".", 2)[0], table.includes(".")];
+  const renamed = (sql: string) => {
+    const made = history.table.includes(".") ? sql.replaceAll(`create schema if not exists ${fromSchema}; `, qualified ? `create schema if not exists ${toSchema}; ` : "") : sql;
+    return made.replaceAll(history.table, table);
+  };
+  return {
+    ...layout,
+    history: {
+      ...history, table, read: renamed(history.read), made: history.made && renamed(history.made),
+      write: history.write && { ...history.write, create: renamed(history.write.create), has: renamed(history.write.has), insert: renamed(history.write.insert) },
+    },
+  };
+}
+
 /** Names of down and undo migrations: golang-migrate's *.down.sql, Diesel's and Prisma's down.sql, Flyway's U files. */
 const DOWN_FILE = /(?:^|[/_.])down\.sql$|^U\d+(?:[._]\d+)*__.+\.sql$/i;
 
@@ -2791,7 +2819,7 @@ function isBuiltIn(steps: SchemaStep[]): boolean {
 }
 
 /** The steps to apply: the built-in schema, a user's file, or a folder of migrations in its layout's order. */
-export function schemaPlan(source: { schema?: string; migrations?: string; format?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
+export function schemaPlan(source: { schema?: string; migrations?: string; format?: string; historyTable?: string }, readFile: (path: string) => Buffer = (path) => readFileSync(path)): SchemaStep[] {
   const read = (path: string, flag: string) => {
     try {
       return readFile(path);
@@ -2801,9 +2829,11 @@ export function schemaPlan(source: { schema?: string; migrations?: string; forma
     }
   };
   if (source.schema && source.migrations) throw new ConfigError("--schema and --migrations exclude each other; choose one");
+  if (source.historyTable !== undefined && !source.migrations) throw new ConfigError("--history-table names another tool's history, which only --migrations DIR reads", "add --migrations DIR, or drop --history-table");
   if (source.schema) return [schemaStep(layoutMigration(basename(source.schema), "", read(source.schema, "--schema"), undefined, undefined))];
   if (source.migrations) {
-    const { layout, folder } = migrationLayout(source.migrations, source.format);
+    const { layout: recognised, folder } = migrationLayout(source.migrations, source.format);
+    const layout = source.historyTable === undefined ? recognised : withHistoryTable(recognised, source.historyTable);
     const found = assertUpOnly(layout.migrations(folder), layout);
     if (found.length === 0) throw new ConfigError(`--migrations ${source.migrations} holds no migrations in ${layout.name}'s layout (${layout.recognisedBy})`);
     return found.map((entry) => schemaStep(entry, layout));
@@ -3768,6 +3798,7 @@ export const COMMON_FLAGS = {
   schema: { type: "string" },
   migrations: { type: "string" },
   "migrations-format": { type: "string" },
+  "history-table": { type: "string" },
   "ledger-table": { type: "string" },
   timeout: { type: "string" },
   "connect-timeout": { type: "string" },
@@ -3983,7 +4014,7 @@ function resolvePlan(values: FlagValues, env: Env): { config: Config; steps: Sch
   const modes = (["wait-only", "check", "wait-for-schema", "dry-run"] as const).filter((flag) => values[flag]);
   if (modes.length > 1) throw new ConfigError(`--${modes[0]} and --${modes[1]} exclude each other; choose one`);
   if (values["wait-only"]) return { config, steps: [] };
-  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"] });
+  const steps = schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"], historyTable: values["history-table"] });
   ledgerBesideTool(config, steps, values["ledger-table"]);
   return { config, steps };
 }
@@ -4241,6 +4272,8 @@ What to do:
                           Drizzle, Diesel, goose or the Supabase CLI, as that tool applies it
                           (never a down or undo part; its history counts as applied)
   --migrations-format NAME  read DIR in this layout instead of recognising it: ${LAYOUT_NAMES.join(", ")}
+  --history-table NAME    the tool's history table when the project renamed it (dbmate's
+                          --migrations-table, golang-migrate's x-migrations-table, ...)
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
   --dry-run               list the steps that would be applied, apply nothing
   --check                 read-only (no DDL, no lock, no ledger made): exit 0 when every step

@@ -500,8 +500,8 @@ export async function main(argv: string[], env: Record<string, string | undefine
     }, env);
     const concurrency = Number(values.concurrency ?? SUITE_DEFAULTS.concurrency);
     if (!Number.isInteger(concurrency) || concurrency < 1) throw new ConfigError(`--concurrency "${values.concurrency}" must be a whole number, 1 or more`);
-    const custom = values.schema || values.migrations;
-    const steps = custom ? schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"] }) : undefined;
+    const custom = values.schema || values.migrations || values["history-table"] !== undefined;
+    const steps = custom ? schemaPlan({ schema: values.schema, migrations: values.migrations, format: values["migrations-format"], historyTable: values["history-table"] }) : undefined;
     if (steps) ledgerBesideTool(config, steps, values["ledger-table"]);
     context = { config, concurrency, allowReadOnly: Boolean(values["allow-read-only"]), steps };
     names = selectChecks(values.only);
@@ -565,6 +565,7 @@ Checks: ${CHECK_NAMES.join(", ")}
   --migrations DIR        validate that every migration of DIR is recorded (in the ledger, or
                           in the history of the tool whose layout DIR is in)
   --migrations-format NAME  DIR's layout, as init-database.ts takes it
+  --history-table NAME    the tool's history table where the project renamed it, as init-database.ts takes it
   --ledger-table NAME     the ledger table (default ${DEFAULTS.ledgerTable})
 
 Output:

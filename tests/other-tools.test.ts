@@ -111,6 +111,46 @@ describe("with the real dbmate", () => {
     expect(failing.stdout).toContain(`not applied or changed since: ${FILES[2]}`);
   });
 
+  test("a history dbmate keeps under another name (--migrations-table) is read and written with --history-table, and dbmate then finds nothing pending", async () => {
+    const database = await cluster.freshDatabase();
+    const table = "dbmate.schema_migrations";
+    const first = await dbmate(database, copyOf("dbmate", (path) => !path.endsWith(".sql") || path.endsWith(FILES[0]!)), "--migrations-table", table, "up");
+    expect(first.code).toBe(0);
+    // Without the flag the kit sees no history, and the first migration fails on what dbmate made: nothing else runs.
+    const unnamed = await init(database, ["--migrations", join(FIXTURES, "dbmate")]);
+    expect(unnamed.code).toBe(EXIT.schemaFailed);
+    expect(appliedSteps(unnamed.stdout)).toEqual([]);
+    const run = await init(database, ["--migrations", join(FIXTURES, "dbmate"), "--history-table", table]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(FILES.slice(1));
+    expect(events(run.stdout).find((event) => event.event === "layout")).toMatchObject({ history: table, recorded_in: table });
+    expect((await cluster.query<{ version: string }>(`select version from ${table} order by version`, database)).map((row) => row.version)).toEqual(FILES.map((file) => file.split("_")[0]!));
+    const status = await dbmate(database, join(FIXTURES, "dbmate"), "--migrations-table", table, "status", "--exit-code");
+    expect(status.out).toContain("Pending: 0");
+    expect(status.code).toBe(0);
+    expect(await cluster.query(`select to_regclass('public.schema_migrations') as unnamed`, database)).toEqual([{ unnamed: null }]);
+    const suite = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", join(FIXTURES, "dbmate"), "--history-table", table], { DATABASE_URL: cluster.url({ database }) });
+    expect(suite.code).toBe(0);
+    expect(suite.stdout).toContain(`3 steps recorded in ${table}`);
+  });
+
+  test("--history-table is refused, in one line and exit 2, without --migrations, for the kit's own layout, and for a name that is not a table's", async () => {
+    const database = await cluster.freshDatabase();
+    const plain = join(workDir, `plain-${++folders}`);
+    mkdirSync(plain);
+    writeFileSync(join(plain, "001_a.sql"), "create table a (id int);\n");
+    for (const [args, message] of [
+      [["--history-table", "x"], "--history-table names another tool's history, which only --migrations DIR reads"],
+      [["--migrations", plain, "--history-table", "x"], "--history-table: kit's layout has no tool history to read"],
+      [["--migrations", join(FIXTURES, "dbmate"), "--history-table", "a;drop table b"], `--history-table "a;drop table b" must be a plain table name, optionally schema-qualified`],
+    ] as const) {
+      const run = await runScript(SCRIPT, [...args], { DATABASE_URL: cluster.url({ database }) });
+      expect(run.code).toBe(EXIT.usage);
+      expect(run.stderr).toContain(`error: ${message}`);
+      expect(run.stderr.split("\n").filter((line) => line.startsWith("error:"))).toHaveLength(1);
+    }
+  });
+
   test("a schema_migrations table dbmate made is created by the kit exactly as dbmate creates it", async () => {
     const [byDbmate, byKit] = [await cluster.freshDatabase(), await cluster.freshDatabase()];
     expect((await dbmate(byDbmate, join(FIXTURES, "dbmate"), "up")).code).toBe(0);
@@ -200,9 +240,9 @@ describe("with the real drizzle-kit", () => {
   const JOURNAL = JSON.parse(readFileSync(join(FIXTURES, "drizzle", "meta", "_journal.json"), "utf8"));
   const FILES = ["0000_init.sql", "0001_add_name.sql"];
   /** drizzle-kit migrate on `dir`, configured as a project's drizzle.config would be. */
-  const drizzleKit = (database: string, dir: string) => {
+  const drizzleKit = (database: string, dir: string, migrations?: { table: string; schema: string }) => {
     const config = join(workDir, `drizzle-${++folders}.config.mjs`);
-    writeFileSync(config, `export default { dialect: "postgresql", out: ${JSON.stringify(dir)}, dbCredentials: { url: process.env.DATABASE_URL } };\n`);
+    writeFileSync(config, `export default { dialect: "postgresql", out: ${JSON.stringify(dir)}, dbCredentials: { url: process.env.DATABASE_URL }, migrations: ${JSON.stringify(migrations ?? {})} };\n`);
     return tool([DRIZZLE_KIT, "migrate", "--config", config], { DATABASE_URL: cluster.url({ database }) });
   };
   /** The folder with a journal that lists only its first `count` entries. */
@@ -240,6 +280,15 @@ describe("with the real drizzle-kit", () => {
     expect(await journalRows(database)).toEqual(expectedRows);
     expect(await cluster.query(`select json_agg(attname order by attnum) as columns from pg_attribute where attrelid = 'accounts'::regclass and attnum > 0`, database))
       .toEqual([{ columns: ["id", "email", "name"] }]);
+  });
+  test("a journal table drizzle keeps under another name and schema (migrationsTable, migrationsSchema): the kit makes and writes it with --history-table, drizzle-kit then applies only the rest", async () => {
+    const database = await cluster.freshDatabase();
+    const run = await init(database, ["--migrations", firstEntries(1), "--history-table", "app_meta.migrations"]);
+    expect(run.code).toBe(EXIT.ok);
+    const rest = await drizzleKit(database, join(FIXTURES, "drizzle"), { table: "migrations", schema: "app_meta" });
+    expect(rest.code).toBe(0);
+    expect(await cluster.query(`select hash, created_at::text as created_at from app_meta.migrations order by id`, database)).toEqual(expectedRows);
+    expect(await cluster.query(`select to_regnamespace('drizzle') as schema`, database)).toEqual([{ schema: null }]);
   });
 });
 
