@@ -2728,20 +2728,23 @@ export function migrationLayout(dir: string, format: string | undefined): { layo
  * Drizzle's migrationsTable and migrationsSchema): every statement of the entry names that table
  * instead (and Drizzle's schema its schema, none when unqualified).
  */
-export function withHistoryTable(layout: MigrationLayout, table: string): MigrationLayout {
+export function withHistoryTable(layout: MigrationLayout, name: string): MigrationLayout {
   const history = layout.history;
-  if (!TABLE_NAME.test(table)) throw new ConfigError(`--history-table "${table}" must be a plain table name, optionally schema-qualified`);
+  if (!TABLE_NAME.test(name)) throw new ConfigError(`--history-table "${name}" must be a plain table name, optionally schema-qualified`);
   if (!history) throw new ConfigError(`--history-table: ${layout.name}'s layout has no tool history to read`, "for the kit's own ledger, name it with --ledger-table");
-  const [fromSchema] = history.table.split(".", 2);
-  const [toSchema, qualified] = [table.split(".", 2)[0], table.includes(".")];
-  const renamed = (sql: string) => {
-    const made = history.table.includes(".") ? sql.replaceAll(`create schema if not exists ${fromSchema}; `, qualified ? `create schema if not exists ${toSchema}; ` : "") : sql;
+  // Quoted as the tools quote it (dbmate, Drizzle): MyMigrations keeps its case, user is a name.
+  const parts = name.split(".").map(quoteIdent);
+  const table = parts.join(".");
+  const fromSchema = history.table.includes(".") ? history.table.split(".")[0] : undefined;
+  const renamed = (text: string) => {
+    const made = fromSchema ? text.replaceAll(`create schema if not exists ${fromSchema}; `, parts.length > 1 ? `create schema if not exists ${parts[0]}; ` : "") : text;
     return made.replaceAll(history.table, table);
   };
   return {
     ...layout,
     history: {
       ...history, table, read: renamed(history.read), made: history.made && renamed(history.made),
+      repair: history.repair && ((row) => renamed(history.repair!(row))),
       write: history.write && { ...history.write, create: renamed(history.write.create), has: renamed(history.write.has), insert: renamed(history.write.insert) },
     },
   };

@@ -113,7 +113,9 @@ describe("with the real dbmate", () => {
 
   test("a history dbmate keeps under another name (--migrations-table) is read and written with --history-table, and dbmate then finds nothing pending", async () => {
     const database = await cluster.freshDatabase();
-    const table = "dbmate.schema_migrations";
+    // Mixed case, as a project may name it: dbmate quotes the name, and so must the kit.
+    const table = "dbmate.Schema_Migrations";
+    const quoted = `"dbmate"."Schema_Migrations"`;
     const first = await dbmate(database, copyOf("dbmate", (path) => !path.endsWith(".sql") || path.endsWith(FILES[0]!)), "--migrations-table", table, "up");
     expect(first.code).toBe(0);
     // Without the flag the kit sees no history, and the first migration fails on what dbmate made: nothing else runs.
@@ -123,15 +125,15 @@ describe("with the real dbmate", () => {
     const run = await init(database, ["--migrations", join(FIXTURES, "dbmate"), "--history-table", table]);
     expect(run.code).toBe(EXIT.ok);
     expect(appliedSteps(run.stdout)).toEqual(FILES.slice(1));
-    expect(events(run.stdout).find((event) => event.event === "layout")).toMatchObject({ history: table, recorded_in: table });
-    expect((await cluster.query<{ version: string }>(`select version from ${table} order by version`, database)).map((row) => row.version)).toEqual(FILES.map((file) => file.split("_")[0]!));
+    expect(events(run.stdout).find((event) => event.event === "layout")).toMatchObject({ history: quoted, recorded_in: quoted });
+    expect((await cluster.query<{ version: string }>(`select version from ${quoted} order by version`, database)).map((row) => row.version)).toEqual(FILES.map((file) => file.split("_")[0]!));
     const status = await dbmate(database, join(FIXTURES, "dbmate"), "--migrations-table", table, "status", "--exit-code");
     expect(status.out).toContain("Pending: 0");
     expect(status.code).toBe(0);
     expect(await cluster.query(`select to_regclass('public.schema_migrations') as unnamed`, database)).toEqual([{ unnamed: null }]);
     const suite = await runScript("test-db-connectivity.ts", ["--only", "schema", "--migrations", join(FIXTURES, "dbmate"), "--history-table", table], { DATABASE_URL: cluster.url({ database }) });
     expect(suite.code).toBe(0);
-    expect(suite.stdout).toContain(`3 steps recorded in ${table}`);
+    expect(suite.stdout).toContain(`3 steps recorded in ${quoted}`);
   });
 
   test("--history-table is refused, in one line and exit 2, without --migrations, for the kit's own layout, and for a name that is not a table's", async () => {
@@ -283,11 +285,11 @@ describe("with the real drizzle-kit", () => {
   });
   test("a journal table drizzle keeps under another name and schema (migrationsTable, migrationsSchema): the kit makes and writes it with --history-table, drizzle-kit then applies only the rest", async () => {
     const database = await cluster.freshDatabase();
-    const run = await init(database, ["--migrations", firstEntries(1), "--history-table", "app_meta.migrations"]);
+    const run = await init(database, ["--migrations", firstEntries(1), "--history-table", "App_Meta.user"]);
     expect(run.code).toBe(EXIT.ok);
-    const rest = await drizzleKit(database, join(FIXTURES, "drizzle"), { table: "migrations", schema: "app_meta" });
+    const rest = await drizzleKit(database, join(FIXTURES, "drizzle"), { table: "user", schema: "App_Meta" });
     expect(rest.code).toBe(0);
-    expect(await cluster.query(`select hash, created_at::text as created_at from app_meta.migrations order by id`, database)).toEqual(expectedRows);
+    expect(await cluster.query(`select hash, created_at::text as created_at from "App_Meta"."user" order by id`, database)).toEqual(expectedRows);
     expect(await cluster.query(`select to_regnamespace('drizzle') as schema`, database)).toEqual([{ schema: null }]);
   });
 });
