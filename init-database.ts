@@ -2520,12 +2520,12 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     folder: "db/migrations",
     recognises: (folder) => folder.files.some((file) => SQL_FILES.test(file) && DBMATE_UP.test(annotationText(folder.read(file)))),
     // dbmate applies files in name order (10_x before 1_x and 2_x), whatever their versions.
-    migrations: (folder) => versioned(folder, NUMBERED_SQL, () => 0).map(({ file, version, bytes }) => {
+    migrations: (folder) => uniqueVersions("dbmate", versioned(folder, NUMBERED_SQL, () => 0).map(({ file, version, bytes }) => {
       const [up, down] = [annotations(bytes, DBMATE_UP), annotations(bytes, DBMATE_DOWN)];
       if (up.length !== 1) throw new SchemaError(`${file}: dbmate needs exactly one "-- migrate:up" line, found ${up.length}`, "SCHEMA_FAILED", "put the migration's statements under one -- migrate:up line");
       if (down.length > 1 || (down[0] && down[0].start < up[0]!.start)) throw new SchemaError(`${file}: "-- migrate:down" must come once, after "-- migrate:up"`, "SCHEMA_FAILED", "put -- migrate:up first, then -- migrate:down");
       return layoutMigration(file, version, bytes, [[up[0]!.end, down[0]?.start ?? bytes.length]], /\btransaction:false\b/.test(up[0]!.match[1]!));
-    }),
+    })),
     history: {
       table: "schema_migrations",
       columns: ["version character varying"],

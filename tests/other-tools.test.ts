@@ -98,6 +98,18 @@ describe("with the real dbmate", () => {
     expect(appliedSteps(run.stdout)).toEqual(up.out.match(/(?<=Applying: )\S+/g)!);
   });
 
+  test("two dbmate files with one version are refused before anything runs, as dbmate fails on them, instead of the second counted as applied", async () => {
+    const dir = join(workDir, `dbmate-twins-${++folders}`, "db", "migrations");
+    mkdirSync(dir, { recursive: true });
+    for (const name of ["a", "b"]) writeFileSync(join(dir, `001_${name}.sql`), `-- migrate:up\ncreate table twin_${name} (id int);\n-- migrate:down\ndrop table twin_${name};\n`);
+    const [byDbmate, byKit] = [await cluster.freshDatabase(), await cluster.freshDatabase()];
+    expect((await dbmate(byDbmate, join(dir, "..", ".."), "up")).code).not.toBe(0);
+    const run = await init(byKit, ["--migrations", dir]);
+    expect(run.code).toBe(EXIT.usage);
+    expect(run.stderr).toContain("001_a.sql and 001_b.sql have the same version 001");
+    expect(await cluster.query(`select to_regclass('twin_a') as a, to_regclass('schema_migrations') as history`, byKit)).toEqual([{ a: null, history: null }]);
+  });
+
   test("the connectivity suite's Schema Validation counts what dbmate's history records", async () => {
     const database = await cluster.freshDatabase();
     expect((await dbmate(database, join(FIXTURES, "dbmate"), "up")).code).toBe(0);
