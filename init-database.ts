@@ -2745,7 +2745,8 @@ export function withHistoryTable(layout: MigrationLayout, name: string): Migrati
     history: {
       ...history, table, read: renamed(history.read), made: history.made && renamed(history.made),
       repair: history.repair && ((row) => renamed(history.repair!(row))),
-      write: history.write && { ...history.write, create: renamed(history.write.create), has: renamed(history.write.has), insert: renamed(history.write.insert) },
+      // A schema named for a table the tool keeps unqualified is made with it, as dbmate makes it.
+      write: history.write && { ...history.write, create: (!fromSchema && parts.length > 1 ? `create schema if not exists ${parts[0]}; ` : "") + renamed(history.write.create), has: renamed(history.write.has), insert: renamed(history.write.insert) },
     },
   };
 }

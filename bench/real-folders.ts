@@ -16,11 +16,13 @@
  *     (counted here from the file names, apart from the kit's reading), and no object that a
  *     down part drops missing (unless an up part drops it too).
  * `LAYOUT=PATH,SETUP.sql` runs SETUP.sql first in every database (what the project's own set-up
- * makes before its migrations: a schema, roles, extensions).
+ * makes before its migrations: a schema, roles, extensions). `LAYOUT@TABLE=PATH` is a project
+ * that keeps its tool's history under another name (dbmate's --migrations-table): the kit is
+ * given `--history-table TABLE`, dbmate `--migrations-table TABLE`.
  *
- * Usage: bun bench/real-folders.ts LAYOUT=PATH[,SETUP.sql] ...   (writes bench/results/real-folders.json)
+ * Usage: bun bench/real-folders.ts LAYOUT[@TABLE]=PATH[,SETUP.sql] ...   (writes bench/results/real-folders.json)
  * Exit codes: 0 every folder as expected, 1 one was not, 2 bad arguments.
- * Example: bun bench/real-folders.ts dbmate=/work/scratch20/dbmate-measure,/work/scratch20/measure-setup.sql
+ * Example: bun bench/real-folders.ts dbmate@dbmate.schema_migrations=/work/scratch20/dbmate-measure,/work/scratch20/measure-setup.sql
  */
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
@@ -34,6 +36,8 @@ const DBMATE = join(ROOT, "node_modules", "@dbmate", "linux-x64", "bin", "dbmate
 const DRIZZLE_KIT = join(ROOT, "node_modules", ".bin", "drizzle-kit");
 /** Tables the tools and the kit keep their records in: left out of the schema comparison. */
 const HISTORY_TABLES = ["schema_migrations", "init_database_migrations", "drizzle.__drizzle_migrations"];
+/** With a history under another name, only that name is left out: a default-named table made by mistake shows in the comparison. */
+const historyTables = (history: string | undefined) => (history ? [history, "init_database_migrations"] : HISTORY_TABLES);
 
 /**
  * Each tool's documented file rules, kept apart from MIGRATION_LAYOUTS so that the kit's reading
@@ -80,12 +84,12 @@ interface Result {
 
 export async function main(argv: string[]): Promise<number> {
   const folders = argv.map((arg) => {
-    const match = /^([\w-]+)=([^,]+)(?:,(.+))?$/.exec(arg);
-    if (!match || !(LAYOUT_NAMES as readonly string[]).includes(match[1]!) || !existsSync(match[2]!)) return undefined;
-    return { layout: match[1]!, path: match[2]!, setup: match[3] ? readFileSync(match[3], "utf8") : "" };
+    const match = /^([\w-]+)(?:@([\w.]+))?=([^,]+)(?:,(.+))?$/.exec(arg);
+    if (!match || !(LAYOUT_NAMES as readonly string[]).includes(match[1]!) || !existsSync(match[3]!)) return undefined;
+    return { layout: match[1]!, history: match[2], path: match[3]!, setup: match[4] ? readFileSync(match[4], "utf8") : "" };
   });
-  if (folders.length === 0 || folders.some((folder) => !folder)) {
-    console.error(`usage: bun bench/real-folders.ts LAYOUT=PATH[,SETUP.sql] ... (LAYOUT one of ${LAYOUT_NAMES.join(", ")}; PATH an existing folder)`);
+  if (folders.length === 0 || folders.some((folder) => !folder) || folders.some((folder) => folder!.history && folder!.layout !== "dbmate")) {
+    console.error(`usage: bun bench/real-folders.ts LAYOUT[@TABLE]=PATH[,SETUP.sql] ... (LAYOUT one of ${LAYOUT_NAMES.join(", ")}; @TABLE for dbmate only; PATH an existing folder)`);
     return 2;
   }
   const cluster = await Cluster.create({ database: "postgres" });
@@ -97,20 +101,20 @@ export async function main(argv: string[]): Promise<number> {
     if (setup) await cluster.query(setup, name);
     return name;
   };
-  const kit = async (database: string, path: string) => {
-    const run = await timed([process.execPath, "init-database.ts", "--json", "--migrations", path], { DATABASE_URL: cluster.url({ database }) });
+  const kit = async (database: string, path: string, history: string | undefined) => {
+    const run = await timed([process.execPath, "init-database.ts", "--json", "--migrations", path, ...(history ? ["--history-table", history] : [])], { DATABASE_URL: cluster.url({ database }) });
     const events = run.stdout.trim().split("\n").filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
     return { ...run, layout: String(events.find((event) => event.event === "layout")?.layout ?? "none"), migrations: Number(events.find((event) => event.event === "layout")?.migrations ?? 0),
       applied: events.filter((event) => event.event === "schema" && event.status === "applied").length };
   };
-  const schemaOf = async (database: string) => {
-    const dump = Bun.spawnSync([join(PG_BIN, "pg_dump"), "--schema-only", "--no-owner", "--no-privileges", ...HISTORY_TABLES.flatMap((name) => ["--exclude-table", name]), "--exclude-schema", "drizzle", cluster.url({ database })]);
+  const schemaOf = async (database: string, history: string | undefined) => {
+    const dump = Bun.spawnSync([join(PG_BIN, "pg_dump"), "--schema-only", "--no-owner", "--no-privileges", ...historyTables(history).flatMap((name) => ["--exclude-table", name]), "--exclude-schema", "drizzle", cluster.url({ database })]);
     if (dump.exitCode !== 0) throw new Error(`pg_dump ${database}: ${dump.stderr.toString().trim()}`);
     // pg_dump 15.x names the server's version and a per-run \restrict key: not the schema.
     return dump.stdout.toString().replace(/^-- Dumped (from|by).*$/gm, "").replace(/^\\(un)?restrict .*$/gm, "");
   };
-  const dbmate = (database: string, dir: string, ...command: string[]) =>
-    timed([DBMATE, "--url", `${cluster.url({ database })}?sslmode=disable`, "--migrations-dir", dir, "--no-dump-schema", ...command]);
+  const dbmate = (database: string, dir: string, history: string | undefined, ...command: string[]) =>
+    timed([DBMATE, "--url", `${cluster.url({ database })}?sslmode=disable`, "--migrations-dir", dir, ...(history ? ["--migrations-table", history] : []), "--no-dump-schema", ...command]);
   const drizzle = (database: string, dir: string) => {
     const config = join(scratch, `drizzle-${++databases}.config.mjs`);
     writeFileSync(config, `export default { dialect: "postgresql", out: ${JSON.stringify(dir)}, dbCredentials: { url: process.env.DATABASE_URL } };\n`);
@@ -130,12 +134,12 @@ export async function main(argv: string[]): Promise<number> {
 
   const results: Result[] = [];
   try {
-    for (const { layout, path, setup } of folders as NonNullable<(typeof folders)[number]>[]) {
+    for (const { layout, history, path, setup } of folders as NonNullable<(typeof folders)[number]>[]) {
       const documented = DOCUMENTED[layout]!;
       const predicted = documented.ups(path).length;
       const database = await fresh(setup);
-      const apply = await kit(database, path);
-      const rerun = await kit(database, path);
+      const apply = await kit(database, path, history);
+      const rerun = await kit(database, path, history);
       const result: Result = {
         layout, path, recognised: apply.layout, migrations: apply.migrations, predicted,
         apply: { code: apply.code, applied: apply.applied, ms: Math.round(apply.ms) }, rerunApplied: rerun.applied, ok: false, note: "",
@@ -143,14 +147,14 @@ export async function main(argv: string[]): Promise<number> {
       const basic = apply.layout === layout && apply.code === 0 && apply.applied === predicted && rerun.code === 0 && rerun.applied === 0;
       if (layout === "dbmate" || layout === "drizzle") {
         const byTool = await fresh(setup);
-        const run = layout === "dbmate" ? await dbmate(byTool, path, "up") : await drizzle(byTool, path);
-        result.sameSchema = run.code === 0 && (await schemaOf(byTool)) === (await schemaOf(database));
+        const run = layout === "dbmate" ? await dbmate(byTool, path, history, "up") : await drizzle(byTool, path);
+        result.sameSchema = run.code === 0 && (await schemaOf(byTool, history)) === (await schemaOf(database, history));
         const half = await fresh(setup);
         const part = firstPart(layout, path, Math.floor(predicted / 2));
-        const first = layout === "dbmate" ? await dbmate(half, part, "up") : await drizzle(half, part);
-        const rest = await kit(half, path);
+        const first = layout === "dbmate" ? await dbmate(half, part, history, "up") : await drizzle(half, part);
+        const rest = await kit(half, path, history);
         if (layout === "dbmate") {
-          const status = await dbmate(half, path, "status", "--exit-code");
+          const status = await dbmate(half, path, history, "status", "--exit-code");
           result.toolFindsNothingPending = first.code === 0 && rest.code === 0 && status.code === 0 && status.stdout.includes("Pending: 0");
         } else {
           const journalRows = async () => (await cluster.query<{ n: number }>(`select count(*)::int as n from drizzle.__drizzle_migrations`, half))[0]!.n;

@@ -148,6 +148,16 @@ describe("with the real dbmate", () => {
     expect(suite.stdout).toContain(`3 steps recorded in ${quoted}`);
   });
 
+  test("on an empty database a history named in a schema of its own is made with its schema, as dbmate makes it, and dbmate then finds nothing pending", async () => {
+    const database = await cluster.freshDatabase();
+    const run = await init(database, ["--migrations", join(FIXTURES, "dbmate"), "--history-table", "dbmate_history.schema_migrations"]);
+    expect(run.code).toBe(EXIT.ok);
+    expect(appliedSteps(run.stdout)).toEqual(FILES);
+    const status = await dbmate(database, join(FIXTURES, "dbmate"), "--migrations-table", "dbmate_history.schema_migrations", "status", "--exit-code");
+    expect(status.out).toContain("Pending: 0");
+    expect(status.code).toBe(0);
+  });
+
   test("--history-table is refused, in one line and exit 2, without --migrations, for the kit's own layout, and for a name that is not a table's", async () => {
     const database = await cluster.freshDatabase();
     const plain = join(workDir, `plain-${++folders}`);
