@@ -2684,7 +2684,7 @@ export const MIGRATION_LAYOUTS: readonly MigrationLayout[] = [
     recognisedBy: "supabase/migrations/{timestamp}_{name}.sql",
     folder: "supabase/migrations",
     recognises: (folder) => /(?:^|\/)supabase\/migrations\/?$/.test(resolve(folder.path)) && folder.files.some((file) => NUMBERED_SQL.test(file)),
-    migrations: (folder) => versioned(folder, NUMBERED_SQL, byText).map(({ file, version, bytes }) => layoutMigration(file, version, bytes, undefined, false)),
+    migrations: (folder) => uniqueVersions("supabase", versioned(folder, NUMBERED_SQL, byText).map(({ file, version, bytes }) => layoutMigration(file, version, bytes, undefined, false))),
     history: {
       table: "supabase_migrations.schema_migrations",
       columns: ["version text", "statements text[]"],

@@ -440,6 +440,20 @@ describe("Flyway's checksum", () => {
   });
 });
 
+test("two Supabase files with one version are refused before anything runs, instead of the second counted as applied once its history records the version", async () => {
+  const dir = join(workDir, `supabase-twins-${++folders}`, "supabase", "migrations");
+  mkdirSync(dir, { recursive: true });
+  for (const name of ["a", "b"]) writeFileSync(join(dir, `20240101093000_${name}.sql`), `create table twin_${name} (id int);\n`);
+  const database = await cluster.freshDatabase();
+  // Its history records the version (the Supabase CLI keys it by version): the second file would never run.
+  await cluster.query(`create schema supabase_migrations; create table supabase_migrations.schema_migrations (version text primary key, statements text[], name text);
+    insert into supabase_migrations.schema_migrations values ('20240101093000', array['create table twin_a (id int)'], 'a'); create table twin_a (id int)`, database);
+  const run = await init(database, ["--migrations", dir]);
+  expect(run.code).toBe(EXIT.usage);
+  expect(run.stderr).toContain("20240101093000_a.sql and 20240101093000_b.sql have the same version 20240101093000");
+  expect(await cluster.query(`select to_regclass('twin_b') as b`, database)).toEqual([{ b: null }]);
+});
+
 describe("the kit's ledger is never another tool's table", () => {
   const plain = () => {
     const dir = join(workDir, `plain-${++folders}`);
