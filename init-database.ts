@@ -3903,16 +3903,18 @@ const FORWARDED_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
  * is one line and exit 127 (not found) or 126 (found, not executable), as POSIX shells do.
  */
 async function runCommand(command: string[], env: Env): Promise<number> {
-  let child: Bun.Subprocess;
+  let child: Bun.Subprocess | undefined;
+  // Listening before the spawn: a signal between the two would otherwise end the kit by its default action and leave the command running.
+  const stopForwarding = onSignals(FORWARDED_SIGNALS, (name) => child?.kill(name));
   try {
     child = Bun.spawn(command, { env, stdio: ["inherit", "inherit", "inherit"] });
   } catch (error) {
+    stopForwarding();
     const notFound = errorCode(error) === "ENOENT";
     const why = notFound ? (command[0]!.includes("/") ? "no such file" : "not found on PATH") : `not executable (${errorCode(error)})`;
     process.stderr.write(`error: cannot start ${command[0]}: ${why}\nhint: ${notFound ? "give the full path, or fix PATH in the container" : "chmod +x it, or start it through its interpreter (-- sh script.sh)"}\n`);
     return notFound ? EXIT.commandNotFound : EXIT.commandNotExecutable;
   }
-  const stopForwarding = onSignals(FORWARDED_SIGNALS, (name) => child.kill(name));
   try {
     const code = await child.exited;
     const signal = child.signalCode as NodeJS.Signals | null;
