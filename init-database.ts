@@ -2740,13 +2740,14 @@ export function withHistoryTable(layout: MigrationLayout, name: string): Migrati
     const made = fromSchema ? text.replaceAll(`create schema if not exists ${fromSchema}; `, parts.length > 1 ? `create schema if not exists ${parts[0]}; ` : "") : text;
     return made.replaceAll(history.table, table);
   };
+  // A schema named for a table the tool keeps unqualified is made with it, as dbmate makes it.
+  const schema = !fromSchema && parts.length > 1 ? `create schema if not exists ${parts[0]}; ` : "";
   return {
     ...layout,
     history: {
       ...history, table, read: renamed(history.read), made: history.made && renamed(history.made),
       repair: history.repair && ((row) => renamed(history.repair!(row))),
-      // A schema named for a table the tool keeps unqualified is made with it, as dbmate makes it.
-      write: history.write && { ...history.write, create: (!fromSchema && parts.length > 1 ? `create schema if not exists ${parts[0]}; ` : "") + renamed(history.write.create), has: renamed(history.write.has), insert: renamed(history.write.insert) },
+      write: history.write && { ...history.write, create: schema + renamed(history.write.create), has: renamed(history.write.has), insert: renamed(history.write.insert) },
     },
   };
 }

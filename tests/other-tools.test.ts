@@ -333,6 +333,9 @@ interface History {
 
 const read = (path: string) => readFileSync(join(FIXTURES, path), "utf8");
 
+/** Supabase's history table as its documentation describes it (the CLI keys it by version). */
+const SUPABASE_HISTORY = "create schema supabase_migrations; create table supabase_migrations.schema_migrations (version text primary key, statements text[], name text);";
+
 const HISTORIES: History[] = [
   {
     layout: "golang-migrate", dir: "golang-migrate", table: "schema_migrations",
@@ -378,7 +381,7 @@ const HISTORIES: History[] = [
   },
   {
     layout: "supabase", dir: "supabase", table: "supabase_migrations.schema_migrations",
-    history: `create schema supabase_migrations; create table supabase_migrations.schema_migrations (version text primary key, statements text[], name text);
+    history: `${SUPABASE_HISTORY}
       insert into supabase_migrations.schema_migrations values ('20240101093000', array['create table ...'], 'create_accounts')`,
     first: read("supabase/supabase/migrations/20240101093000_create_accounts.sql"),
     rest: ["20240102093000_row_level_security.sql", "20240103093000_add_name.sql"],
@@ -445,8 +448,8 @@ test("two Supabase files with one version are refused before anything runs, inst
   mkdirSync(dir, { recursive: true });
   for (const name of ["a", "b"]) writeFileSync(join(dir, `20240101093000_${name}.sql`), `create table twin_${name} (id int);\n`);
   const database = await cluster.freshDatabase();
-  // Its history records the version (the Supabase CLI keys it by version): the second file would never run.
-  await cluster.query(`create schema supabase_migrations; create table supabase_migrations.schema_migrations (version text primary key, statements text[], name text);
+  // Its history records the version: the second file would never run.
+  await cluster.query(`${SUPABASE_HISTORY}
     insert into supabase_migrations.schema_migrations values ('20240101093000', array['create table twin_a (id int)'], 'a'); create table twin_a (id int)`, database);
   const run = await init(database, ["--migrations", dir]);
   expect(run.code).toBe(EXIT.usage);
